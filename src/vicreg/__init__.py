@@ -1,0 +1,22 @@
+"""VICReg: Variance-Invariance-Covariance Regularization for self-supervised learning."""
+
+from vicreg.loss import (
+    VICRegLoss,
+    VICRegOutput,
+    covariance_term,
+    invariance_term,
+    variance_covariance_loss,
+    variance_term,
+    vicreg_loss,
+)
+
+__all__ = [
+    "VICRegLoss",
+    "VICRegOutput",
+    "covariance_term",
+    "invariance_term",
+    "variance_covariance_loss",
+    "variance_term",
+    "vicreg_loss",
+]
+__version__ = "0.1.0"

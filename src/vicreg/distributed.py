@@ -1,0 +1,62 @@
+"""Process-group helpers: torchrun detection and an all-gather that lets gradients flow back.
+
+Everything here is a no-op in a single process, so the same training code runs with and without torchrun.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["DistInfo", "gather_with_grad", "get_dist_info", "is_distributed"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: ``rank`` of ``world_size``, and ``local_rank`` on its node."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def is_distributed() -> bool:
+    """True when a default process group with more than one process is initialised."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_dist_info() -> DistInfo:
+    """Rank and world size from the process group, or from torchrun's environment before it is created."""
+    if dist.is_available() and dist.is_initialized():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local)
+    env = os.environ
+    return DistInfo(
+        int(env.get("RANK", 0)),
+        int(env.get("WORLD_SIZE", 1)),
+        int(env.get("LOCAL_RANK", 0)),
+    )
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """Concatenate ``x`` from every process along dim 0, differentiably.
+
+    The backward pass sums the gradient of every rank's copy of the gathered tensor and returns to each rank
+    the slice it owns (a reduce-scatter). With DDP's gradient averaging, a loss that every rank computes on
+    the gathered batch thus gets exactly the full-batch gradient. Uses PyTorch's own autograd-aware
+    collective (``torch.distributed.nn.functional.all_gather``). Every rank must pass the same shape.
+    Returns ``x`` unchanged outside ``torch.distributed`` or with one process.
+    """
+    if not is_distributed():
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)

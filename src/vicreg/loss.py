@@ -1,0 +1,254 @@
+"""The VICReg loss (Bardes, Ponce and LeCun, ICLR 2022), exactly as the official code computes it.
+
+Each term is a small pure function that can be tested alone; :func:`vicreg_loss` combines them and
+:class:`VICRegLoss` is a thin ``nn.Module`` around it.
+
+Faithfulness to the official implementation (facebookresearch/vicreg ``main_vicreg.py``):
+
+* invariance: ``F.mse_loss(z_a, z_b)`` on the *local* batch;
+* variance: per branch ``mean_d relu(gamma - sqrt(Var(z_d) + eps))`` with the unbiased variance, and the two
+  branches averaged (each divided by 2);
+* covariance: per branch the sum of squared off-diagonal entries of the covariance matrix of the centred
+  *global* batch (divided by ``N - 1``), divided by ``D``; the two branches added;
+* under ``torch.distributed`` the variance and covariance terms see the global batch through an all-gather
+  whose backward sums gradients back to the owning rank (see :mod:`vicreg.distributed`).
+
+Where we differ is only in *how* the covariance term is computed: never with a ``D x D`` mask or an
+off-diagonal copy. We use ``sum_{i != j} C_ij^2 = ||C||_F^2 - sum_d C_dd^2`` and, when ``N < D``, compute
+``||C||_F^2`` through the ``N x N`` Gram matrix (``||Z^T Z||_F = ||Z Z^T||_F``), which is what makes the loss
+fast and small at the paper's 8192-wide expander. ``benchmarks/loss.py`` measures it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vicreg.distributed import gather_with_grad
+
+__all__ = [
+    "VICRegLoss",
+    "VICRegOutput",
+    "covariance_term",
+    "invariance_term",
+    "variance_covariance_loss",
+    "variance_term",
+    "vicreg_loss",
+]
+
+
+class VICRegOutput(NamedTuple):
+    """The weighted total and its three unweighted terms (all float32 scalar tensors).
+
+    ``loss = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance``.
+    Only ``loss`` needs to be back-propagated; the terms share its graph and are there for logging.
+    """
+
+    loss: Tensor
+    invariance: Tensor
+    variance: Tensor
+    covariance: Tensor
+
+
+def _check_embeddings(z: Tensor, name: str, *, min_rows: int = 2, check_finite: bool = True) -> None:
+    if not isinstance(z, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+    if z.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D (batch, dim) tensor, got shape {tuple(z.shape)}; "
+            "flatten the embeddings first, e.g. z.flatten(1)"
+        )
+    if not z.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {z.dtype}")
+    if z.shape[0] < min_rows:
+        raise ValueError(
+            f"{name} has a batch of {z.shape[0]}; the variance and covariance terms need at least "
+            f"{min_rows} samples (unbiased variance divides by N - 1): use a larger batch"
+        )
+    if z.shape[1] < 1:
+        raise ValueError(f"{name} has no embedding dimensions (shape {tuple(z.shape)})")
+    if check_finite and not bool(torch.isfinite(z).all()):
+        raise ValueError(
+            f"{name} contains NaN or infinite values: the encoder diverged or the input was bad; "
+            "lower the learning rate, check the data, or use float32/bf16 instead of fp16"
+        )
+
+
+def _float32(z: Tensor) -> Tensor:
+    """Statistics are always computed in float32 (or float64 if given), never in bf16/fp16."""
+    return z if z.dtype in (torch.float32, torch.float64) else z.float()
+
+
+def invariance_term(z_a: Tensor, z_b: Tensor) -> Tensor:
+    """Mean squared error between the two branches, averaged over batch and dimensions."""
+    return F.mse_loss(_float32(z_a), _float32(z_b))
+
+
+def variance_term(z: Tensor, gamma: float = 1.0, eps: float = 1e-4) -> Tensor:
+    """Hinge on the per-dimension standard deviation: ``mean_d relu(gamma - sqrt(Var(z_d) + eps))``.
+
+    ``Var`` is the unbiased variance over the batch (``N - 1``), as in the official code. This is the term of
+    *one* branch; :func:`vicreg_loss` averages the two branches.
+    """
+    z = _float32(z)
+    std = torch.sqrt(z.var(dim=0, unbiased=True) + eps)
+    return F.relu(gamma - std).mean()
+
+
+def _offdiag_sq_sum(z: Tensor) -> Tensor:
+    """``sum_{i != j} (Zc^T Zc)_ij^2`` for the centred ``Zc`` (unnormalised), without a D x D mask or copy.
+
+    Cost: ``min(N, D)^2 * max(N, D)`` multiply-adds: the ``D x D`` product when ``N >= D`` and the ``N x N``
+    Gram matrix when ``N < D`` (same Frobenius norm). The diagonal of ``Zc^T Zc`` is the per-column sum of
+    squares, so its squares are subtracted from the full Frobenius norm.
+    """
+    n, d = z.shape
+    zc = z - z.mean(dim=0)
+    gram = zc @ zc.T if n < d else zc.T @ zc
+    col_sq = zc.square().sum(dim=0)  # diag(Zc^T Zc), length D
+    # Both sums are reductions of squares (pairwise summation in torch), then one subtraction.
+    return gram.square().sum() - col_sq.square().sum()
+
+
+def covariance_term(z: Tensor) -> Tensor:
+    """Sum of squared off-diagonal covariance entries, divided by ``D`` (one branch).
+
+    The covariance is that of the centred batch divided by ``N - 1``, as in the official code.
+    """
+    z = _float32(z)
+    n, d = z.shape
+    # Keep the scaling out of the matmul so the large squares stay in range: divide once at the end.
+    return _offdiag_sq_sum(z) / ((n - 1) ** 2 * d)
+
+
+def vicreg_loss(
+    z_a: Tensor,
+    z_b: Tensor,
+    *,
+    sim_coeff: float = 25.0,
+    std_coeff: float = 25.0,
+    cov_coeff: float = 1.0,
+    gamma: float = 1.0,
+    eps: float = 1e-4,
+    gather: bool = True,
+    check_finite: bool = True,
+) -> VICRegOutput:
+    """The VICReg loss of two batches of embeddings ``z_a``, ``z_b`` of shape ``(N, D)``.
+
+    Args:
+        z_a, z_b: expander outputs of the two views (any float dtype; computed in float32, autocast is
+            disabled inside).
+        sim_coeff, std_coeff, cov_coeff: the weights of invariance, variance and covariance (paper: 25, 25, 1).
+        gamma: target standard deviation of each dimension.
+        eps: added to the variance before the square root.
+        gather: under ``torch.distributed``, compute variance and covariance on the global batch (the
+            official behaviour). ``False`` keeps per-process statistics. Ignored in a single process.
+        check_finite: raise ``ValueError`` on NaN/inf embeddings. This reads one flag back from the device
+            (a host sync); a training loop that guards the loss itself may turn it off.
+
+    Returns:
+        :class:`VICRegOutput` with the weighted ``loss`` and the unweighted ``invariance``, ``variance``
+        (mean of the two branches) and ``covariance`` (sum of the two branches).
+    """
+    _check_embeddings(z_a, "z_a", check_finite=check_finite)
+    _check_embeddings(z_b, "z_b", check_finite=check_finite)
+    if z_a.shape != z_b.shape:
+        raise ValueError(
+            f"z_a and z_b must have the same shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}; "
+            "both branches must embed the same samples into the same dimension"
+        )
+    for name, value in (
+        ("sim_coeff", sim_coeff),
+        ("std_coeff", std_coeff),
+        ("cov_coeff", cov_coeff),
+        ("gamma", gamma),
+    ):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    if not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps must be a finite number > 0 (it keeps sqrt differentiable), got {eps}")
+
+    with torch.autocast(device_type=z_a.device.type, enabled=False):
+        z_a, z_b = _float32(z_a), _float32(z_b)
+        invariance = invariance_term(z_a, z_b)
+        if gather:
+            z_a, z_b = gather_with_grad(z_a), gather_with_grad(z_b)
+        variance = (variance_term(z_a, gamma, eps) + variance_term(z_b, gamma, eps)) / 2
+        covariance = covariance_term(z_a) + covariance_term(z_b)
+        loss = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
+    return VICRegOutput(loss, invariance, variance, covariance)
+
+
+def variance_covariance_loss(
+    z: Tensor,
+    *,
+    std_coeff: float = 25.0,
+    cov_coeff: float = 1.0,
+    gamma: float = 1.0,
+    eps: float = 1e-4,
+    gather: bool = True,
+    check_finite: bool = True,
+) -> Tensor:
+    """The VC regulariser alone, for one branch: ``std_coeff * variance + cov_coeff * covariance``.
+
+    Add it to another method's loss (the paper's Table 4 adds it to BYOL and SimSiam) to prevent collapse.
+    Statistics are computed in float32 on the global batch when ``gather`` and running distributed.
+    """
+    _check_embeddings(z, "z", check_finite=check_finite)
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        z = _float32(z)
+        if gather:
+            z = gather_with_grad(z)
+        return std_coeff * variance_term(z, gamma, eps) + cov_coeff * covariance_term(z)
+
+
+class VICRegLoss(nn.Module):
+    """``nn.Module`` form of :func:`vicreg_loss`; the coefficients are fixed at construction.
+
+    >>> criterion = VICRegLoss()
+    >>> out = criterion(torch.randn(8, 16), torch.randn(8, 16))
+    >>> out.loss.shape
+    torch.Size([])
+    """
+
+    def __init__(
+        self,
+        sim_coeff: float = 25.0,
+        std_coeff: float = 25.0,
+        cov_coeff: float = 1.0,
+        gamma: float = 1.0,
+        eps: float = 1e-4,
+        gather: bool = True,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        self.sim_coeff = sim_coeff
+        self.std_coeff = std_coeff
+        self.cov_coeff = cov_coeff
+        self.gamma = gamma
+        self.eps = eps
+        self.gather = gather
+        self.check_finite = check_finite
+
+    def forward(self, z_a: Tensor, z_b: Tensor) -> VICRegOutput:
+        return vicreg_loss(
+            z_a,
+            z_b,
+            sim_coeff=self.sim_coeff,
+            std_coeff=self.std_coeff,
+            cov_coeff=self.cov_coeff,
+            gamma=self.gamma,
+            eps=self.eps,
+            gather=self.gather,
+            check_finite=self.check_finite,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"sim_coeff={self.sim_coeff}, std_coeff={self.std_coeff}, cov_coeff={self.cov_coeff}, "
+            f"gamma={self.gamma}, eps={self.eps}, gather={self.gather}"
+        )
