@@ -78,6 +78,17 @@ def _check_embeddings(z: Tensor, name: str, *, min_rows: int = 2, check_finite: 
         )
 
 
+def _check_coefficients(**values: float) -> None:
+    for name, value in values.items():
+        if name == "eps":
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(
+                    f"eps must be a finite number > 0 (it keeps sqrt differentiable), got {value}"
+                )
+        elif not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+
+
 def _float32(z: Tensor) -> Tensor:
     """Statistics are always computed in float32 (or float64 if given), never in bf16/fp16."""
     return z if z.dtype in (torch.float32, torch.float64) else z.float()
@@ -102,16 +113,24 @@ def variance_term(z: Tensor, gamma: float = 1.0, eps: float = 1e-4) -> Tensor:
 def _offdiag_sq_sum(z: Tensor) -> Tensor:
     """``sum_{i != j} (Zc^T Zc)_ij^2`` for the centred ``Zc`` (unnormalised), without a D x D mask or copy.
 
-    Cost: ``min(N, D)^2 * max(N, D)`` multiply-adds: the ``D x D`` product when ``N >= D`` and the ``N x N``
-    Gram matrix when ``N < D`` (same Frobenius norm). The diagonal of ``Zc^T Zc`` is the per-column sum of
-    squares, so its squares are subtracted from the full Frobenius norm.
+    Cost: ``min(N, D)^2 * max(N, D)`` multiply-adds, whichever form is cheaper for the shapes:
+
+    * ``N >= D``: the ``D x D`` product; its diagonal is zeroed in place (no mask, no copy), so the
+      off-diagonal squares are summed directly, with no cancellation.
+    * ``N < D``: the ``N x N`` Gram matrix ``Zc Zc^T`` has the same Frobenius norm as ``Zc^T Zc``; the
+      diagonal of ``Zc^T Zc`` is the per-column sum of squares, whose squares are subtracted. The rounding
+      error of that subtraction is ~1e-7 of ``||C||_F^2``; since ``rank(C) < N < D`` the off-diagonal part
+      cannot be a vanishing share of it (tests/test_loss.py measures it against float64).
     """
     n, d = z.shape
     zc = z - z.mean(dim=0)
-    gram = zc @ zc.T if n < d else zc.T @ zc
+    if n >= d:
+        cov = zc.T @ zc
+        cov.diagonal().zero_()  # the matmul's backward does not need its output, so in place is safe
+        return cov.square().sum()
+    gram = zc @ zc.T
     col_sq = zc.square().sum(dim=0)  # diag(Zc^T Zc), length D
-    # Both sums are reductions of squares (pairwise summation in torch), then one subtraction.
-    return gram.square().sum() - col_sq.square().sum()
+    return (gram.square().sum() - col_sq.square().sum()).clamp_min(0)
 
 
 def covariance_term(z: Tensor) -> Tensor:
@@ -142,7 +161,7 @@ def vicreg_loss(
     Args:
         z_a, z_b: expander outputs of the two views (any float dtype; computed in float32, autocast is
             disabled inside).
-        sim_coeff, std_coeff, cov_coeff: the weights of invariance, variance and covariance (paper: 25, 25, 1).
+        sim_coeff, std_coeff, cov_coeff: weights of invariance, variance and covariance (paper: 25, 25, 1).
         gamma: target standard deviation of each dimension.
         eps: added to the variance before the square root.
         gather: under ``torch.distributed``, compute variance and covariance on the global batch (the
@@ -161,16 +180,7 @@ def vicreg_loss(
             f"z_a and z_b must have the same shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}; "
             "both branches must embed the same samples into the same dimension"
         )
-    for name, value in (
-        ("sim_coeff", sim_coeff),
-        ("std_coeff", std_coeff),
-        ("cov_coeff", cov_coeff),
-        ("gamma", gamma),
-    ):
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    if not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps must be a finite number > 0 (it keeps sqrt differentiable), got {eps}")
+    _check_coefficients(sim_coeff=sim_coeff, std_coeff=std_coeff, cov_coeff=cov_coeff, gamma=gamma, eps=eps)
 
     with torch.autocast(device_type=z_a.device.type, enabled=False):
         z_a, z_b = _float32(z_a), _float32(z_b)
@@ -199,6 +209,7 @@ def variance_covariance_loss(
     Statistics are computed in float32 on the global batch when ``gather`` and running distributed.
     """
     _check_embeddings(z, "z", check_finite=check_finite)
+    _check_coefficients(std_coeff=std_coeff, cov_coeff=cov_coeff, gamma=gamma, eps=eps)
     with torch.autocast(device_type=z.device.type, enabled=False):
         z = _float32(z)
         if gather:
@@ -226,6 +237,9 @@ class VICRegLoss(nn.Module):
         check_finite: bool = True,
     ) -> None:
         super().__init__()
+        _check_coefficients(
+            sim_coeff=sim_coeff, std_coeff=std_coeff, cov_coeff=cov_coeff, gamma=gamma, eps=eps
+        )
         self.sim_coeff = sim_coeff
         self.std_coeff = std_coeff
         self.cov_coeff = cov_coeff

@@ -1,0 +1,142 @@
+"""Real multi-process tests: 2 CPU processes with the gloo backend, spawned by the test.
+
+With ``gather=True`` the loss (averaged over ranks) and DDP's averaged gradients on 2 x B rows must equal the
+single-process loss and gradients on the same 2B rows; with ``gather=False`` they must not.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from vicreg import variance_covariance_loss, vicreg_loss
+from vicreg.distributed import gather_with_grad, get_dist_info, is_distributed
+
+WORLD = 2
+B, D_IN, D = 6, 10, 16  # N < D on each rank and globally (Gram path) ...
+B2, D2 = 24, 8  # ... and N > D (D x D path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _data(b: int, d_in: int):
+    g = torch.Generator().manual_seed(0)
+    x_a = torch.randn(WORLD * b, d_in, generator=g)
+    x_b = x_a + 0.3 * torch.randn(WORLD * b, d_in, generator=g)
+    return x_a, x_b
+
+
+def _model(d_in: int, d: int) -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(d_in, 32), nn.ReLU(), nn.Linear(32, d))
+
+
+def _grads(model: nn.Module) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+
+
+def _single_process(b: int, d_in: int, d: int):
+    x_a, x_b = _data(b, d_in)
+    model = _model(d_in, d)
+    out = vicreg_loss(model(x_a), model(x_b))
+    out.loss.backward()
+    return [t.detach() for t in out], _grads(model)
+
+
+def _worker(rank: int, port: int, out_dir: str, b: int, d_in: int, d: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        info = get_dist_info()
+        assert (info.rank, info.world_size, is_distributed()) == (rank, WORLD, True)
+        x_a, x_b = _data(b, d_in)
+        rows = slice(rank * b, (rank + 1) * b)
+        results = {}
+        for gather in (True, False):
+            model = DistributedDataParallel(_model(d_in, d))
+            out = vicreg_loss(model(x_a[rows]), model(x_b[rows]), gather=gather)
+            out.loss.backward()  # DDP averages gradients over ranks
+            terms = torch.stack([t.detach() for t in out])
+            dist.all_reduce(terms)
+            results[gather] = (terms / WORLD, _grads(model.module))
+        # the gathered tensor is the global batch, in rank order, and its gradient returns to the owner
+        z = torch.full((2, 3), float(rank), requires_grad=True)
+        full = gather_with_grad(z)
+        (full * torch.arange(full.numel()).view_as(full)).sum().backward()
+        results["gather"] = (full.detach(), z.grad)
+        # the VC regulariser alone sees the global batch too
+        reg_in = _data(b, d)[0][rows].clone().requires_grad_()
+        reg = variance_covariance_loss(reg_in)
+        reg.backward()
+        results["vc"] = (reg.detach(), reg_in.grad)
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(tmp_path: Path, b: int, d_in: int, d: int) -> list[dict]:
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path), b, d_in, d), nprocs=WORLD, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("b", "d_in", "d"), [(B, D_IN, D), (B2, D_IN, D2)])
+def test_gathered_loss_and_ddp_gradients_equal_single_process(tmp_path: Path, b: int, d_in: int, d: int):
+    ranks = _run(tmp_path, b, d_in, d)
+    terms_1p, grads_1p = _single_process(b, d_in, d)
+    terms_1p = torch.stack(terms_1p)
+    for res in ranks:
+        terms, grads = res[True]
+        torch.testing.assert_close(terms, terms_1p, rtol=1e-5, atol=1e-6)
+        for g, g1 in zip(grads, grads_1p, strict=True):
+            torch.testing.assert_close(g, g1, rtol=1e-4, atol=1e-6)
+        # without gather each rank sees only its half: variance/covariance and the gradients differ
+        terms_local, grads_local = res[False]
+        assert not torch.allclose(terms_local[3], terms_1p[3], rtol=1e-3)
+        assert any(not torch.allclose(g, g1, rtol=1e-3) for g, g1 in zip(grads_local, grads_1p, strict=True))
+        # invariance is local either way, and its rank-average is the global MSE
+        torch.testing.assert_close(terms_local[1], terms_1p[1], rtol=1e-5, atol=1e-7)
+
+    # gather_with_grad: rows in rank order; each rank gets back the summed gradient of its own rows
+    full, grad0 = ranks[0]["gather"]
+    expected_full = torch.cat([torch.full((2, 3), float(r)) for r in range(WORLD)])
+    torch.testing.assert_close(full, expected_full)
+    weights = torch.arange(full.numel(), dtype=torch.float32).view_as(full)
+    for r in range(WORLD):
+        torch.testing.assert_close(ranks[r]["gather"][1], WORLD * weights[2 * r : 2 * r + 2])
+    assert grad0 is not None
+
+    # VC regulariser on the global batch equals the single-process value on all rows
+    rows = _data(b, d)[0].clone().requires_grad_()
+    reg = variance_covariance_loss(rows)
+    reg.backward()
+    assert rows.grad is not None
+    for r in range(WORLD):
+        value, grad = ranks[r]["vc"]
+        torch.testing.assert_close(value, reg.detach(), rtol=1e-5, atol=1e-7)
+        # each rank's gradient is WORLD x its slice of the full-batch gradient (DDP then divides by WORLD)
+        torch.testing.assert_close(grad / WORLD, rows.grad[r * b : (r + 1) * b], rtol=1e-4, atol=1e-7)
+
+
+def test_dist_info_without_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    info = get_dist_info()
+    assert (info.rank, info.world_size, info.local_rank, info.is_main) == (3, 8, 1, False)
+    assert not is_distributed()
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var)
+    assert get_dist_info().is_main
