@@ -12,9 +12,7 @@ from vicreg.diagnostics import collapse_stats, effective_rank, mean_abs_offdiag_
 
 
 def _orthonormal(n: int, d: int, seed: int = 0) -> torch.Tensor:
-    q, _ = torch.linalg.qr(
-        torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    )
+    q, _ = torch.linalg.qr(torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
     return q
 
 

@@ -27,6 +27,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from vicreg.distributed import gather_with_grad
 
@@ -82,9 +83,7 @@ def _check_coefficients(**values: float) -> None:
     for name, value in values.items():
         if name == "eps":
             if not math.isfinite(value) or value <= 0:
-                raise ValueError(
-                    f"eps must be a finite number > 0 (it keeps sqrt differentiable), got {value}"
-                )
+                raise ValueError(f"eps must be a finite number > 0 (it keeps sqrt differentiable), got {value}")
         elif not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
@@ -110,27 +109,52 @@ def variance_term(z: Tensor, gamma: float = 1.0, eps: float = 1e-4) -> Tensor:
     return F.relu(gamma - std).mean()
 
 
-def _offdiag_sq_sum(z: Tensor) -> Tensor:
-    """``sum_{i != j} (Zc^T Zc)_ij^2`` for the centred ``Zc`` (unnormalised), without a D x D mask or copy.
+class _OffDiagSqSum(torch.autograd.Function):
+    """``sum_{i != j} (Zc^T Zc)_ij^2`` of an already centred ``Zc``, with a hand-written backward.
 
-    Cost: ``min(N, D)^2 * max(N, D)`` multiply-adds, whichever form is cheaper for the shapes:
+    Forward, whichever product is cheaper for the shapes (``min(N, D)^2 * max(N, D)`` multiply-adds):
 
-    * ``N >= D``: the ``D x D`` product; its diagonal is zeroed in place (no mask, no copy), so the
-      off-diagonal squares are summed directly, with no cancellation.
-    * ``N < D``: the ``N x N`` Gram matrix ``Zc Zc^T`` has the same Frobenius norm as ``Zc^T Zc``; the
-      diagonal of ``Zc^T Zc`` is the per-column sum of squares, whose squares are subtracted. The rounding
-      error of that subtraction is ~1e-7 of ``||C||_F^2``; since ``rank(C) < N < D`` the off-diagonal part
-      cannot be a vanishing share of it (tests/test_loss.py measures it against float64).
+    * ``N >= D``: the ``D x D`` product ``M = Zc^T Zc`` with its diagonal zeroed in place (no mask, no copy),
+      so the off-diagonal squares are summed directly, with no cancellation.
+    * ``N < D``: the ``N x N`` Gram matrix ``G = Zc Zc^T`` has the same Frobenius norm as ``M``; the diagonal
+      of ``M`` is the per-column sum of squares ``s``, whose squares are subtracted: ``||G||^2 - ||s||^2``.
+      The rounding error of that subtraction is ~1e-7 of ``||M||_F^2``; since ``rank(M) < N < D`` the
+      off-diagonal part cannot be a vanishing share of it (tests/test_loss.py measures it against float64).
+
+    Backward is one more product instead of autograd's two: ``d/dZc = 4 Zc M_offdiag``, which is
+    ``4 (G Zc - Zc * s)`` in the Gram form.
     """
-    n, d = z.shape
-    zc = z - z.mean(dim=0)
-    if n >= d:
-        cov = zc.T @ zc
-        cov.diagonal().zero_()  # the matmul's backward does not need its output, so in place is safe
-        return cov.square().sum()
-    gram = zc @ zc.T
-    col_sq = zc.square().sum(dim=0)  # diag(Zc^T Zc), length D
-    return (gram.square().sum() - col_sq.square().sum()).clamp_min(0)
+
+    @staticmethod
+    def forward(ctx, zc: Tensor) -> Tensor:
+        n, d = zc.shape
+        if n >= d:
+            m = zc.T @ zc
+            m.diagonal().zero_()
+            ctx.save_for_backward(zc, m)
+            ctx.gram = False
+            return m.square().sum()
+        g = zc @ zc.T
+        s = zc.square().sum(dim=0)
+        ctx.save_for_backward(zc, g, s)
+        ctx.gram = True
+        return (g.square().sum() - s.square().sum()).clamp_min(0)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor) -> Tensor:
+        if ctx.gram:
+            zc, g, s = ctx.saved_tensors
+            grad = torch.addcmul(g @ zc, zc, s, value=-1.0)
+        else:
+            zc, m = ctx.saved_tensors
+            grad = zc @ m
+        return grad.mul_(4 * grad_out)
+
+
+def _offdiag_sq_sum(z: Tensor) -> Tensor:
+    """``sum_{i != j} (Zc^T Zc)_ij^2`` for the centred batch (unnormalised); see :class:`_OffDiagSqSum`."""
+    return _OffDiagSqSum.apply(z - z.mean(dim=0))
 
 
 def covariance_term(z: Tensor) -> Tensor:
@@ -237,9 +261,7 @@ class VICRegLoss(nn.Module):
         check_finite: bool = True,
     ) -> None:
         super().__init__()
-        _check_coefficients(
-            sim_coeff=sim_coeff, std_coeff=std_coeff, cov_coeff=cov_coeff, gamma=gamma, eps=eps
-        )
+        _check_coefficients(sim_coeff=sim_coeff, std_coeff=std_coeff, cov_coeff=cov_coeff, gamma=gamma, eps=eps)
         self.sim_coeff = sim_coeff
         self.std_coeff = std_coeff
         self.cov_coeff = cov_coeff

@@ -1,0 +1,188 @@
+"""Checkpoints: atomic writes, safe loads, RNG state, and the backbone export.
+
+* Writes go to a temporary file in the same folder, are flushed to disk, then renamed over the target
+  (``os.replace`` is atomic on POSIX), so a crash or a full disk never leaves a half-written checkpoint and
+  the previous one stays intact.
+* Loads use ``torch.load(weights_only=True)``: a checkpoint can hold tensors, numbers, strings, lists, tuples
+  and dicts, never arbitrary pickled objects, so loading one never runs code.
+* A truncated, garbage or foreign file raises :class:`CheckpointError` naming the path and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "FORMAT",
+    "CheckpointError",
+    "atomic_write",
+    "capture_rng_state",
+    "export_backbone",
+    "latest_checkpoint",
+    "load_backbone",
+    "load_checkpoint",
+    "restore_rng_state",
+    "save_checkpoint",
+]
+
+FORMAT = "vicreg-checkpoint-v1"
+_LOAD_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not belong to this run."""
+
+
+def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
+    """Call ``write(file_object)`` on a temporary file next to ``path``, fsync it, then rename it to ``path``.
+
+    On any error the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise CheckpointError(
+            f"cannot write {path}: {err.strerror or err}; check that the folder exists and is writable"
+        ) from err
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise CheckpointError(
+                f"could not write {path}: {err.strerror or err} (disk full or read-only?); "
+                "the previous file, if any, is intact"
+            ) from err
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Atomically save ``state`` (tensors, numbers, strings and containers of them) with a format marker."""
+    payload = {"format": FORMAT, **state}
+    return atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`, safely (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: check the path (a run folder holds checkpoints/last.pt)")
+    if not zipfile.is_zipfile(path):  # torch.save always writes a zip archive; a cut one loses its index
+        raise CheckpointError(
+            f"{path} is truncated or not a checkpoint (not a complete torch.save archive); "
+            "delete it to resume from an earlier checkpoint, or start a new run"
+        )
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "global" in str(err).lower():
+            raise CheckpointError(
+                f"{path} holds objects other than tensors and plain data, and was not loaded (loading it could "
+                f"run code): {_first_line(err)}"
+            ) from err
+        raise CheckpointError(f"{path} is truncated or not a checkpoint: {_first_line(err)}") from err
+    except _LOAD_ERRORS as err:
+        raise CheckpointError(
+            f"{path} is truncated or not a checkpoint ({type(err).__name__}: {_first_line(err)}); "
+            "delete it to resume from an earlier checkpoint, or start a new run"
+        ) from err
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a vicreg checkpoint (no '{FORMAT}' marker)")
+    return state
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
+    """``folder/last.pt`` if it exists, else the highest ``step_*.pt``; ``None`` when there is none."""
+    folder = Path(folder)
+    last = folder / "last.pt"
+    if last.is_file():
+        return last
+    steps = sorted(folder.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]) if p.stem[5:].isdigit() else -1)
+    return steps[-1] if steps else None
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The Python and torch (CPU and CUDA) random states, as plain data for a checkpoint."""
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _as_tuple(x: Any) -> Any:
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+def export_backbone(state_dict: Mapping[str, Tensor], path: str | os.PathLike[str]) -> Path:
+    """Write a backbone's ``state_dict`` as ``.safetensors`` or ``.pt`` (chosen by the suffix), atomically."""
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save
+
+        blob = save(tensors, metadata={"format": "vicreg-backbone"})
+        return atomic_write(path, lambda f: f.write(blob))
+    if path.suffix in (".pt", ".pth"):
+        return atomic_write(path, lambda f: torch.save(tensors, f))
+    raise ValueError(f"unknown export format {path.suffix!r} for {path}: use .safetensors or .pt")
+
+
+def load_backbone(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read a backbone exported by :func:`export_backbone` (safely: no pickled code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no backbone file at {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # safetensors raises its own error types
+        raise CheckpointError(f"{path} is truncated or not a backbone export: {err}") from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} does not hold a state_dict")
+    return state
