@@ -1,0 +1,355 @@
+"""Training configuration: small frozen dataclasses with docstrings and validation, and named presets.
+
+The CLI (``vicreg train``) is generated from these classes; ``--config FILE.yaml`` and flags override a preset.
+Models, losses and optimisers never see these objects: :mod:`vicreg.train` unpacks them into plain arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "PRESETS",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "ViewsConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config_file",
+    "merge",
+]
+
+
+def _positive(name: str, value: float | int | None, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ViewsConfig:
+    """The two augmented views (see :class:`vicreg.PaperViews`)."""
+
+    size: int = 32
+    """Output size of the random resized crop, in pixels."""
+    crop_scale_min: float = 0.08
+    """Smallest crop area as a fraction of the image (the paper: 0.08)."""
+    symmetric: bool = False
+    """One shared pipeline for both views (lightly/solo-learn) instead of the paper's asymmetric pair."""
+    normalize: Literal["dataset", "imagenet"] = "dataset"
+    """Normalise with the dataset's channel statistics or ImageNet's."""
+    blur_prob_a: float = 1.0
+    """Gaussian blur probability of view A (paper: 1.0)."""
+    blur_prob_b: float = 0.1
+    """Gaussian blur probability of view B (paper: 0.1)."""
+    solarize_prob_b: float = 0.2
+    """Solarization probability of view B (paper: 0.2; view A: 0)."""
+    jitter_strength: float = 1.0
+    """Scale of the colour-jitter strengths (brightness .4, contrast .4, saturation .2, hue .1)."""
+
+    def __post_init__(self) -> None:
+        if self.size < 8:
+            raise ValueError(f"views.size must be at least 8 pixels, got {self.size}")
+        if not 0 < self.crop_scale_min <= 1:
+            raise ValueError(f"views.crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
+        for name in ("blur_prob_a", "blur_prob_b", "solarize_prob_b"):
+            p = getattr(self, name)
+            if not 0 <= p <= 1:
+                raise ValueError(f"views.{name} is a probability and must be in [0, 1], got {p}")
+        _non_negative("views.jitter_strength", self.jitter_strength)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Encoder and expander."""
+
+    backbone: str = "resnet18"
+    """resnet18, resnet34, resnet50, small_cnn, or timm:<name> (with timm installed)."""
+    expander: str = "8192-8192-8192"
+    """Widths of the expander's layers (the paper: 8192-8192-8192)."""
+    small_images: bool = True
+    """3x3 stride-1 stem without max-pool (for 32-96 px images)."""
+    width: int = 32
+    """Base width of small_cnn (ignored by other backbones)."""
+
+    def __post_init__(self) -> None:
+        from vicreg.models import parse_expander_spec
+
+        parse_expander_spec(self.expander)  # raises a clear ValueError on a bad spec
+        if not self.backbone:
+            raise ValueError("model.backbone is empty")
+        _positive("model.width", self.width)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Coefficients of the VICReg loss (paper: 25, 25, 1)."""
+
+    sim_coeff: float = 25.0
+    """Weight of the invariance term."""
+    std_coeff: float = 25.0
+    """Weight of the variance term."""
+    cov_coeff: float = 1.0
+    """Weight of the covariance term."""
+    gamma: float = 1.0
+    """Target standard deviation per dimension."""
+    eps: float = 1e-4
+    """Added to the variance under the square root."""
+    gather: bool = True
+    """Variance and covariance on the global batch under torchrun (the official behaviour)."""
+
+    def __post_init__(self) -> None:
+        for name in ("sim_coeff", "std_coeff", "cov_coeff", "gamma"):
+            _non_negative(f"loss.{name}", getattr(self, name))
+        _positive("loss.eps", self.eps)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and learning-rate schedule."""
+
+    name: Literal["lars", "adamw", "sgd"] = "lars"
+    """LARS as the paper, or AdamW / SGD."""
+    base_lr: float = 0.2
+    """Learning rate for a batch of 256; the peak rate is base_lr * batch_size / 256."""
+    weight_decay: float = 1e-6
+    """Weight decay (biases and norm parameters excluded)."""
+    momentum: float = 0.9
+    """Momentum of LARS and SGD."""
+    warmup_epochs: float = 10.0
+    """Linear warm-up length, in epochs (fractions allowed)."""
+    final_lr_ratio: float = 0.001
+    """The cosine ends at this fraction of the peak rate."""
+
+    def __post_init__(self) -> None:
+        _positive("optim.base_lr", self.base_lr)
+        _non_negative("optim.weight_decay", self.weight_decay)
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"optim.momentum must be in [0, 1), got {self.momentum}")
+        _non_negative("optim.warmup_epochs", self.warmup_epochs)
+        if not 0 <= self.final_lr_ratio <= 1:
+            raise ValueError(f"optim.final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A VICReg pretraining run."""
+
+    out: Path = Path("runs/vicreg")
+    """Run folder: config, metrics, TensorBoard events, checkpoints and the exported backbone. Re-running
+    with the same folder resumes from its last checkpoint."""
+    epochs: int = 100
+    """Passes over the training data."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps (the schedule still spans --epochs unless fewer)."""
+    batch_size: int = 256
+    """Global batch size (split evenly over processes under torchrun)."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N, mps, or auto (the local GPU when there is one, else the CPU)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast precision of the model (the loss is always float32); fp16 uses a gradient scaler (GPU)."""
+    seed: int = 0
+    """Seed of the model initialisation, data order and views."""
+    log_every: int = 20
+    """Steps between metric lines in metrics.jsonl and TensorBoard."""
+    diag_every: int = 200
+    """Steps between collapse diagnostics (std, correlation, effective rank) of the embeddings."""
+    ckpt_every: int = 500
+    """Steps between checkpoints (one is also written at the end and on SIGTERM/SIGINT)."""
+    knn_every: int = 1
+    """Epochs between online kNN evaluations on the held-out split (0: never)."""
+    compile: bool = False
+    """torch.compile the model."""
+    channels_last: bool = False
+    """channels_last memory format (faster convolutions on recent GPUs)."""
+    sync_bn: bool = False
+    """Convert BatchNorm to SyncBatchNorm under torchrun."""
+    progress: bool = True
+    """Show a progress bar on rank 0 when writing to a terminal."""
+    data: str = "fashion-mnist"
+    """A dataset name (fashion-mnist, mnist, cifar10, cifar100, stl10) or a path (image folder, .npy/.npz)."""
+    data_root: Path | None = None
+    """Folder that holds (or receives) named datasets; default: $VICREG_DATA, then the user cache."""
+    download: bool = False
+    """Download a named dataset when it is not found locally (needs the network)."""
+    image_size: int = 0
+    """Size that images of a folder are decoded to before the views (0: the views' size)."""
+    workers: int = 2
+    """DataLoader worker processes for image folders (in-memory datasets need none)."""
+    strict_data: bool = False
+    """Stop on the first unreadable image instead of skipping it with a warning."""
+    eval_split: str = "test"
+    """Labelled split for the online kNN monitor, when the dataset has one ('' turns it off)."""
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 (or omitted), got {self.max_steps}")
+        if self.batch_size < 2:
+            raise ValueError(
+                f"batch_size must be at least 2 (the variance term needs 2 samples per batch), got {self.batch_size}"
+            )
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        for name in ("log_every", "diag_every", "ckpt_every"):
+            _positive(name, getattr(self, name))
+        if not self.data:
+            raise ValueError("data is empty: give a dataset name or a path, e.g. --data fashion-mnist")
+        if self.image_size < 0:
+            raise ValueError(f"image_size must be >= 0, got {self.image_size}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.knn_every < 0:
+            raise ValueError(f"knn_every must be >= 0, got {self.knn_every}")
+
+
+# ------------------------------------------------------------------------------------------------ presets
+
+PRESETS: dict[str, TrainConfig] = {
+    # Sized for 2 CPU cores and ~10 minutes: a small CNN on 28 px grayscale Fashion-MNIST.
+    "fashion-mnist-cpu": TrainConfig(
+        out=Path("runs/fashion-mnist-cpu"),
+        epochs=10,
+        batch_size=256,
+        device="cpu",
+        data="fashion-mnist",
+        views=ViewsConfig(size=28, crop_scale_min=0.2),
+        model=ModelConfig(backbone="small_cnn", expander="1024-1024-1024", width=32),
+        optim=OptimConfig(name="lars", base_lr=0.3, weight_decay=1e-5, warmup_epochs=1.0),
+    ),
+    # The GPU recipe in the class of solo-learn's CIFAR-10 ResNet-18 (1000 epochs, batch 256, LARS lr 0.3).
+    "cifar10-resnet18": TrainConfig(
+        out=Path("runs/cifar10-resnet18"),
+        epochs=1000,
+        batch_size=256,
+        precision="bf16",
+        data="cifar10",
+        download=True,
+        workers=4,
+        views=ViewsConfig(size=32, crop_scale_min=0.2),
+        model=ModelConfig(backbone="resnet18", expander="2048-2048-2048", small_images=True),
+        optim=OptimConfig(name="lars", base_lr=0.3, weight_decay=1e-4, warmup_epochs=10.0),
+        channels_last=True,
+    ),
+    # The paper: ResNet-50, 8192-8192-8192, batch 2048, base lr 0.2, 1000 epochs, 10 warm-up epochs.
+    "imagenet-resnet50": TrainConfig(
+        out=Path("runs/imagenet-resnet50"),
+        epochs=1000,
+        batch_size=2048,
+        precision="bf16",
+        data="imagenet/train",
+        workers=10,
+        image_size=256,
+        eval_split="",
+        views=ViewsConfig(size=224, normalize="imagenet"),
+        model=ModelConfig(backbone="resnet50", expander="8192-8192-8192", small_images=False),
+        optim=OptimConfig(name="lars", base_lr=0.2, weight_decay=1e-6, warmup_epochs=10.0),
+        channels_last=True,
+        sync_bn=False,
+    ),
+}
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, YAML-friendly dict of a config (paths as strings)."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    return plain(cfg)
+
+
+def _coerce(path: str, hint: Any, value: Any) -> Any:
+    """Check (and convert where lossless) a value read from a file against the field's declared type."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is Literal:
+        if value not in args:
+            raise ValueError(f"config key {path!r} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if args and type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, str):
+        return value
+    if hint is Path and isinstance(value, str | Path):
+        return Path(value)
+    name = getattr(hint, "__name__", str(hint))
+    raise ValueError(f"config key {path!r} must be of type {name}, got {value!r}")
+
+
+def merge(cfg: Any, overrides: Mapping[str, Any], where: str = "") -> Any:
+    """A copy of the dataclass ``cfg`` with the (nested) ``overrides`` applied and validated.
+
+    Unknown keys, values of the wrong type and out-of-range values raise ``ValueError`` naming the key.
+    """
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise TypeError(f"merge expects a dataclass instance, got {type(cfg).__name__}")
+    hints = typing.get_type_hints(type(cfg))
+    names = {f.name for f in dataclasses.fields(cfg)}
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        name = str(key).replace("-", "_")
+        path = f"{where}{name}"
+        if name not in names:
+            raise ValueError(f"unknown config key {path!r}; known keys here: {', '.join(sorted(names))}")
+        current = getattr(cfg, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ValueError(f"config key {path!r} is a section and needs a mapping, got {value!r}")
+            changes[name] = merge(current, value, f"{path}.")
+        else:
+            changes[name] = _coerce(path, hints[name], value)
+    return dataclasses.replace(cfg, **changes)
+
+
+def config_from_dict(data: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    return merge(base or TrainConfig(), data)
+
+
+def load_config_file(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+    """Read a YAML (or JSON) file of overrides on top of ``base`` (a preset or the defaults)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, Mapping):
+        raise ValueError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}")
+    return config_from_dict(data, base)
