@@ -9,6 +9,7 @@ readable file and reports them with the batch, and the loader warns once with th
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -102,46 +103,67 @@ def _has_image_extension(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def scan_folder(root: str | os.PathLike[str]) -> tuple[list[str], list[int] | None, tuple[str, ...]]:
+def scan_folder(
+    root: str | os.PathLike[str], labeled: bool | None = None
+) -> tuple[list[str], list[int] | None, tuple[str, ...]]:
     """Find the image files under ``root``, recursively, in a sorted (reproducible) order.
 
-    Labelled when ``root`` has sub-folders that contain images: each top-level sub-folder is a class
-    (torchvision's ``ImageFolder`` convention, with its ``find_classes``/``make_dataset``) and images lying
-    directly in ``root`` are then ignored. Unlabeled otherwise (labels ``None``). Files are selected by
-    extension (:data:`IMAGE_EXTENSIONS`, any case); anything else is not looked at.
+    ``labeled=None`` (auto): labelled when a top-level sub-folder of ``root`` holds images (at any depth);
+    each such sub-folder is then a class, torchvision's ``ImageFolder`` convention (its ``find_classes`` and
+    ``make_dataset`` are used), and images lying directly in ``root`` are ignored with a warning.
+    Unlabeled otherwise (labels ``None``). ``labeled=False`` reads every image under ``root`` without labels
+    (e.g. photos sorted into date folders); ``labeled=True`` requires class sub-folders. Files are selected by
+    extension (:data:`IMAGE_EXTENSIONS`, any case); other files are not looked at.
+
+    Returns:
+        ``(paths, labels or None, class names)``.
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
         NotADirectoryError: ``root`` is a file.
-        ValueError: no image file anywhere under ``root``.
+        ValueError: no image file under ``root`` (or no class sub-folder with images when ``labeled=True``).
     """
     root = Path(root).expanduser()
     if not root.exists():
         raise FileNotFoundError(f"image folder {root} does not exist; check the path")
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is a file, not an image folder")
-    classes: list[str] = []
-    if any(e.is_dir() for e in os.scandir(root)):
+    if labeled is not False and any(e.is_dir() for e in os.scandir(root)):
         classes, class_to_idx = find_classes(str(root))
         samples = make_dataset(str(root), class_to_idx, is_valid_file=_has_image_extension, allow_empty=True)
         # Keep only the classes that have images, so empty helper folders do not become labels.
         used = sorted({c for _, c in samples})
         if used:
+            loose = [e.name for e in os.scandir(root) if e.is_file() and _has_image_extension(e.name)]
+            if loose:
+                warnings.warn(
+                    f"{len(loose)} image file(s) directly in {root} (e.g. {loose[0]}) are ignored: the "
+                    "folder has class sub-folders; pass labeled=False to read every image without labels",
+                    stacklevel=3,
+                )
             remap = {old: new for new, old in enumerate(used)}
             names = tuple(classes[c] for c in used)
             return [p for p, _ in samples], [remap[c] for _, c in samples], names
-    files = sorted(
-        os.path.join(d, f)
-        for d, _, names in os.walk(root, followlinks=True)
-        for f in names
-        if _has_image_extension(f)
-    )
-    if not files:
+    if labeled:
         raise ValueError(
-            f"no image files under {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively); "
-            "point to the folder that holds the images"
+            f"labeled=True but {root} has no sub-folder with images; put each class's images in "
+            "root/<class name>/, or pass labeled=None"
         )
-    return files, None, ()
+    files: list[str] = []
+    others = 0
+    for d, _, found in os.walk(root, followlinks=True):
+        for f in found:
+            if _has_image_extension(f):
+                files.append(os.path.join(d, f))
+            else:
+                others += 1
+    if not files:
+        what = f"only {others} file(s) with other extensions" if others else "nothing"
+        raise ValueError(
+            f"no image files under {root}: found {what} (looked for {', '.join(IMAGE_EXTENSIONS)}, "
+            "recursively); point to the folder that holds the images"
+        )
+    return sorted(files), None, ()
 
 
 @dataclass
@@ -152,6 +174,7 @@ class ImageFolderSource(Dataset[FolderSample]):
         root: the folder (see :func:`scan_folder` for labels and file types).
         size: every image becomes ``(channels, size, size)`` (see :func:`decode_image`).
         channels: 3 for RGB, 1 for grey.
+        labeled: class sub-folders as labels: ``None`` auto, see :func:`scan_folder`.
         min_size: images whose shorter side is below this are rejected as bad. ``None`` means ``size``
             (never upscale); ``0`` keeps every image.
 
@@ -163,6 +186,7 @@ class ImageFolderSource(Dataset[FolderSample]):
     root: str | os.PathLike[str]
     size: int
     channels: int = 3
+    labeled: bool | None = None
     min_size: int | None = None
 
     def __post_init__(self) -> None:
@@ -170,7 +194,7 @@ class ImageFolderSource(Dataset[FolderSample]):
             raise ValueError(f"size must be >= 1, got {self.size}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
-        self.files, labels, self.classes = scan_folder(self.root)
+        self.files, labels, self.classes = scan_folder(self.root, self.labeled)
         self.labels: list[int] | None = labels
 
     def __len__(self) -> int:

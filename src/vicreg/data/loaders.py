@@ -24,7 +24,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -332,16 +332,17 @@ def folder_loader(
     batch_size: int,
     *,
     channels: int = 3,
+    labeled: bool | None = None,
     min_size: int | None = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> FolderLoader:
     """A :class:`FolderLoader` over the images under ``root``, decoded to ``uint8 (channels, size, size)``.
 
-    ``channels`` and ``min_size`` go to :class:`ImageFolderSource`; the other keyword arguments (``shuffle``,
-    ``drop_last``, ``seed``, ``rank``, ``world_size``, ``num_workers``, ``strict``, ``pin_memory``,
-    ``prefetch_factor``) to :class:`FolderLoader`.
+    ``channels``, ``labeled`` and ``min_size`` go to :class:`ImageFolderSource`; the other keyword
+    arguments (``shuffle``, ``drop_last``, ``seed``, ``rank``, ``world_size``, ``num_workers``, ``strict``,
+    ``pin_memory``, ``prefetch_factor``) to :class:`FolderLoader`.
     """
-    source = ImageFolderSource(root, size, channels=channels, min_size=min_size)
+    source = ImageFolderSource(root, size, channels=channels, labeled=labeled, min_size=min_size)
     return FolderLoader(source, batch_size, **kwargs)
 
 
@@ -350,6 +351,7 @@ def load_folder(
     size: int,
     *,
     channels: int = 3,
+    labeled: bool | None = None,
     min_size: int | None = None,
     strict: bool = False,
     num_workers: int | None = None,
@@ -359,7 +361,7 @@ def load_folder(
 
     Unusable files are left out (one :class:`BadImageWarning`, or :class:`BadImageError` when ``strict``).
     """
-    source = ImageFolderSource(root, size, channels=channels, min_size=min_size)
+    source = ImageFolderSource(root, size, channels=channels, labeled=labeled, min_size=min_size)
     loader = FolderLoader(
         source,
         min(batch_size, len(source)),

@@ -63,8 +63,7 @@ _ALIASES = {
     "fashionmnist": "fashion-mnist",
 }
 _SPLITS = {
-    "cifar10": ("train", "test"),
-    "cifar100": ("train", "test"),
+    "cifar": ("train", "test"),
     "stl10": ("train", "test", "unlabeled", "train+unlabeled"),
     "idx": ("train", "test"),
 }
