@@ -73,7 +73,7 @@ def write_cifar100(folder: Path, n: int = 6) -> Path:
 
 
 def write_stl10(folder: Path, n_train: int = 3, n_test: int = 2, n_unlabeled: int = 4) -> dict:
-    """STL-10 binaries: images stored column-major per channel, labels 1-based. Returns the (N,3,96,96) truths."""
+    """STL-10 binaries: images column-major per channel, labels 1-based. Returns the (N,3,96,96) truths."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
     truth = {}
