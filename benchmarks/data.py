@@ -32,14 +32,20 @@ from torchvision import transforms
 from vicreg.data import ArrayDataset, InMemoryLoader, folder_loader
 
 
-def images_per_second(make_batches: Callable[[], Iterable], repeats: int) -> float:
-    rates = []
+def one_pass(batches: Iterable) -> float:
+    start, count = time.perf_counter(), 0
+    for batch in batches:
+        count += batch[0].shape[0]
+    return count / (time.perf_counter() - start)
+
+
+def compare(makers: dict[str, Callable[[], Iterable]], repeats: int) -> dict[str, float]:
+    """Median images/s of each contender, the passes interleaved so that machine noise hits all alike."""
+    rates: dict[str, list[float]] = {name: [] for name in makers}
     for _ in range(repeats):
-        start, count = time.perf_counter(), 0
-        for batch in make_batches():
-            count += batch[0].shape[0]
-        rates.append(count / (time.perf_counter() - start))
-    return statistics.median(rates)
+        for name, make in makers.items():
+            rates[name].append(one_pass(make()))
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
 def torch_index_select(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Iterable:
@@ -67,7 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000, help="JPEG files in the folder benchmark")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the folder benchmark")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
     print(
@@ -87,16 +93,19 @@ def main() -> None:
     default_threads = torch.get_num_threads()
     for threads in sorted({default_threads, 1}, reverse=True):
         torch.set_num_threads(threads)
-        rate_ours = images_per_second(lambda: ours, args.repeats)
-        rate_usual = images_per_second(lambda: usual, args.repeats)
-        rate_select = images_per_second(
-            lambda: torch_index_select(images, labels, args.batch_size), args.repeats
+        rate = compare(
+            {
+                "InMemoryLoader": lambda: ours,
+                "DataLoader(TensorDataset)": lambda: usual,
+                "torch index_select per batch": lambda: torch_index_select(images, labels, args.batch_size),
+            },
+            args.repeats,
         )
         print(f"\nin memory, 50000 x 3 x 32 x 32 uint8, batch {args.batch_size}, {threads} torch thread(s)")
-        print(f"  InMemoryLoader               {rate_ours:12,.0f} images/s")
-        print(f"  DataLoader(TensorDataset)    {rate_usual:12,.0f} images/s")
-        print(f"  torch index_select per batch {rate_select:12,.0f} images/s")
-        print(f"  ratio to DataLoader          {rate_ours / rate_usual:12.1f} x")
+        for name, value in rate.items():
+            print(f"  {name:<29}{value:12,.0f} images/s")
+        ratio = rate["InMemoryLoader"] / rate["DataLoader(TensorDataset)"]
+        print(f"  {'InMemoryLoader / DataLoader':<29}{ratio:12.1f} x")
     torch.set_num_threads(default_threads)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,15 +134,15 @@ def main() -> None:
                 tv, batch_size=batch, shuffle=True, num_workers=args.workers, persistent_workers=True
             )
             next(iter(ours_f)), next(iter(usual_f))  # start the workers before timing
-            rate_ours_f = images_per_second(lambda: ours_f, args.repeats)  # noqa: B023
-            rate_usual_f = images_per_second(lambda: usual_f, args.repeats)  # noqa: B023
+            makers = {"folder_loader": lambda o=ours_f: o, "ImageFolder+Resize+Crop": lambda u=usual_f: u}
+            rate = compare(makers, args.repeats)
             print(
                 f"\nfolder of {args.images} JPEGs 500x375 -> uint8 {size}x{size}, batch {batch}, "
                 f"{args.workers} workers"
             )
-            print(f"  folder_loader                {rate_ours_f:12,.0f} images/s")
-            print(f"  ImageFolder+Resize+Crop      {rate_usual_f:12,.0f} images/s")
-            print(f"  ratio                        {rate_ours_f / rate_usual_f:12.1f} x")
+            for name, value in rate.items():
+                print(f"  {name:<29}{value:12,.0f} images/s")
+            print(f"  {'ratio':<29}{rate['folder_loader'] / rate['ImageFolder+Resize+Crop']:12.1f} x")
 
 
 if __name__ == "__main__":
