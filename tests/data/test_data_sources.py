@@ -21,6 +21,7 @@ from tests.data.make_files import (
 )
 from vicreg.data import ArrayDataset, channel_stats, find_dataset, load, read_idx
 from vicreg.data import sources as sources_module
+from vicreg.data.readers import read_idx_folder
 
 
 @pytest.fixture
@@ -122,7 +123,7 @@ def test_failed_download_becomes_the_same_clear_error(isolated, monkeypatch):
 def test_real_debian_fashion_mnist_when_installed():
     if not (sources_module.DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("the Debian package dataset-fashion-mnist is not installed")
-    data = sources_module._read_idx_folder(sources_module.DEBIAN_FASHION_MNIST, "test")
+    data = read_idx_folder(sources_module.DEBIAN_FASHION_MNIST, "test")
     assert data.images.shape == (10000, 1, 28, 28) and data.labels.bincount().tolist() == [1000] * 10
 
 

@@ -25,12 +25,12 @@ from vicreg.data.loaders import (
     load_folder,
     shard_indices,
 )
+from vicreg.data.readers import read_idx
 from vicreg.data.sources import (
     DATASET_NAMES,
     DEBIAN_FASHION_MNIST,
     find_dataset,
     load,
-    read_idx,
     search_roots,
 )
 

@@ -112,7 +112,16 @@ def _num_batches(n: int, batch_size: int, world_size: int, drop_last: bool) -> i
 class _EpochState:
     """Epoch and resume position shared by both loaders."""
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, rank, world_size):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int,
+        rank: int | None,
+        world_size: int | None,
+    ) -> None:
         info = get_dist_info()
         self.rank = info.rank if rank is None else rank
         self.world_size = info.world_size if world_size is None else world_size

@@ -8,28 +8,21 @@ torchvision layout (``cifar-10-batches-py/``, ``cifar-100-python/``, ``stl10_bin
 ``FashionMNIST/raw/``) or a folder named after the dataset (``fashion-mnist/``, ``mnist/``). When nothing is
 found, torchvision's standard download fills ``$VICREG_DATA`` (its first folder) or the user cache.
 
-The file formats are read here rather than through torchvision's dataset classes because those check the MD5
-of every file on each load (seconds for STL-10's 2.7 GB) and cannot read gzipped IDX files in place;
-torchvision is used for the downloads and for the folder scan.
+The formats are read by :mod:`vicreg.data.readers`; torchvision is used for the downloads.
 """
 
 from __future__ import annotations
 
-import gzip
 import os
-import pickle
-import struct
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from vicreg.data.arrays import ArrayDataset
+from vicreg.data.readers import idx_file, read_cifar, read_idx_folder, read_numpy, read_stl10
 
-__all__ = ["DATASET_NAMES", "DEBIAN_FASHION_MNIST", "find_dataset", "load", "read_idx", "search_roots"]
+__all__ = ["DATASET_NAMES", "DEBIAN_FASHION_MNIST", "find_dataset", "load", "search_roots"]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -67,7 +60,6 @@ _SPLITS = {
     "stl10": ("train", "test", "unlabeled", "train+unlabeled"),
     "idx": ("train", "test"),
 }
-_IDX_PREFIX = {"train": "train", "test": "t10k"}
 
 
 def _canonical(name: str) -> str | None:
@@ -97,7 +89,7 @@ def _complete(name: str, folder: Path) -> bool:
         return (folder / "train").is_file() and (folder / "test").is_file()
     if name == "stl10":
         return (folder / "train_X.bin").is_file() or (folder / "unlabeled_X.bin").is_file()
-    return _idx_file(folder, "train", "images") is not None
+    return idx_file(folder, "train", "images") is not None
 
 
 def _download(name: str, root: Path) -> None:
@@ -159,172 +151,6 @@ def find_dataset(name: str, *, download: bool = True) -> Path:
     )
 
 
-# --- readers -----------------------------------------------------------------------------------------------
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles plain containers and numpy arrays only: a CIFAR file cannot run code when loaded."""
-
-    _allowed = frozenset(
-        {
-            ("numpy", "ndarray"),
-            ("numpy", "dtype"),
-            ("numpy.core.multiarray", "_reconstruct"),
-            ("numpy._core.multiarray", "_reconstruct"),
-            ("numpy.core.numeric", "_frombuffer"),
-            ("numpy._core.numeric", "_frombuffer"),
-            ("_codecs", "encode"),
-        }
-    )
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self._allowed:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not a CIFAR array file")
-        return super().find_class(module, name)
-
-
-def _unpickle(path: Path) -> Any:
-    with open(path, "rb") as f:
-        try:
-            return _ArrayUnpickler(f, encoding="latin1").load()
-        except (pickle.UnpicklingError, EOFError, ValueError) as e:
-            raise ValueError(f"{path} is not a readable CIFAR (python format) file: {e}") from e
-
-
-def _read_cifar(folder: Path, split: str) -> ArrayDataset:
-    hundred = (folder / "meta").is_file() or (folder / "train").is_file()
-    if hundred:
-        files, meta, key, label_key = [split], "meta", "fine_label_names", "fine_labels"
-    else:
-        files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-        meta, key, label_key = "batches.meta", "label_names", "labels"
-    images, labels = [], []
-    for f in files:
-        path = folder / f
-        if not path.is_file():
-            raise FileNotFoundError(f"CIFAR file {path} is missing; the folder looks incomplete")
-        entry = _unpickle(path)
-        if not isinstance(entry, dict) or "data" not in entry or label_key not in entry:
-            raise ValueError(f"{path} is not a CIFAR batch (expected a dict with 'data' and '{label_key}')")
-        images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(entry[label_key], dtype=np.int64))
-    classes: tuple[str, ...] = ()
-    if (folder / meta).is_file():
-        classes = tuple(_unpickle(folder / meta)[key])
-    return ArrayDataset(
-        torch.from_numpy(np.concatenate(images)),
-        torch.from_numpy(np.concatenate(labels)),
-        classes,
-        name=f"{'cifar100' if hundred else 'cifar10'}:{split}",
-    )
-
-
-def _read_stl_images(path: Path) -> Tensor:
-    if not path.is_file():
-        raise FileNotFoundError(f"STL-10 file {path} is missing")
-    raw = np.memmap(path, dtype=np.uint8, mode="r")
-    if raw.size % (3 * 96 * 96):
-        raise ValueError(f"{path} is not an STL-10 image file (size not a multiple of 3x96x96)")
-    # Stored column-major per channel: transpose H and W, one copy into memory.
-    return torch.from_numpy(np.ascontiguousarray(raw.reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2)))
-
-
-def _read_stl_labels(path: Path) -> Tensor:
-    if not path.is_file():
-        raise FileNotFoundError(f"STL-10 file {path} is missing")
-    return torch.from_numpy(np.fromfile(path, dtype=np.uint8).astype(np.int64) - 1)
-
-
-def _read_stl(folder: Path, split: str) -> ArrayDataset:
-    classes: tuple[str, ...] = ()
-    if (folder / "class_names.txt").is_file():
-        classes = tuple((folder / "class_names.txt").read_text().split())
-    name = f"stl10:{split}"
-    if split == "unlabeled":
-        return ArrayDataset(_read_stl_images(folder / "unlabeled_X.bin"), None, classes, name)
-    part = "test" if split == "test" else "train"
-    images = _read_stl_images(folder / f"{part}_X.bin")
-    labels = _read_stl_labels(folder / f"{part}_y.bin")
-    if split == "train+unlabeled":
-        extra = _read_stl_images(folder / "unlabeled_X.bin")
-        images = torch.cat([images, extra])
-        labels = torch.cat([labels, torch.full((extra.shape[0],), -1, dtype=torch.int64)])
-    return ArrayDataset(images, labels, classes, name)
-
-
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read a ``uint8`` IDX file (the MNIST format), gzipped or not, as a numpy array of its shape."""
-    path = Path(path)
-    opener: Callable[..., Any] = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
-        raise ValueError(f"{path} is not a readable IDX file: {e}") from e
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08 or not 1 <= data[3] <= 4:
-        raise ValueError(
-            f"{path} is not an IDX file of unsigned bytes (bad magic number {data[:4].hex()}); "
-            "expected MNIST-format files such as train-images-idx3-ubyte[.gz]"
-        )
-    ndim = data[3]
-    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(shape)):
-        raise ValueError(
-            f"{path}: header says shape {shape} but the file holds {body.size} bytes (truncated?)"
-        )
-    return body.reshape(shape)
-
-
-def _idx_file(folder: Path, split: str, kind: str) -> Path | None:
-    stem = f"{_IDX_PREFIX[split]}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
-    for candidate in (folder / stem, folder / f"{stem}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _read_idx_folder(folder: Path, split: str, classes: tuple[str, ...] = ()) -> ArrayDataset:
-    image_file, label_file = _idx_file(folder, split, "images"), _idx_file(folder, split, "labels")
-    if image_file is None:
-        raise FileNotFoundError(
-            f"no {_IDX_PREFIX[split]}-images-idx3-ubyte[.gz] in {folder} for split {split!r}"
-        )
-    images = read_idx(image_file)
-    if images.ndim != 3:
-        raise ValueError(f"{image_file}: expected (N, H, W) images, got shape {images.shape}")
-    labels = None
-    if label_file is not None:
-        labels = torch.from_numpy(read_idx(label_file).astype(np.int64))
-        if labels.shape != (images.shape[0],):
-            raise ValueError(f"{label_file}: {tuple(labels.shape)} labels for {images.shape[0]} images")
-        if not classes:
-            classes = tuple(str(i) for i in range(int(labels.max()) + 1))
-    return ArrayDataset(torch.from_numpy(images.copy()).unsqueeze(1), labels, classes, f"{folder}:{split}")
-
-
-def _read_numpy(path: Path) -> ArrayDataset:
-    try:
-        content = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is not a readable numpy file: {e}") from e
-    if isinstance(content, np.ndarray):
-        return ArrayDataset.from_arrays(content, name=str(path))
-    with content:
-        keys = list(content.files)
-        image_key = next(
-            (k for k in ("images", "x", "data", "X") if k in keys), keys[0] if len(keys) == 1 else None
-        )
-        if image_key is None:
-            raise ValueError(
-                f"{path}: cannot tell which array holds the images among {keys}; "
-                "name it 'images' (and the labels 'labels')"
-            )
-        label_key = next((k for k in ("labels", "y", "targets", "Y") if k in keys), None)
-        labels = content[label_key] if label_key else None
-        return ArrayDataset.from_arrays(content[image_key], labels, name=str(path))
-
-
 def _detect(folder: Path) -> str | None:
     """Which array format a folder holds, if any (``None``: treat it as an image folder)."""
     if (folder / "data_batch_1").is_file() or (folder / "test_batch").is_file():
@@ -333,7 +159,7 @@ def _detect(folder: Path) -> str | None:
         return "cifar"
     if any((folder / f).is_file() for f in ("train_X.bin", "test_X.bin", "unlabeled_X.bin")):
         return "stl10"
-    if _idx_file(folder, "train", "images") or _idx_file(folder, "test", "images"):
+    if idx_file(folder, "train", "images") or idx_file(folder, "test", "images"):
         return "idx"
     return None
 
@@ -408,13 +234,13 @@ def load(
         kind = {"cifar10": "cifar", "cifar100": "cifar", "stl10": "stl10"}.get(key, "idx")
         _check_split(kind, split, key)
         if kind == "cifar":
-            data = _read_cifar(folder, split)
+            data = read_cifar(folder, split)
         elif kind == "stl10":
-            data = _read_stl(folder, split)
+            data = read_stl10(folder, split)
         else:
             fashion = key == "fashion-mnist"
             digits = tuple(str(i) for i in range(10))
-            data = _read_idx_folder(folder, split, FASHION_CLASSES if fashion else digits)
+            data = read_idx_folder(folder, split, FASHION_CLASSES if fashion else digits)
         data = ArrayDataset(data.images, data.labels, data.classes, f"{key}:{split}")
     else:
         path = Path(text).expanduser()
@@ -428,7 +254,7 @@ def load(
                     f"{path}: unknown file format {path.suffix or '(no extension)'}; "
                     "expected a .npy/.npz array file, or a folder"
                 )
-            data = _read_numpy(path)
+            data = read_numpy(path)
         else:
             path = _dataset_subfolder(path)
             kind_or_none = _detect(path)
@@ -441,7 +267,7 @@ def load(
 
                 return load_folder(path, size, channels=channels or 3, strict=strict, num_workers=num_workers)
             _check_split(kind_or_none, split, path)
-            reader = {"cifar": _read_cifar, "stl10": _read_stl, "idx": _read_idx_folder}[kind_or_none]
+            reader = {"cifar": read_cifar, "stl10": read_stl10, "idx": read_idx_folder}[kind_or_none]
             data = reader(path, split)
     if size is not None and data.image_size != (size, size):
         data = ArrayDataset(_resize(data.images, size), data.labels, data.classes, data.name)
