@@ -1,0 +1,198 @@
+"""In-memory datasets: one ``uint8`` tensor ``(N, C, H, W)`` plus optional ``int64`` labels.
+
+Everything that fits in memory (CIFAR, STL-10 at 96 px, MNIST, Fashion-MNIST, numpy arrays, small image
+folders) ends up as an :class:`ArrayDataset`, which :class:`vicreg.data.InMemoryLoader` batches by indexing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["ArrayDataset", "as_uint8_images", "channel_stats"]
+
+# ITU-R 601-2 luma, the weights PIL uses for RGB -> L.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    """Images held as one tensor.
+
+    Attributes:
+        images: ``uint8`` tensor ``(N, C, H, W)``, ``C`` is 1 (grey) or 3 (RGB), on any device.
+        labels: ``int64`` tensor ``(N,)`` or ``None`` when unlabeled. In mixed splits (STL-10
+            ``train+unlabeled``) unlabeled rows carry ``-1``.
+        classes: class names, index ``i`` is label ``i`` (empty when unlabeled).
+        name: where it came from (dataset name or path), for messages and run reports.
+    """
+
+    images: Tensor
+    labels: Tensor | None = None
+    classes: tuple[str, ...] = ()
+    name: str = "arrays"
+    _stats: dict[str, tuple[float, ...]] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        x = self.images
+        if not isinstance(x, Tensor) or x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] not in (1, 3):
+            desc = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(
+                f"{self.name}: images must be a uint8 tensor (N, C, H, W) with C = 1 or 3, got {desc}; "
+                "use ArrayDataset.from_arrays to convert numpy arrays or other layouts"
+            )
+        if x.shape[0] == 0:
+            raise ValueError(f"{self.name}: the dataset has no images")
+        y = self.labels
+        if y is not None and (y.dtype != torch.int64 or y.shape != (x.shape[0],)):
+            raise ValueError(
+                f"{self.name}: labels must be an int64 tensor of shape ({x.shape[0]},), "
+                f"got {y.dtype} {tuple(y.shape)}"
+            )
+
+    @classmethod
+    def from_arrays(
+        cls,
+        images: Any,
+        labels: Any = None,
+        classes: Sequence[str] = (),
+        name: str = "arrays",
+    ) -> ArrayDataset:
+        """Build from numpy arrays or tensors; see :func:`as_uint8_images` for the accepted layouts."""
+        x = as_uint8_images(images, name=name)
+        y = None
+        if labels is not None:
+            y = torch.as_tensor(np.asarray(labels)).reshape(-1)
+            if y.is_floating_point() and not bool((y == y.round()).all()):
+                raise ValueError(f"{name}: labels must be integers, got non-integral {y.dtype} values")
+            y = y.to(torch.int64)
+            if y.shape[0] != x.shape[0]:
+                raise ValueError(f"{name}: {x.shape[0]} images but {y.shape[0]} labels")
+        return cls(x, y, tuple(classes), name)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)``."""
+        return self.images.shape[2], self.images.shape[3]
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        """Per-channel mean of the pixels scaled to ``[0, 1]``, computed once from the data."""
+        return self._channel_stats()[0]
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        """Per-channel standard deviation of the pixels scaled to ``[0, 1]``, computed once from the data."""
+        return self._channel_stats()[1]
+
+    def _channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        if not self._stats:  # frozen dataclass: fill the cache dict in place
+            mean, std = channel_stats(self.images)
+            self._stats["mean"], self._stats["std"] = mean, std
+        return self._stats["mean"], self._stats["std"]
+
+    def to(self, device: torch.device | str) -> ArrayDataset:
+        """The same dataset with its tensors on ``device`` (e.g. CIFAR on the GPU: batches cost no copy)."""
+        labels = None if self.labels is None else self.labels.to(device)
+        moved = replace(self, images=self.images.to(device), labels=labels)
+        moved._stats.update(self._stats)
+        return moved
+
+    def with_channels(self, channels: int) -> ArrayDataset:
+        """Grey -> RGB by repeating the channel, RGB -> grey with the ITU-R 601 luma weights (PIL's)."""
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        if channels == self.channels:
+            return self
+        x = self.images
+        if channels == 3:
+            out = x.expand(-1, 3, -1, -1).contiguous()
+        else:
+            w = torch.tensor(_LUMA, device=x.device).view(1, 3, 1, 1)
+            out = (x.float() * w).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
+        return replace(self, images=out)
+
+    def subset(self, index: Tensor | Sequence[int]) -> ArrayDataset:
+        """The rows ``index`` (tensor or list of ints), e.g. a labelled fraction for a linear probe."""
+        idx = torch.as_tensor(index, dtype=torch.int64, device=self.images.device)
+        labels = None if self.labels is None else self.labels[idx.to(self.labels.device)]
+        return replace(self, images=self.images[idx], labels=labels)
+
+
+def as_uint8_images(images: Any, *, name: str = "arrays") -> Tensor:
+    """Convert an image array to a contiguous ``uint8`` tensor ``(N, C, H, W)``.
+
+    Accepted: ``(N, H, W)`` (grey), ``(N, H, W, C)`` (channels last, assumed whenever the last axis has 1 or 3
+    entries) and ``(N, C, H, W)`` with ``C`` in ``{1, 3}``. Values: ``uint8`` as is; other integer types
+    must lie in ``[0, 255]``; floats must lie in ``[0, 1]`` and are scaled by 255 and rounded.
+    """
+    x = torch.as_tensor(np.asarray(images)) if not isinstance(images, Tensor) else images
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    elif x.ndim == 4 and x.shape[-1] in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    elif not (x.ndim == 4 and x.shape[1] in (1, 3)):
+        raise ValueError(
+            f"{name}: cannot read images of shape {tuple(x.shape)}; expected (N, H, W), (N, H, W, C) or "
+            "(N, C, H, W) with C = 1 (grey) or 3 (RGB)"
+        )
+    if x.dtype == torch.uint8:
+        pass
+    elif x.is_floating_point():
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(
+                f"{name}: float images must lie in [0, 1], got values in [{lo:g}, {hi:g}]; "
+                "rescale them (or pass uint8 in [0, 255])"
+            )
+        x = (x.float() * 255).round_().to(torch.uint8)
+    elif x.dtype != torch.bool:
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(
+                f"{name}: integer images must lie in [0, 255], got values in [{lo}, {hi}]; "
+                "rescale them to 8 bits first"
+            )
+        x = x.to(torch.uint8)
+    else:
+        raise ValueError(f"{name}: images of dtype {x.dtype} are not supported; use uint8")
+    return x.contiguous()
+
+
+def channel_stats(
+    images: Tensor, chunk_elements: int = 1 << 24
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) standard deviation of ``uint8`` images, scaled to ``[0, 1]``.
+
+    Exact: sums of values and of squares are accumulated in float64, a chunk of rows at a time, so memory
+    stays bounded for large datasets.
+    """
+    n, c = images.shape[:2]
+    per_row = images[0].numel()
+    rows = max(1, chunk_elements // per_row)
+    total = torch.zeros(c, dtype=torch.float64, device=images.device)
+    total_sq = torch.zeros_like(total)
+    for chunk in images.split(rows):
+        v = chunk.transpose(0, 1).reshape(c, -1).double()
+        total += v.sum(1)
+        total_sq += v.square().sum(1)
+    count = n * per_row // c
+    mean = total / count
+    var = (total_sq / count - mean.square()).clamp_min(0)
+    scale = 255.0
+    return (
+        tuple(float(m) / scale for m in mean.cpu()),
+        tuple(float(s) / scale for s in var.sqrt().cpu()),
+    )
