@@ -168,7 +168,7 @@ def _timm_model(name: str, small_images: bool, in_channels: int, **kwargs: Any) 
             "options to build_backbone, e.g. build_backbone('timm:vit_small_patch16_224', img_size=32, "
             "patch_size=4)"
         )
-    if name not in timm.list_models():
+    if not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r}; see timm.list_models() for the available names")
     kwargs.setdefault("pretrained", False)
     return timm.create_model(name, num_classes=0, in_chans=in_channels, **kwargs)
