@@ -310,7 +310,7 @@ class VICReg(nn.Module):
 
     def __init__(
         self,
-        backbone: str | nn.Module = "resnet50",
+        backbone: str | nn.Module,
         expander: str | Sequence[int] = "8192-8192-8192",
         small_images: bool = False,
         *,
