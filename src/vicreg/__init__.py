@@ -9,8 +9,11 @@ from vicreg.loss import (
     variance_term,
     vicreg_loss,
 )
+from vicreg.models import Expander, VICReg
 
 __all__ = [
+    "Expander",
+    "VICReg",
     "VICRegLoss",
     "VICRegOutput",
     "covariance_term",
