@@ -1,0 +1,323 @@
+"""The training loop and the `vicreg train` CLI, end to end on tiny data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from vicreg.checkpoint import load_backbone, load_checkpoint
+from vicreg.cli import main, parse_train_args
+from vicreg.config import PRESETS, LossConfig, ModelConfig, OptimConfig, TrainConfig, ViewsConfig, load_config_file
+from vicreg.train import NonFiniteLossError, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _npz(path: Path, n: int = 96, size: int = 16, channels: int = 1, seed: int = 0) -> Path:
+    """Two classes of simple shapes: a bright square or a bright bar, at random places, with noise."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 40, (n, channels, size, size), dtype=np.uint8)
+    labels = np.arange(n) % 2
+    for i in range(n):
+        r, c = rng.integers(0, size - 6, 2)
+        if labels[i]:
+            images[i, :, r : r + 6, c : c + 6] = 220
+        else:
+            images[i, :, r : r + 2, :] = 220
+    np.savez(path, images=images, labels=labels)
+    return path
+
+
+def _tiny(tmp_path: Path, **overrides) -> TrainConfig:
+    cfg = TrainConfig(
+        out=tmp_path / "run",
+        data=str(_npz(tmp_path / "tiny.npz")),
+        epochs=2,
+        batch_size=16,
+        device="cpu",
+        log_every=1,
+        diag_every=2,
+        ckpt_every=3,
+        progress=False,
+        workers=0,
+        views=ViewsConfig(size=16),
+        model=ModelConfig(backbone="small_cnn", expander="32-32", width=4),
+        optim=OptimConfig(name="lars", base_lr=0.2, warmup_epochs=0.5),
+    )
+    return replace(cfg, **overrides)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+
+
+def test_tiny_run_writes_the_run_folder(tmp_path: Path) -> None:
+    cfg = _tiny(tmp_path)
+    result = train(cfg)
+    run = cfg.out
+    steps_per_epoch = 96 // 16
+    assert result.step == 2 * steps_per_epoch and not result.interrupted
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["backbone"] == "small_cnn"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 13))
+    for r in steps:
+        assert {"lr", "invariance", "variance", "covariance", "images_per_s", "epoch"} <= set(r)
+        assert np.isfinite(r["loss"])
+    assert any("diag.effective_rank" in r for r in steps)
+    knn = [r for r in rows if "knn.top1" in r]
+    assert len(knn) == 2 and all(0 <= r["knn.top1"] <= 100 for r in knn)
+    assert list((run / "tb").iterdir()), "TensorBoard events are written"
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 12
+    backbone = load_backbone(run / "backbone.safetensors")
+    assert set(backbone) == {k.removeprefix("backbone.") for k in _weights(run) if k.startswith("backbone.")}
+    # learning rate: warm-up then cosine
+    lrs = [r["lr"] for r in steps]
+    assert lrs[0] < lrs[2] and lrs[-1] < lrs[3]
+
+
+def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
+    """N steps == N/2 steps, a fresh start from the checkpoint, N/2 steps: the same weights on CPU."""
+    full = train(_tiny(tmp_path / "a", max_steps=8, knn_every=0))
+    half = _tiny(tmp_path / "b", max_steps=4, knn_every=0)
+    train(half)
+    assert load_checkpoint(half.out / "checkpoints" / "last.pt")["step"] == 4
+    resumed = train(replace(half, max_steps=8))
+    assert full.step == resumed.step == 8
+    wa, wb = _weights(full.run_dir), _weights(resumed.run_dir)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0, msg=key)
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path: Path) -> None:
+    cfg = _tiny(tmp_path, max_steps=2, knn_every=0)
+    train(cfg)
+    other = replace(cfg, max_steps=4, model=ModelConfig(backbone="small_cnn", expander="64-64", width=4))
+    with pytest.raises(Exception, match="different model config"):
+        train(other)
+
+
+def test_every_parameter_changes_in_training(tmp_path: Path) -> None:
+    cfg = _tiny(tmp_path, max_steps=3, knn_every=0, optim=OptimConfig(name="sgd", base_lr=0.5, warmup_epochs=0))
+    torch.manual_seed(cfg.seed)
+    from vicreg.train import build_model
+
+    initial = build_model(cfg, channels=1).state_dict()
+    train(cfg)
+    after = _weights(cfg.out)
+    for key, value in initial.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        assert not torch.equal(value, after[key]), f"{key} did not change"
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vicreg.train as train_module
+
+    real_build_views = train_module.build_views
+    calls = {"n": 0}
+
+    def poisoned(cfg, data):
+        views = real_build_views(cfg, data)
+
+        def call(x, generator=None):
+            calls["n"] += 1
+            v_a, v_b = views(x, generator=generator)
+            if calls["n"] >= 5:  # from step 4 (0-based) on
+                v_a = v_a * float("nan")
+            return v_a, v_b
+
+        return call
+
+    monkeypatch.setattr(train_module, "build_views", poisoned)
+    cfg = _tiny(tmp_path, ckpt_every=2, log_every=3, knn_every=0)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite at step 4 \(terms: loss, invariance"):
+        train(cfg)
+    # the last good checkpoint (step 2) is kept, not overwritten by the poisoned weights
+    state = load_checkpoint(cfg.out / "checkpoints" / "last.pt")
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: TrainConfig(epochs=0), "epochs must be >= 1"),
+        (lambda: TrainConfig(batch_size=1), "batch_size must be at least 2"),
+        (lambda: TrainConfig(max_steps=0), "max_steps"),
+        (lambda: TrainConfig(data=""), "data is empty"),
+        (lambda: LossConfig(eps=0), "loss.eps"),
+        (lambda: LossConfig(std_coeff=-1), "loss.std_coeff"),
+        (lambda: OptimConfig(base_lr=0), "optim.base_lr"),
+        (lambda: OptimConfig(momentum=1.0), "optim.momentum"),
+        (lambda: ModelConfig(expander="8192-abc"), "expander"),
+        (lambda: ViewsConfig(blur_prob_a=1.5), "views.blur_prob_a"),
+    ],
+)
+def test_bad_config_values(make, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_config_file_overrides_preset_and_flags_override_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 3\nbatch_size: 64\noptim:\n  base_lr: 0.5\nmodel:\n  expander: 128-128\n")
+    cfg = parse_train_args(["--preset", "fashion-mnist-cpu", "--config", str(path), "--epochs", "7"])
+    assert cfg.epochs == 7  # flag
+    assert cfg.batch_size == 64 and cfg.optim.base_lr == 0.5 and cfg.model.expander == "128-128"  # file
+    assert cfg.model.backbone == PRESETS["fashion-mnist-cpu"].model.backbone  # preset
+    assert cfg.data == "fashion-mnist"
+    cfg = parse_train_args(["--optim.name", "adamw", "--max-steps", "5", "--out", str(tmp_path / "x")])
+    assert cfg.optim.name == "adamw" and cfg.max_steps == 5 and cfg.out == tmp_path / "x"
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("epochs: ten\n", "'epochs' must be of type int"),
+        ("epoch: 3\n", "unknown config key 'epoch'"),
+        ("optim:\n  nme: sgd\n", "unknown config key 'optim.nme'"),
+        ("optim: 3\n", "is a section"),
+        ("optim:\n  name: adam\n", "must be one of"),
+        ("- 1\n- 2\n", "must hold a mapping"),
+        ("epochs: [\n", "not valid YAML"),
+        ("loss:\n  gamma: -1\n", "loss.gamma"),
+    ],
+)
+def test_bad_config_files(tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_config_file(path)
+
+
+def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit, match="unknown preset 'nope'"):
+        parse_train_args(["--preset", "nope"])
+    with pytest.raises(SystemExit, match="batch_size must be at least 2"):
+        parse_train_args(["--batch-size", "1"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        parse_train_args(["--config", str(tmp_path / "missing.yaml")])
+    with pytest.raises(SystemExit):
+        parse_train_args(["--epochs", "many"])
+    assert "epochs" in capsys.readouterr().err
+
+
+def test_help_is_complete(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    for command in ("train", "export", "info"):
+        assert command in top
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for flag in (
+        "--preset", "--config", "--out", "--data", "--epochs", "--max-steps", "--batch-size", "--device",
+        "--precision", "--seed", "--model.backbone", "--optim.base-lr", "--loss.sim-coeff", "--views.size",
+    ):  # fmt: skip
+        assert flag in text, flag
+    for preset in PRESETS:
+        assert preset in text
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+
+def _image_folder(root: Path, n: int = 40, size: int = 20) -> Path:
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        cls = root / ("cats" if i % 2 else "dogs")
+        cls.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(cls / f"{i}.png")
+    (root / "dogs" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_on_an_image_folder(tmp_path: Path) -> None:
+    folder = _image_folder(tmp_path / "images")
+    out = tmp_path / "run"
+    args = [
+        sys.executable, "-m", "vicreg", "train", "--data", str(folder), "--out", str(out), "--device", "cpu",
+        "--epochs", "2", "--batch-size", "8", "--views.size", "16", "--model.backbone", "small_cnn",
+        "--model.width", "4", "--model.expander", "32-32", "--workers", "1", "--log-every", "2",
+        "--precision", "bf16",
+    ]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "run folder" in proc.stdout
+    assert "1 unusable" in proc.stderr or "broken.png" in proc.stderr  # the corrupt file was reported
+    assert (out / "backbone.safetensors").is_file()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 2 * (40 // 8)
+    exported = tmp_path / "b.pt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vicreg", "export", str(out), "--out", str(exported)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert set(load_backbone(exported)) == set(load_backbone(out / "backbone.safetensors"))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
+    data = _npz(tmp_path / "d.npz", n=256)
+    out = tmp_path / "run"
+    args = [
+        sys.executable, "-m", "vicreg", "train", "--data", str(data), "--out", str(out), "--device", "cpu",
+        "--epochs", "50", "--batch-size", "16", "--views.size", "16", "--model.backbone", "small_cnn",
+        "--model.width", "4", "--model.expander", "32-32", "--log-every", "1", "--knn-every", "0",
+        "--ckpt-every", "100000",
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "stopped by signal" in err
+    step = load_checkpoint(out / "checkpoints" / "last.pt")["step"]
+    assert step >= 3
+    # resume and finish a few more steps
+    proc2 = subprocess.run([*args, "--max-steps", str(step + 3)], cwd=REPO, capture_output=True, text=True)
+    assert proc2.returncode == 0, proc2.stderr
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == step + 3
+
+
+@pytest.mark.slow
+def test_two_process_torchrun(tmp_path: Path) -> None:
+    """A real torchrun with 2 gloo processes: one run folder, identical weights on both ranks."""
+    data = _npz(tmp_path / "d.npz", n=64)
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+        "-m", "vicreg", "train", "--data", str(data), "--out", str(out), "--device", "cpu",
+        "--epochs", "1", "--batch-size", "16", "--views.size", "16", "--model.backbone", "small_cnn",
+        "--model.width", "4", "--model.expander", "32-32", "--log-every", "1", "--knn-every", "0",
+    ]  # fmt: skip
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert state["world_size"] == 2 and state["step"] == 64 // 16
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # rank 0 alone writes
