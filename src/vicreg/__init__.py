@@ -1,5 +1,6 @@
 """VICReg: Variance-Invariance-Covariance Regularization for self-supervised learning."""
 
+from vicreg.augment import PaperViews, ViewConfig
 from vicreg.loss import (
     VICRegLoss,
     VICRegOutput,
@@ -11,8 +12,10 @@ from vicreg.loss import (
 )
 
 __all__ = [
+    "PaperViews",
     "VICRegLoss",
     "VICRegOutput",
+    "ViewConfig",
     "covariance_term",
     "invariance_term",
     "variance_covariance_loss",
