@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import pickle
 
 import pytest
 import torch
@@ -392,3 +393,20 @@ def test_bad_arguments_and_inputs_raise_clear_errors():
         views(torch.zeros(2, 16, 16, 3, dtype=torch.uint8))
     with pytest.raises(ValueError, match="dtype"):
         views(torch.zeros(2, 3, 16, 16, dtype=torch.int32))
+
+
+def test_reused_scratch_memory_never_leaks_into_returned_views():
+    views = PaperViews(12)
+    x = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
+    a1, b1 = views(x, generator=torch.Generator().manual_seed(2))
+    kept = a1.clone(), b1.clone()
+    views(torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8))  # same shapes: same scratch buffers
+    views(torch.randint(0, 256, (4, 1, 20, 20), dtype=torch.uint8))  # other shapes: new buffers
+    assert torch.equal(a1, kept[0]) and torch.equal(b1, kept[1])
+    a2, b2 = views(x, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a1, a2) and torch.equal(b1, b2)
+    fresh = PaperViews(12)(x, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(fresh[0], a1) and torch.equal(fresh[1], b1)
+    clone = pickle.loads(pickle.dumps(views))  # DataLoader workers: the copy starts without buffers
+    assert clone._scratch._buffers == {}
+    assert torch.equal(clone(x, generator=torch.Generator().manual_seed(2))[0], a1)

@@ -5,10 +5,13 @@ per-sample parameters as tensors of length ``N``; none loops over samples in Pyt
 one matches the single-image ``torchvision.transforms.v2.functional`` operation named in its docstring
 (``tests/test_views.py`` states the tolerances). A sample whose parameter is the neutral value (factor 1,
 shift 0, mask False) comes out unchanged, which is how "apply with probability p" is done without branching
-on tensors. Public functions return new tensors; the ``_name_`` forms work in place for :func:`apply_view`.
+on tensors. Public functions return new tensors; the ``_name_`` forms work in place for ``apply_view``,
+sharing one image-sized scratch buffer: on CPU every fresh image-sized tensor costs page faults.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +19,7 @@ from torch import Tensor
 
 __all__ = [
     "GRAY_WEIGHTS",
+    "Scratch",
     "adjust_brightness",
     "adjust_contrast",
     "adjust_hue",
@@ -29,6 +33,32 @@ __all__ = [
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 """ITU-R 601 luma weights, as torchvision's ``rgb_to_grayscale`` (PIL's ``convert("L")`` uses 0.299)."""
+
+
+class Scratch:
+    """Named temporary tensors, reused while their shape, dtype and device stay the same.
+
+    On CPU every fresh image-sized tensor is fresh memory from the OS, and touching it costs a page fault
+    per 4 KiB: at 32 px that was about 40% of the time of a view. :class:`~vicreg.augment.PaperViews` keeps
+    one ``Scratch`` between calls on CPU; the public functions here use a throwaway one. Not for use by two
+    threads at once. Pickling drops the buffers (DataLoader workers start empty).
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+
+    def get(
+        self, name: str, shape: tuple[int, ...], like: Tensor, dtype: torch.dtype | None = None
+    ) -> Tensor:
+        """An uninitialised tensor of ``shape`` on ``like``'s device, of ``dtype`` (default ``like``'s)."""
+        dtype = like.dtype if dtype is None else dtype
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != like.device:
+            buf = self._buffers[name] = torch.empty(shape, dtype=dtype, device=like.device)
+        return buf
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_buffers": {}}
 
 
 def _per_sample(v: Tensor) -> Tensor:
@@ -72,6 +102,7 @@ def resized_crop(
     size: tuple[int, int],
     flip: Tensor | None = None,
     interpolation: str = "bilinear",
+    scratch: Scratch | None = None,
 ) -> Tensor:
     """Crop each sample to its box, resize it to ``size`` and optionally flip it, in one ``grid_sample``.
 
@@ -92,12 +123,14 @@ def resized_crop(
     xs = _axis_coords(left, width, out_w, in_w, clamp=bilinear)
     if flip is not None:
         xs = torch.where(flip[:, None], xs.flip(1), xs)
-    grid = torch.stack(torch.broadcast_tensors(xs[:, None, :], ys[:, :, None]), dim=-1).to(x.dtype)
+    grid = (scratch or Scratch()).get("grid", (x.shape[0], out_h, out_w, 2), x)
+    grid[..., 0] = xs[:, None, :]
+    grid[..., 1] = ys[:, :, None]
     out = F.grid_sample(x, grid, mode=interpolation, padding_mode="border", align_corners=False)
     return out if bilinear else out.clamp_(0, 1)
 
 
-def _blend_(x: Tensor, target: Tensor, factor: Tensor) -> Tensor:
+def _blend_(x: Tensor, target: Tensor, factor: Tensor) -> Tensor:  # for the single-operation functions
     """In place: ``clamp(factor * x + (1 - factor) * target, 0, 1)``; exact identity where ``factor == 1``."""
     return x.lerp_(target.expand_as(x), _per_sample(1 - factor).to(x.dtype)).clamp_(0, 1)
 
@@ -119,7 +152,7 @@ def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
     return _blend_(x.clone(), _gray(x), factor)
 
 
-def _hue_into(x: Tensor, shift: Tensor, out: Tensor) -> Tensor:
+def _hue_into(x: Tensor, shift: Tensor, out: Tensor, scratch: Scratch) -> Tensor:
     """Write ``x`` with its HSV hue rotated by ``shift`` turns into ``out`` (not ``x`` itself).
 
     Value (max) and chroma (max - min) are kept, so only the hue is computed: ``H`` in sextants ``[0, 6)``,
@@ -128,16 +161,15 @@ def _hue_into(x: Tensor, shift: Tensor, out: Tensor) -> Tensor:
     temporaries are reused, because on CPU every fresh image-sized tensor costs page faults.
     """
     r, g, b = x.unbind(1)
-    maxc = torch.maximum(r, g)
-    torch.maximum(maxc, b, out=maxc)
-    chroma = torch.minimum(r, g)
-    torch.minimum(chroma, b, out=chroma)
+    maxc, chroma, inv, h, tmp_a, tmp_b = (scratch.get(f"hue{i}", r.shape, x) for i in range(6))
+    torch.maximum(torch.maximum(r, g, out=maxc), b, out=maxc)
+    torch.minimum(torch.minimum(r, g, out=chroma), b, out=chroma)
     torch.sub(maxc, chroma, out=chroma)
-    inv = chroma.clamp(min=1e-12).reciprocal_()  # any finite value where chroma == 0: hue is unused there
+    torch.clamp(chroma, min=1e-12, out=inv).reciprocal_()  # chroma == 0: any finite value, the hue is unused
     # H for each choice of the max channel; torchvision's tie order is r, then g, then b.
-    h = torch.sub(g, b).mul_(inv)
-    tmp_a = torch.sub(b, r).mul_(inv).add_(2.0)
-    tmp_b = torch.sub(r, g).mul_(inv).add_(4.0)
+    torch.sub(g, b, out=h).mul_(inv)
+    torch.sub(b, r, out=tmp_a).mul_(inv).add_(2.0)
+    torch.sub(r, g, out=tmp_b).mul_(inv).add_(4.0)
     tmp_a.lerp_(tmp_b, torch.ne(g, maxc, out=inv))  # inv is no longer needed: it holds the masks
     h.lerp_(tmp_a, torch.ne(r, maxc, out=inv))
     h.add_(_per_sample(6.0 * shift).squeeze(1).to(x.dtype))
@@ -157,7 +189,7 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     """
     if x.shape[1] == 1:
         return x.clone()
-    return _hue_into(x, shift, torch.empty_like(x))
+    return _hue_into(x, shift, torch.empty_like(x), Scratch())
 
 
 def _color_jitter_(
@@ -169,26 +201,29 @@ def _color_jitter_(
     hue: Tensor,
     order: Tensor,
     hue_position: Tensor,
+    scratch: Scratch,
 ) -> Tensor:
+    n = x.shape[0]
     factors = torch.stack([brightness, contrast, saturation], dim=1).to(x.dtype)
     if x.shape[1] == 1:  # saturation is the identity on one channel
         factors[:, 2] = 1.0
+    # Per-sample tables for the 6 blends (3 slots before the hue, 3 after), built once: (N, 6, 1, 1, 1).
     slots = torch.arange(3, device=x.device)
-    before_hue = apply[:, None] & (slots[None, :] < hue_position[:, None])  # (N, 3)
-    after_hue = apply[:, None] & ~before_hue
-    slot_factors = factors.gather(1, order)
-    is_contrast = [_weight(order[:, slot] == 1, x) for slot in range(3)]
-    is_saturation = [_weight(order[:, slot] == 2, x) for slot in range(3)]
-    gray = torch.empty_like(x[:, :1])
-    for active in (before_hue, after_hue):
-        f = torch.where(active, slot_factors, torch.ones_like(slot_factors))
-        for slot in range(3):
-            _gray(x, out=gray)
-            mean = gray.mean(dim=(1, 2, 3), keepdim=True)
-            target = gray.mul_(is_saturation[slot]).add_(mean * is_contrast[slot])
-            _blend_(x, target, f[:, slot])
-        if active is before_hue and x.shape[1] == 3:
-            x.lerp_(_hue_into(x, hue, torch.empty_like(x)), _weight(apply, x))
+    before_hue = slots[None, :] < hue_position[:, None]
+    active = apply[:, None] & torch.cat([before_hue, ~before_hue], dim=1)
+    slot_factors = factors.gather(1, order).repeat(1, 2)
+    lerp_weight = torch.where(active, 1 - slot_factors, torch.zeros_like(slot_factors)).view(n, 6, 1, 1, 1)
+    is_contrast = (order == 1).to(x.dtype).repeat(1, 2).view(n, 6, 1, 1, 1)
+    is_saturation = (order == 2).to(x.dtype).repeat(1, 2).view(n, 6, 1, 1, 1)
+    gray = scratch.get("gray", (n, 1, *x.shape[2:]), x)
+    for blend in range(6):
+        _gray(x, out=gray)
+        mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+        target = gray.mul_(is_saturation[:, blend]).addcmul_(mean, is_contrast[:, blend])
+        x.lerp_(target.expand_as(x), lerp_weight[:, blend]).clamp_(0, 1)
+        if blend == 2 and x.shape[1] == 3:
+            hued = _hue_into(x, hue, scratch.get("image", x.shape, x), scratch)
+            x.lerp_(hued, _weight(apply, x))
     return x
 
 
@@ -217,13 +252,16 @@ def color_jitter(
     slots are applied twice (before the hue, then after it) with factor 1 where a slot is on the other side,
     so the costly hue runs once: 6 blends and 1 hue for any mix of orders.
     """
-    return _color_jitter_(x.clone(), apply, brightness, contrast, saturation, hue, order, hue_position)
+    return _color_jitter_(
+        x.clone(), apply, brightness, contrast, saturation, hue, order, hue_position, Scratch()
+    )
 
 
-def _grayscale_(x: Tensor, apply: Tensor) -> Tensor:
+def _grayscale_(x: Tensor, apply: Tensor, scratch: Scratch) -> Tensor:
     if x.shape[1] == 1:
         return x
-    return x.lerp_(_gray(x).expand_as(x), _weight(apply, x))
+    gray = _gray(x, out=scratch.get("gray", (x.shape[0], 1, *x.shape[2:]), x))
+    return x.lerp_(gray.expand_as(x), _weight(apply, x))
 
 
 def grayscale(x: Tensor, apply: Tensor) -> Tensor:
@@ -231,7 +269,7 @@ def grayscale(x: Tensor, apply: Tensor) -> Tensor:
 
     Identity on one channel.
     """
-    return _grayscale_(x.clone(), apply)
+    return _grayscale_(x.clone(), apply, Scratch())
 
 
 def _gaussian_kernels(sigma: Tensor, apply: Tensor, kernel_size: int, dtype: torch.dtype) -> Tensor:
@@ -260,9 +298,9 @@ def _blur_pass(src: Tensor, dst: Tensor, weights: Tensor, dim: int) -> Tensor:
     return dst
 
 
-def _gaussian_blur_(x: Tensor, sigma: Tensor, apply: Tensor, kernel_size: int) -> Tensor:
+def _gaussian_blur_(x: Tensor, sigma: Tensor, apply: Tensor, kernel_size: int, scratch: Scratch) -> Tensor:
     weights = _gaussian_kernels(sigma, apply, kernel_size, x.dtype)
-    rows = _blur_pass(x, torch.empty_like(x), weights, dim=3)
+    rows = _blur_pass(x, scratch.get("image", x.shape, x), weights, dim=3)
     return _blur_pass(rows, x, weights, dim=2)
 
 
@@ -272,15 +310,16 @@ def gaussian_blur(x: Tensor, sigma: Tensor, apply: Tensor, kernel_size: int) -> 
     Reflect padding and an odd ``kernel_size`` (less than twice the smaller side), applied as a row pass
     then a column pass. Samples where ``apply`` is False go through a unit impulse and come out unchanged.
     """
-    return _gaussian_blur_(x.clone(), sigma, apply, kernel_size)
+    return _gaussian_blur_(x.clone(), sigma, apply, kernel_size, Scratch())
 
 
-def _solarize_(x: Tensor, apply: Tensor, threshold: float = 0.5) -> Tensor:
+def _solarize_(x: Tensor, apply: Tensor, threshold: float, scratch: Scratch) -> Tensor:
     """In place: ``|x - s|`` with ``s`` = 1 where inverted is exactly ``1 - x`` there and ``x`` elsewhere."""
-    s = torch.ge(x, threshold, out=torch.empty_like(x)).mul_(_weight(apply, x))
+    s = torch.ge(x, threshold, out=scratch.get("image", x.shape, x))
+    s.mul_(_weight(apply, x))
     return x.sub_(s).abs_()
 
 
 def solarize(x: Tensor, apply: Tensor, threshold: float = 0.5) -> Tensor:
     """Invert the pixels ``>= threshold`` of the samples where ``apply`` (torchvision ``solarize``)."""
-    return _solarize_(x.clone(), apply, threshold)
+    return _solarize_(x.clone(), apply, threshold, Scratch())

@@ -228,18 +228,24 @@ def apply_view(
     *,
     blur_kernel_size: int,
     interpolation: str = "bilinear",
+    scratch: AF.Scratch | None = None,
 ) -> Tensor:
     """Apply one view to a float batch in ``[0, 1]``, in the official order; returns values in ``[0, 1]``.
 
     Resized crop and flip, colour jitter, grayscale, blur, solarize (normalisation is left to the caller).
+    The result is a new tensor; ``scratch`` holds the temporaries (a fresh one when None).
     """
-    p = ViewParams(*(t.to(x.device, non_blocking=True) for t in params))
-    x = AF.resized_crop(x, p.boxes, size, p.flip, interpolation)
-    # The crop is a fresh tensor that this function owns, so the steps below work in place.
-    x = AF._color_jitter_(x, p.jitter, p.brightness, p.contrast, p.saturation, p.hue, p.order, p.hue_position)
-    x = AF._grayscale_(x, p.grayscale)
-    x = AF._gaussian_blur_(x, p.sigma, p.blur, blur_kernel_size)
-    return AF._solarize_(x, p.solarize)
+    scratch = AF.Scratch() if scratch is None else scratch
+    # D2H copies stay blocking: a non-blocking copy into pageable CPU memory may be read before it lands.
+    p = ViewParams(*(t.to(x.device, non_blocking=x.device.type != "cpu") for t in params))
+    x = AF.resized_crop(x, p.boxes, size, p.flip, interpolation, scratch)
+    # The crop is a fresh tensor that this function owns, so the steps below work on it in place.
+    x = AF._color_jitter_(
+        x, p.jitter, p.brightness, p.contrast, p.saturation, p.hue, p.order, p.hue_position, scratch
+    )
+    x = AF._grayscale_(x, p.grayscale, scratch)
+    x = AF._gaussian_blur_(x, p.sigma, p.blur, blur_kernel_size, scratch)
+    return AF._solarize_(x, p.solarize, 0.5, scratch)
 
 
 def _view_config(
@@ -348,8 +354,9 @@ class PaperViews:
                 f"mean and std need 1 or 3 values each and std > 0, got mean={mean!r}, std={std!r}"
             )
         self.normalize = normalize
+        self._scratch = AF.Scratch()
 
-    def _to_float(self, x: Tensor) -> Tensor:
+    def _to_float(self, x: Tensor, scratch: AF.Scratch | None = None) -> Tensor:
         if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] not in (1, 3):
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(
@@ -357,7 +364,8 @@ class PaperViews:
                 "stack the images into one batch and put channels first (e.g. x.permute(0, 3, 1, 2))"
             )
         if x.dtype == torch.uint8:
-            return x.float().div_(255)
+            out = None if scratch is None else scratch.get("input", tuple(x.shape), x, torch.float32)
+            return torch.div(x, 255, out=out)
         if not x.is_floating_point():
             raise ValueError(f"PaperViews expects uint8 or float in [0, 1], got dtype {x.dtype}")
         return x
@@ -378,14 +386,22 @@ class PaperViews:
         x = self._to_float(x)
         device = generator.device if generator is not None else x.device
         params = sample_view_params(cfg, x.shape[0], (x.shape[2], x.shape[3]), generator, device)
+        # On CPU the temporaries are kept between calls (fresh memory costs page faults there); on a GPU the
+        # caching allocator already reuses memory, and holding image-sized buffers would only pin it.
+        scratch = self._scratch if x.device.type == "cpu" else AF.Scratch()
         v = apply_view(
-            x, params, self.size, blur_kernel_size=self.blur_kernel_size, interpolation=self.interpolation
+            x,
+            params,
+            self.size,
+            blur_kernel_size=self.blur_kernel_size,
+            interpolation=self.interpolation,
+            scratch=scratch,
         )
         return self._normalize(v) if self.normalize else v
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """The two views ``(v_a, v_b)`` of a batch; ``generator`` makes them reproducible."""
-        x = self._to_float(x)
+        x = self._to_float(x, self._scratch if x.device.type == "cpu" else None)
         return self.view(x, self.view_a, generator), self.view(x, self.view_b, generator)
 
     def __repr__(self) -> str:
