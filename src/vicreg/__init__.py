@@ -1,5 +1,6 @@
 """VICReg: Variance-Invariance-Covariance Regularization for self-supervised learning."""
 
+from vicreg.augment import PaperViews, ViewConfig
 from vicreg.loss import (
     VICRegLoss,
     VICRegOutput,
@@ -13,9 +14,11 @@ from vicreg.models import Expander, VICReg
 
 __all__ = [
     "Expander",
+    "PaperViews",
     "VICReg",
     "VICRegLoss",
     "VICRegOutput",
+    "ViewConfig",
     "covariance_term",
     "invariance_term",
     "variance_covariance_loss",
