@@ -310,6 +310,15 @@ def test_uint8_and_float_input_give_the_same_views():
     torch.testing.assert_close(b8, bf, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_float_dtypes(dtype):
+    x = images(n=4)
+    v_a, v_b = PaperViews(16)(x.to(dtype), generator=torch.Generator().manual_seed(0))
+    expected = torch.float64 if dtype == torch.float64 else torch.float32
+    assert v_a.dtype == v_b.dtype == expected
+    assert torch.isfinite(v_a).all() and torch.isfinite(v_b).all()
+
+
 def test_one_channel_input():
     x = torch.randint(0, 256, (6, 1, 20, 20), dtype=torch.uint8)
     v_a, v_b = PaperViews(16)(x)

@@ -268,8 +268,10 @@ class PaperViews:
     """The two augmented views of VICReg, for a whole batch at once, on the batch's device.
 
     ``views = PaperViews(size=32); v_a, v_b = views(x)`` with ``x`` a ``(N, C, H, W)`` uint8 batch (or float
-    in ``[0, 1]``), ``C`` = 1 or 3, on any device: two float batches ``(N, C, size, size)``, normalised. Each
-    sample draws its own parameters; pass ``generator=`` to the call for reproducible views.
+    in ``[0, 1]``), ``C`` = 1 or 3, on any device: two float batches ``(N, C, size, size)``, normalised
+    (float32; float64 input stays float64). Each sample draws its own parameters; pass ``generator=`` to the
+    call for reproducible views: the parameters are drawn on the generator's device, so a CPU generator gives
+    the same views on CPU and GPU up to float rounding.
 
     Defaults and the official code (facebookresearch/vicreg ``augmentations.py``), in order:
 
@@ -368,7 +370,8 @@ class PaperViews:
             return torch.div(x, 255, out=out)
         if not x.is_floating_point():
             raise ValueError(f"PaperViews expects uint8 or float in [0, 1], got dtype {x.dtype}")
-        return x
+        # float16/bfloat16 are too coarse for the HSV and blend arithmetic: compute (and return) float32.
+        return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
     def _normalize(self, v: Tensor) -> Tensor:
         c = v.shape[1]
