@@ -419,3 +419,14 @@ def test_reused_scratch_memory_never_leaks_into_returned_views():
     clone = pickle.loads(pickle.dumps(views))  # DataLoader workers: the copy starts without buffers
     assert clone._scratch._buffers == {}
     assert torch.equal(clone(x, generator=torch.Generator().manual_seed(2))[0], a1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cpu_generator_gives_the_same_views_on_cuda():
+    x = torch.randint(0, 256, (8, 3, 24, 24), dtype=torch.uint8)
+    views = PaperViews(16)
+    cpu = views(x, generator=torch.Generator().manual_seed(3))
+    gpu = views(x.cuda(), generator=torch.Generator().manual_seed(3))
+    for a, b in zip(cpu, gpu, strict=True):
+        assert b.device.type == "cuda"
+        torch.testing.assert_close(b.cpu(), a, atol=1e-4, rtol=0)
