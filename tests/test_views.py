@@ -310,6 +310,15 @@ def test_uint8_and_float_input_give_the_same_views():
     torch.testing.assert_close(b8, bf, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_float_dtypes(dtype):
+    x = images(n=4)
+    v_a, v_b = PaperViews(16)(x.to(dtype), generator=torch.Generator().manual_seed(0))
+    expected = torch.float64 if dtype == torch.float64 else torch.float32
+    assert v_a.dtype == v_b.dtype == expected
+    assert torch.isfinite(v_a).all() and torch.isfinite(v_b).all()
+
+
 def test_one_channel_input():
     x = torch.randint(0, 256, (6, 1, 20, 20), dtype=torch.uint8)
     v_a, v_b = PaperViews(16)(x)
@@ -410,3 +419,14 @@ def test_reused_scratch_memory_never_leaks_into_returned_views():
     clone = pickle.loads(pickle.dumps(views))  # DataLoader workers: the copy starts without buffers
     assert clone._scratch._buffers == {}
     assert torch.equal(clone(x, generator=torch.Generator().manual_seed(2))[0], a1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cpu_generator_gives_the_same_views_on_cuda():
+    x = torch.randint(0, 256, (8, 3, 24, 24), dtype=torch.uint8)
+    views = PaperViews(16)
+    cpu = views(x, generator=torch.Generator().manual_seed(3))
+    gpu = views(x.cuda(), generator=torch.Generator().manual_seed(3))
+    for a, b in zip(cpu, gpu, strict=True):
+        assert b.device.type == "cuda"
+        torch.testing.assert_close(b.cpu(), a, atol=1e-4, rtol=0)

@@ -268,8 +268,10 @@ class PaperViews:
     """The two augmented views of VICReg, for a whole batch at once, on the batch's device.
 
     ``views = PaperViews(size=32); v_a, v_b = views(x)`` with ``x`` a ``(N, C, H, W)`` uint8 batch (or float
-    in ``[0, 1]``), ``C`` = 1 or 3, on any device: two float batches ``(N, C, size, size)``, normalised. Each
-    sample draws its own parameters; pass ``generator=`` to the call for reproducible views.
+    in ``[0, 1]``), ``C`` = 1 or 3, on any device: two float batches ``(N, C, size, size)``, normalised
+    (float32; float64 input stays float64). Each sample draws its own parameters; pass ``generator=`` to the
+    call for reproducible views: the parameters are drawn on the generator's device, so a CPU generator gives
+    the same views on CPU and GPU up to float rounding.
 
     Defaults and the official code (facebookresearch/vicreg ``augmentations.py``), in order:
 
@@ -290,8 +292,9 @@ class PaperViews:
 
     * Resizing is bilinear without antialiasing, like torchvision's tensor ``antialias=False`` and kornia; the
       official code resizes PIL images bicubic, which antialiases when a crop is shrunk. ``interpolation=
-      "bicubic"`` uses the bicubic kernel (still without antialiasing). At 32 and 96 px crops are only ever
-      enlarged, so antialiasing does not arise there.
+      "bicubic"`` uses the bicubic kernel (still without antialiasing). When the input already has the
+      output size (CIFAR at 32 px, STL-10 at 96 px) crops are only ever enlarged and antialiasing does not
+      arise.
     * The blur kernel has ``blur_kernel_size`` taps (default about a tenth of the image, odd: 23 at 224 px,
       the size solo-learn uses; 3 at 32 px), where PIL's blur is not truncated. At 224 px 23 taps cover
       +-5.5 sigma of the largest sigma; at 32 px a 3-tap kernel blurs far less than sigma = 2 would.
@@ -304,6 +307,10 @@ class PaperViews:
     One-channel input works: brightness and contrast act on the one channel (contrast blends with its mean),
     saturation, hue and grayscale are the identity, and the normalisation statistics are averaged to one value
     (ImageNet: mean 0.449, std 0.226) unless given with one value each.
+
+    On CPU an instance keeps its temporary tensors between calls (fresh memory costs a page fault per 4 KiB
+    there, which was about 40% of the time), so do not call one instance from two threads at once; DataLoader
+    worker processes each get their own copy. On a GPU nothing is kept.
 
     Args:
         size: output size, ``int`` or ``(height, width)``.
@@ -356,7 +363,8 @@ class PaperViews:
         self.normalize = normalize
         self._scratch = AF.Scratch()
 
-    def _to_float(self, x: Tensor, scratch: AF.Scratch | None = None) -> Tensor:
+    def _to_float(self, x: Tensor, keep: bool = False) -> Tensor:
+        """Check ``x`` and bring it to float in [0, 1] (``keep``: in this instance's CPU scratch memory)."""
         if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] not in (1, 3):
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(
@@ -364,11 +372,13 @@ class PaperViews:
                 "stack the images into one batch and put channels first (e.g. x.permute(0, 3, 1, 2))"
             )
         if x.dtype == torch.uint8:
-            out = None if scratch is None else scratch.get("input", tuple(x.shape), x, torch.float32)
+            keep = keep and x.device.type == "cpu"
+            out = self._scratch.get("input", tuple(x.shape), x, torch.float32) if keep else None
             return torch.div(x, 255, out=out)
         if not x.is_floating_point():
             raise ValueError(f"PaperViews expects uint8 or float in [0, 1], got dtype {x.dtype}")
-        return x
+        # float16/bfloat16 are too coarse for the HSV and blend arithmetic: compute (and return) float32.
+        return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
     def _normalize(self, v: Tensor) -> Tensor:
         c = v.shape[1]
@@ -401,7 +411,7 @@ class PaperViews:
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """The two views ``(v_a, v_b)`` of a batch; ``generator`` makes them reproducible."""
-        x = self._to_float(x, self._scratch if x.device.type == "cpu" else None)
+        x = self._to_float(x, keep=True)
         return self.view(x, self.view_a, generator), self.view(x, self.view_b, generator)
 
     def __repr__(self) -> str:
