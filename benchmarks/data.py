@@ -60,9 +60,7 @@ def photo_like_jpegs(folder: Path, n: int, seed: int = 0) -> None:
     """Smooth random pictures with some texture, 500x375 (the median ImageNet size), JPEG quality 90."""
     rng = np.random.default_rng(seed)
     for i in range(n):
-        low = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize(
-            (500, 375), Image.BICUBIC
-        )
+        low = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((500, 375), Image.BICUBIC)
         a = np.asarray(low, dtype=np.int16) + rng.integers(-12, 13, (375, 500, 3), dtype=np.int16)
         sub = folder / f"class{i % 10}"
         sub.mkdir(parents=True, exist_ok=True)
@@ -87,9 +85,7 @@ def main() -> None:
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
     labels = torch.randint(0, 10, (n,))
     ours = InMemoryLoader(ArrayDataset(images, labels), args.batch_size, seed=0, rank=0, world_size=1)
-    usual = DataLoader(
-        TensorDataset(images, labels), batch_size=args.batch_size, shuffle=True, drop_last=True
-    )
+    usual = DataLoader(TensorDataset(images, labels), batch_size=args.batch_size, shuffle=True, drop_last=True)
     default_threads = torch.get_num_threads()
     for threads in sorted({default_threads, 1}, reverse=True):
         torch.set_num_threads(threads)
@@ -130,15 +126,12 @@ def main() -> None:
                     [transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()]
                 ),
             )
-            usual_f = DataLoader(
-                tv, batch_size=batch, shuffle=True, num_workers=args.workers, persistent_workers=True
-            )
+            usual_f = DataLoader(tv, batch_size=batch, shuffle=True, num_workers=args.workers, persistent_workers=True)
             next(iter(ours_f)), next(iter(usual_f))  # start the workers before timing
             makers = {"folder_loader": lambda o=ours_f: o, "ImageFolder+Resize+Crop": lambda u=usual_f: u}
             rate = compare(makers, args.repeats)
             print(
-                f"\nfolder of {args.images} JPEGs 500x375 -> uint8 {size}x{size}, batch {batch}, "
-                f"{args.workers} workers"
+                f"\nfolder of {args.images} JPEGs 500x375 -> uint8 {size}x{size}, batch {batch}, {args.workers} workers"
             )
             for name, value in rate.items():
                 print(f"  {name:<29}{value:12,.0f} images/s")

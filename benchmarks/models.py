@@ -21,9 +21,7 @@ from vicreg import VICReg, vicreg_loss
 from vicreg.optim import build_optimizer
 
 
-def interleaved_medians(
-    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2
-) -> dict[str, float]:
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
     """Median seconds per call of each function, timed in rotation so that load on a shared machine hits
     all of them alike."""
     for _ in range(warmup):
@@ -63,17 +61,12 @@ def optimizer_steps(expander: str) -> tuple[dict[str, Callable[[], object]], int
     g = torch.Generator().manual_seed(0)
     for p in model.parameters():
         p.grad = torch.randn(p.shape, generator=g)
-    steps = {
-        name: build_optimizer(name, model, lr=1e-4, weight_decay=1e-6).step
-        for name in ("sgd", "lars", "adamw")
-    }
+    steps = {name: build_optimizer(name, model, lr=1e-4, weight_decay=1e-6).step for name in ("sgd", "lars", "adamw")}
     return steps, sum(p.numel() for p in model.parameters())
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--expander", default="1024-1024-1024")
     parser.add_argument("--repeats", type=int, default=15)

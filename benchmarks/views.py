@@ -129,9 +129,7 @@ def methods(size: int, n: int, workers: int) -> dict[str, Callable[[], object]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 96, 224])
     parser.add_argument("--batch", type=int, nargs="+", default=[256, 128, 32], help="batch per size")
     parser.add_argument("--reps", type=int, default=5)

@@ -38,9 +38,7 @@ def test_expander_matches_official_structure(spec: str) -> None:
     ours = Expander(12, spec)
     ref = official_projector(f"12-{spec}")
     assert [type(m) for m in ours] == [type(m) for m in ref]
-    assert [getattr(m, "bias", "n/a") is not None for m in ours] == [
-        getattr(m, "bias", "n/a") is not None for m in ref
-    ]
+    assert [getattr(m, "bias", "n/a") is not None for m in ours] == [getattr(m, "bias", "n/a") is not None for m in ref]
     ours_shapes = {k: v.shape for k, v in ours.state_dict().items()}
     assert ours_shapes == {k: v.shape for k, v in ref.state_dict().items()}
     assert isinstance(ours[-1], nn.Linear) and ours[-1].bias is None
@@ -87,9 +85,7 @@ GRADIENT_CASES = {
     "resnet50": lambda: VICReg("resnet50", "32-16"),
     "small_cnn": lambda: VICReg("small_cnn", "64-64-32"),
     "custom_module": lambda: VICReg(_tiny_mlp(), "32-32"),
-    "two_backbones": lambda: VICReg(
-        "resnet18", "64-32", small_images=True, backbone_b="small_cnn", expander_b="16-32"
-    ),
+    "two_backbones": lambda: VICReg("resnet18", "64-32", small_images=True, backbone_b="small_cnn", expander_b="16-32"),
     "own_expander_b": lambda: VICReg("small_cnn", "64-32", expander_b="32"),
 }
 

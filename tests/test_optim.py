@@ -204,9 +204,7 @@ def test_param_groups_split_biases_and_norms() -> None:
     assert len(only_weights) == 1 and only_weights[0]["weight_decay"] == 0.1
 
 
-@pytest.mark.parametrize(
-    ("name", "cls"), [("lars", LARS), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)]
-)
+@pytest.mark.parametrize(("name", "cls"), [("lars", LARS), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)])
 def test_build_optimizer(name: str, cls: type) -> None:
     model = tiny_model()
     opt = build_optimizer(name, model, lr=0.1, weight_decay=1e-4)

@@ -25,6 +25,14 @@ from vicreg.train import NonFiniteLossError, train
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _npz(path: Path, n: int = 96, size: int = 16, channels: int = 1, seed: int = 0) -> Path:
     """Two classes of simple shapes: a bright square or a bright bar, at random places, with noise."""
     rng = np.random.default_rng(seed)
@@ -312,7 +320,7 @@ def test_two_process_torchrun(tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
         "-m", "vicreg", "train", "--data", str(data), "--out", str(out), "--device", "cpu",
         "--epochs", "1", "--batch-size", "16", "--views.size", "16", "--model.backbone", "small_cnn",
         "--model.width", "4", "--model.expander", "32-32", "--log-every", "1", "--knn-every", "0",
@@ -323,3 +331,5 @@ def test_two_process_torchrun(tmp_path: Path) -> None:
     assert state["world_size"] == 2 and state["step"] == 64 // 16
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]  # rank 0 alone writes
+    assert proc.stdout.count("run folder") == 1  # and prints
+    assert "deprecated" not in proc.stderr

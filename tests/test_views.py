@@ -31,9 +31,7 @@ from vicreg.augment.images import (
 ATOL = 1e-5
 
 
-def images(
-    n: int = 6, c: int = 3, h: int = 20, w: int = 24, seed: int = 0, quantised: bool = True
-) -> torch.Tensor:
+def images(n: int = 6, c: int = 3, h: int = 20, w: int = 24, seed: int = 0, quantised: bool = True) -> torch.Tensor:
     """Random images; quantised to uint8 levels so that channel ties (hue edge cases) occur."""
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, c, h, w, generator=g)
@@ -63,9 +61,7 @@ def test_resized_crop_and_flip_match_torchvision(out_size):
     got = AF.resized_crop(x, p.boxes, out_size, flip)
     for i in range(x.shape[0]):
         top, left, h, w = (int(v) for v in p.boxes[i])
-        ref = TF.resized_crop(
-            x[i], top, left, h, w, list(out_size), InterpolationMode.BILINEAR, antialias=False
-        )
+        ref = TF.resized_crop(x[i], top, left, h, w, list(out_size), InterpolationMode.BILINEAR, antialias=False)
         ref = TF.horizontal_flip(ref) if flip[i] else ref
         torch.testing.assert_close(got[i], ref, atol=ATOL, rtol=0)
 
@@ -87,12 +83,8 @@ def test_brightness_contrast_saturation_hue_match_torchvision():
         factors(n, 0.8, 1.2, 3),
         factors(n, -0.5, 0.5, 4),
     )
-    torch.testing.assert_close(
-        AF.adjust_brightness(x, b), per_sample(TF.adjust_brightness, x, b), atol=0, rtol=0
-    )
-    torch.testing.assert_close(
-        AF.adjust_contrast(x, c), per_sample(TF.adjust_contrast, x, c), atol=ATOL, rtol=0
-    )
+    torch.testing.assert_close(AF.adjust_brightness(x, b), per_sample(TF.adjust_brightness, x, b), atol=0, rtol=0)
+    torch.testing.assert_close(AF.adjust_contrast(x, c), per_sample(TF.adjust_contrast, x, c), atol=ATOL, rtol=0)
     got = AF.adjust_saturation(x, s)
     torch.testing.assert_close(got, per_sample(TF.adjust_saturation, x, s), atol=ATOL, rtol=0)
     torch.testing.assert_close(AF.adjust_hue(x, h), per_sample(TF.adjust_hue, x, h), atol=ATOL, rtol=0)
@@ -260,10 +252,7 @@ def test_crop_boxes_follow_torchvision_distribution(image_size):
         assert ratio.min() >= 3 / 4 - 0.01 and ratio.max() <= 4 / 3 + 0.01
     torch.manual_seed(0)
     ref = torch.tensor(
-        [
-            RandomResizedCrop.get_params(torch.empty(1, height, width), [0.08, 1.0], [3 / 4, 4 / 3])
-            for _ in range(n_ref)
-        ]
+        [RandomResizedCrop.get_params(torch.empty(1, height, width), [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(n_ref)]
     )
     ref_area, ref_ratio = (ref[:, 2] * ref[:, 3]).double() / (height * width), ref[:, 3].double() / ref[:, 2]
     threshold = 1.95 * math.sqrt((n_ours + n_ref) / (n_ours * n_ref))  # two-sample KS at alpha = 0.001
@@ -354,11 +343,7 @@ def test_defaults_are_the_paper_pair_and_options_override_them():
     assert views.view_a == PAPER_VIEW_A and views.view_b == PAPER_VIEW_B
     assert (views.view_a.blur_p, views.view_a.solarize_p) == (1.0, 0.0)
     assert (views.view_b.blur_p, views.view_b.solarize_p) == (0.1, 0.2)
-    assert (
-        views.blur_kernel_size == 3
-        and default_blur_kernel_size(224) == 23
-        and default_blur_kernel_size(96) == 9
-    )
+    assert views.blur_kernel_size == 3 and default_blur_kernel_size(224) == 23 and default_blur_kernel_size(96) == 9
     sym = PaperViews(32, symmetric=True)
     assert sym.view_a == sym.view_b == SYMMETRIC_VIEW
     custom = PaperViews(32, hue=0.0, view_b={"solarize_p": 0.5})

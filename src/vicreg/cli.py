@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import tyro
 
@@ -65,6 +66,8 @@ def train(args: list[str]) -> None:
 
     cfg = parse_train_args(args)
     result = run_training(cfg)
+    if not result.is_main:
+        return
     if result.metrics:
         summary = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
         print(f"step {result.step}: {summary}")
@@ -116,7 +119,7 @@ def info() -> None:
         print("cuda        not available")
 
 
-COMMANDS = {"train": _train_help_only, "export": export, "info": info}
+COMMANDS: dict[str, Callable[..., Any]] = {"train": _train_help_only, "export": export, "info": info}
 
 
 def main(argv: list[str] | None = None) -> None:

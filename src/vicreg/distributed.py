@@ -57,6 +57,12 @@ def gather_with_grad(x: Tensor) -> Tensor:
     """
     if not is_distributed():
         return x
-    from torch.distributed.nn.functional import all_gather
+    try:  # recent torch: the functional collective, whose backward is a reduce-scatter
+        from torch.distributed._functional_collectives import all_gather_single_autograd
+    except ImportError:  # older torch: the autograd-aware collective of torch.distributed.nn
+        from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x), dim=0)
+        return torch.cat(all_gather(x), dim=0)
+    group = dist.group.WORLD
+    assert group is not None
+    return all_gather_single_autograd(x.contiguous(), 0, group)

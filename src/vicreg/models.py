@@ -56,8 +56,7 @@ def parse_expander_spec(spec: str | Sequence[int]) -> tuple[int, ...]:
         widths = tuple(spec)
         if not widths or not all(isinstance(w, int) and not isinstance(w, bool) for w in widths):
             raise ValueError(
-                f"invalid expander spec {spec!r}: expected a non-empty sequence of ints, "
-                "e.g. [8192, 8192, 8192]"
+                f"invalid expander spec {spec!r}: expected a non-empty sequence of ints, e.g. [8192, 8192, 8192]"
             )
     if any(w < 1 for w in widths):
         raise ValueError(f"invalid expander spec {spec!r}: every layer width must be >= 1")
@@ -82,9 +81,7 @@ class Expander(nn.Sequential):
 
     def __init__(self, in_features: int, spec: str | Sequence[int] = "8192-8192-8192") -> None:
         if not isinstance(in_features, int) or in_features < 1:
-            raise ValueError(
-                f"in_features must be a positive int (the backbone feature size), got {in_features!r}"
-            )
+            raise ValueError(f"in_features must be a positive int (the backbone feature size), got {in_features!r}")
         widths = (in_features, *parse_expander_spec(spec))
         layers: list[nn.Module] = []
         for d_in, d_out in itertools.pairwise(widths[:-1]):
@@ -188,9 +185,7 @@ BACKBONES: dict[str, tuple[Callable[..., nn.Module], int | None]] = {
 }
 
 
-def build_backbone(
-    name: str, *, small_images: bool = False, in_channels: int = 3, **kwargs: Any
-) -> nn.Module:
+def build_backbone(name: str, *, small_images: bool = False, in_channels: int = 3, **kwargs: Any) -> nn.Module:
     """A randomly initialised backbone by name; it maps ``(N, in_channels, H, W)`` to ``(N, feature_dim)``.
 
     Args:
@@ -257,9 +252,7 @@ def _resolve_backbone(
         if known_dim is None:  # SmallCNN and timm models carry their feature size
             known_dim = getattr(module, "feature_dim", None) or getattr(module, "num_features", None)
         if feature_dim is not None and known_dim is not None and feature_dim != known_dim:
-            raise ValueError(
-                f"feature_dim={feature_dim} but backbone {backbone!r} outputs {known_dim} features"
-            )
+            raise ValueError(f"feature_dim={feature_dim} but backbone {backbone!r} outputs {known_dim} features")
         if known_dim is not None:
             return module, int(known_dim)
     elif isinstance(backbone, nn.Module):

@@ -195,9 +195,7 @@ def scaled_lr(base_lr: float, batch_size: int) -> float:
     return base_lr * batch_size / 256
 
 
-def warmup_cosine(
-    step: int, total_steps: int, warmup_steps: int, peak_lr: float, final_ratio: float = 0.001
-) -> float:
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, peak_lr: float, final_ratio: float = 0.001) -> float:
     """The learning rate at optimiser step ``step`` (0-based), as the official ``adjust_learning_rate``.
 
     ``peak_lr * step / warmup_steps`` during the first ``warmup_steps`` steps, then a half cosine from
@@ -206,9 +204,7 @@ def warmup_cosine(
     if not isinstance(total_steps, int) or total_steps < 1:
         raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
     if not isinstance(warmup_steps, int) or not 0 <= warmup_steps <= total_steps:
-        raise ValueError(
-            f"warmup_steps must be an int in [0, total_steps={total_steps}], got {warmup_steps!r}"
-        )
+        raise ValueError(f"warmup_steps must be an int in [0, total_steps={total_steps}], got {warmup_steps!r}")
     if not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be an int >= 0, got {step!r}")
     _check_finite_nonneg("peak_lr", peak_lr)

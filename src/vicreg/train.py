@@ -13,6 +13,7 @@ loss gathers the global batch) or a smaller expander instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -58,6 +59,7 @@ class TrainResult:
     step: int
     metrics: dict[str, float]
     interrupted: bool = False
+    is_main: bool = True
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -118,13 +120,13 @@ def build_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> _Data:
             p for p in (str(cfg.data_root), os.environ.get("VICREG_DATA", "")) if p
         )
     per_rank = cfg.batch_size // info.world_size
-    common = dict(shuffle=True, drop_last=True, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
+    shard: dict[str, Any] = {"seed": cfg.seed, "rank": info.rank, "world_size": info.world_size}
     path = Path(cfg.data).expanduser()
     is_image_folder = path.is_dir() and not _looks_like_dataset_dir(path)
     if is_image_folder:
         size = cfg.image_size or cfg.views.size
         loader = folder_loader(
-            path, size, per_rank, num_workers=cfg.workers, strict=cfg.strict_data, **common
+            path, size, per_rank, shuffle=True, drop_last=True, num_workers=cfg.workers, strict=cfg.strict_data, **shard
         )
         probe = load_probe_stats(loader)
         return _Data(loader, probe[0], probe[1], probe[2])
@@ -135,7 +137,7 @@ def build_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> _Data:
             "lower --batch-size"
         )
     data = _Data(
-        InMemoryLoader(train_set.to(device), per_rank, **common),
+        InMemoryLoader(train_set.to(device), per_rank, shuffle=True, drop_last=True, **shard),
         train_set.channels,
         train_set.mean,
         train_set.std,
@@ -171,13 +173,15 @@ def build_views(cfg: TrainConfig, data: _Data) -> Any:
     from vicreg.augment import PaperViews
 
     v = cfg.views
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     if v.normalize == "imagenet":
         from vicreg.augment.images import IMAGENET_MEAN, IMAGENET_STD
 
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:
         mean, std = data.mean, data.std
-    jitter = {
+    jitter: dict[str, Any] = {
         "brightness": 0.4 * v.jitter_strength,
         "contrast": 0.4 * v.jitter_strength,
         "saturation": 0.2 * v.jitter_strength,
@@ -273,10 +277,8 @@ class _StopSignal:
 
     def __enter__(self) -> _StopSignal:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+            with contextlib.suppress(ValueError):  # ValueError: not the main thread, signals stay as they are
                 self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -320,7 +322,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.sync_bn and info.world_size > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(device=device, memory_format=memory_format)
+    model.to(device)
+    model.to(memory_format=memory_format)
 
     steps_per_epoch = len(data.loader)
     if steps_per_epoch < 1:
@@ -460,7 +463,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             export_backbone(model.backbone_b.state_dict(), run_dir / "backbone_b.safetensors")
     if interrupted and info.is_main:
         print(f"stopped by signal at step {step}; checkpoint saved to {resume_path}", file=sys.stderr)
-    return TrainResult(run_dir, step, metrics, interrupted)
+    return TrainResult(run_dir, step, metrics, interrupted, info.is_main)
 
 
 def _view_seed(seed: int, step: int, rank: int) -> int:
@@ -491,14 +494,17 @@ def _knn_monitor(model: VICReg, data: _Data, device: torch.device, amp_dtype: to
     g = torch.Generator().manual_seed(0)
     train_idx = torch.randperm(len(data.eval_train), generator=g)[:n_train]
     test_idx = torch.randperm(len(data.eval_test), generator=g)[:n_test]
-    kwargs = dict(device=device, mean=data.mean, std=data.std, autocast_dtype=amp_dtype)
+    kwargs: dict[str, Any] = {"device": device, "mean": data.mean, "std": data.std, "autocast_dtype": amp_dtype}
     train_images = data.eval_train.images[train_idx.to(data.eval_train.images.device)]
     test_images = data.eval_test.images[test_idx]
     f_train = extract_features(model.embed, train_images, **kwargs)
     f_test = extract_features(model.embed, test_images, **kwargs)
     acc = knn_accuracy(
-        f_train, data.eval_train.labels[train_idx.to(data.eval_train.labels.device)].cpu(), f_test,
-        data.eval_test.labels[test_idx].cpu(), k=20,
+        f_train,
+        data.eval_train.labels[train_idx.to(data.eval_train.labels.device)].cpu(),
+        f_test,
+        data.eval_test.labels[test_idx].cpu(),
+        k=20,
     )
     return {f"knn.{k}": v for k, v in acc.items()}
 

@@ -37,9 +37,7 @@ def test_resize_keeps_aspect_and_centre_crops(tmp_path):
     Image.fromarray(a).save(tmp_path / "x.png")
     out = decode_image(tmp_path / "x.png", 10)
     assert out.shape == (3, 10, 10)
-    assert torch.equal(
-        out[:, 3:7, 3:7], torch.tensor([0, 255, 0], dtype=torch.uint8).view(3, 1, 1).expand(3, 4, 4)
-    )
+    assert torch.equal(out[:, 3:7, 3:7], torch.tensor([0, 255, 0], dtype=torch.uint8).view(3, 1, 1).expand(3, 4, 4))
 
 
 def test_large_jpeg_is_decoded_at_reduced_scale_to_the_same_picture(tmp_path):
@@ -202,9 +200,7 @@ def test_min_size_zero_keeps_small_images(tmp_path):
 
 def test_strict_raises_with_the_path(tmp_path):
     _tree_with_bad_files(tmp_path)
-    loader = folder_loader(
-        tmp_path, 12, batch_size=16, shuffle=False, num_workers=0, strict=True, world_size=1
-    )
+    loader = folder_loader(tmp_path, 12, batch_size=16, shuffle=False, num_workers=0, strict=True, world_size=1)
     with pytest.raises(BadImageError, match=r"unusable image file .*a/\w+\.\w+: "):
         list(loader)
 

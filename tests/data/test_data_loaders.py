@@ -31,8 +31,7 @@ def test_shards_are_disjoint_equal_and_cover_all_but_the_remainder(n, batch, wor
             shard_indices(n, batch_size=batch, world_size=world)
         return
     shards = [
-        shard_indices(n, batch_size=batch, epoch=epoch, seed=seed, rank=r, world_size=world)
-        for r in range(world)
+        shard_indices(n, batch_size=batch, epoch=epoch, seed=seed, rank=r, world_size=world) for r in range(world)
     ]
     per_rank = n // (batch * world) * batch
     assert all(s.shape == (per_rank,) for s in shards)

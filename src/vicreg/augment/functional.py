@@ -47,9 +47,7 @@ class Scratch:
     def __init__(self) -> None:
         self._buffers: dict[str, Tensor] = {}
 
-    def get(
-        self, name: str, shape: tuple[int, ...], like: Tensor, dtype: torch.dtype | None = None
-    ) -> Tensor:
+    def get(self, name: str, shape: tuple[int, ...], like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """An uninitialised tensor of ``shape`` on ``like``'s device, of ``dtype`` (default ``like``'s)."""
         dtype = like.dtype if dtype is None else dtype
         buf = self._buffers.get(name)
@@ -252,9 +250,7 @@ def color_jitter(
     slots are applied twice (before the hue, then after it) with factor 1 where a slot is on the other side,
     so the costly hue runs once: 6 blends and 1 hue for any mix of orders.
     """
-    return _color_jitter_(
-        x.clone(), apply, brightness, contrast, saturation, hue, order, hue_position, Scratch()
-    )
+    return _color_jitter_(x.clone(), apply, brightness, contrast, saturation, hue, order, hue_position, Scratch())
 
 
 def _grayscale_(x: Tensor, apply: Tensor, scratch: Scratch) -> Tensor:

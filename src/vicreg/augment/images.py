@@ -76,9 +76,7 @@ class ViewConfig:
                 raise ValueError(f"ViewConfig.{name} must satisfy 0 < min <= max, got {value!r}")
             object.__setattr__(self, name, (lo, hi))
         if self.crop_scale[1] > 1:
-            raise ValueError(
-                f"ViewConfig.crop_scale max must be <= 1 (the whole image), got {self.crop_scale}"
-            )
+            raise ValueError(f"ViewConfig.crop_scale max must be <= 1 (the whole image), got {self.crop_scale}")
         for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
             p = float(getattr(self, name))
             if not 0 <= p <= 1:
@@ -90,9 +88,7 @@ class ViewConfig:
                 raise ValueError(f"ViewConfig.{name} must be a finite strength >= 0, got {s}")
             object.__setattr__(self, name, s)
         if self.hue > 0.5:
-            raise ValueError(
-                f"ViewConfig.hue must be <= 0.5 (half a turn of the colour wheel), got {self.hue}"
-            )
+            raise ValueError(f"ViewConfig.hue must be <= 0.5 (half a turn of the colour wheel), got {self.hue}")
 
 
 PAPER_VIEW_A = ViewConfig(blur_p=1.0, solarize_p=0.0)
@@ -153,9 +149,7 @@ def _sample_boxes(
     scale = torch.rand(n, attempts, generator=generator, device=device)
     scale = scale * (cfg.crop_scale[1] - cfg.crop_scale[0]) + cfg.crop_scale[0]
     log_lo, log_hi = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])
-    ratio = torch.exp(
-        torch.rand(n, attempts, generator=generator, device=device) * (log_hi - log_lo) + log_lo
-    )
+    ratio = torch.exp(torch.rand(n, attempts, generator=generator, device=device) * (log_hi - log_lo) + log_lo)
     target = area * scale.double()
     w = torch.round(torch.sqrt(target * ratio.double())).long()
     h = torch.round(torch.sqrt(target / ratio.double())).long()
@@ -240,26 +234,20 @@ def apply_view(
     p = ViewParams(*(t.to(x.device, non_blocking=x.device.type != "cpu") for t in params))
     x = AF.resized_crop(x, p.boxes, size, p.flip, interpolation, scratch)
     # The crop is a fresh tensor that this function owns, so the steps below work on it in place.
-    x = AF._color_jitter_(
-        x, p.jitter, p.brightness, p.contrast, p.saturation, p.hue, p.order, p.hue_position, scratch
-    )
+    x = AF._color_jitter_(x, p.jitter, p.brightness, p.contrast, p.saturation, p.hue, p.order, p.hue_position, scratch)
     x = AF._grayscale_(x, p.grayscale, scratch)
     x = AF._gaussian_blur_(x, p.sigma, p.blur, blur_kernel_size, scratch)
     return AF._solarize_(x, p.solarize, 0.5, scratch)
 
 
-def _view_config(
-    base: ViewConfig, shared: Mapping[str, Any], own: ViewConfig | Mapping[str, Any] | None
-) -> ViewConfig:
+def _view_config(base: ViewConfig, shared: Mapping[str, Any], own: ViewConfig | Mapping[str, Any] | None) -> ViewConfig:
     if isinstance(own, ViewConfig):
         base, own = own, None
     names = {f.name for f in fields(ViewConfig)}
     for overrides in (shared, own or {}):
         unknown = sorted(set(overrides) - names)
         if unknown:
-            raise ValueError(
-                f"unknown view option(s) {unknown}; the options are the ViewConfig fields {sorted(names)}"
-            )
+            raise ValueError(f"unknown view option(s) {unknown}; the options are the ViewConfig fields {sorted(names)}")
         base = replace(base, **overrides)
     return base
 
@@ -357,9 +345,7 @@ class PaperViews:
         self.blur_kernel_size = k
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         if len(self.mean) != len(self.std) or len(self.mean) not in (1, 3) or min(self.std) <= 0:
-            raise ValueError(
-                f"mean and std need 1 or 3 values each and std > 0, got mean={mean!r}, std={std!r}"
-            )
+            raise ValueError(f"mean and std need 1 or 3 values each and std > 0, got mean={mean!r}, std={std!r}")
         self.normalize = normalize
         self._scratch = AF.Scratch()
 

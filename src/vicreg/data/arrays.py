@@ -51,8 +51,7 @@ class ArrayDataset:
         y = self.labels
         if y is not None and (y.dtype != torch.int64 or y.shape != (x.shape[0],)):
             raise ValueError(
-                f"{self.name}: labels must be an int64 tensor of shape ({x.shape[0]},), "
-                f"got {y.dtype} {tuple(y.shape)}"
+                f"{self.name}: labels must be an int64 tensor of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}"
             )
 
     @classmethod
@@ -162,8 +161,7 @@ def as_uint8_images(images: Any, *, name: str = "arrays") -> Tensor:
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi > 255:
             raise ValueError(
-                f"{name}: integer images must lie in [0, 255], got values in [{lo}, {hi}]; "
-                "rescale them to 8 bits first"
+                f"{name}: integer images must lie in [0, 255], got values in [{lo}, {hi}]; rescale them to 8 bits first"
             )
         x = x.to(torch.uint8)
     else:
@@ -171,9 +169,7 @@ def as_uint8_images(images: Any, *, name: str = "arrays") -> Tensor:
     return x.contiguous()
 
 
-def channel_stats(
-    images: Tensor, chunk_elements: int = 1 << 24
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(images: Tensor, chunk_elements: int = 1 << 24) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) standard deviation of ``uint8`` images, scaled to ``[0, 1]``.
 
     Exact: sums of values and of squares are accumulated in float64, a chunk of rows at a time, so memory

@@ -142,9 +142,7 @@ class _EpochState:
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         if not 0 <= start_batch <= len(self):
-            raise ValueError(
-                f"start_batch must be in [0, {len(self)}] (batches per epoch), got {start_batch}"
-            )
+            raise ValueError(f"start_batch must be in [0, {len(self)}] (batches per epoch), got {start_batch}")
         self.epoch, self.start_batch = epoch, start_batch
 
     def indices(self) -> Tensor:

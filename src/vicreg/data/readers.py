@@ -133,9 +133,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
-        raise ValueError(
-            f"{path}: header says shape {shape} but the file holds {body.size} bytes (truncated?)"
-        )
+        raise ValueError(f"{path}: header says shape {shape} but the file holds {body.size} bytes (truncated?)")
     return body.reshape(shape)
 
 
@@ -150,9 +148,7 @@ def idx_file(folder: Path, split: str, kind: str) -> Path | None:
 def read_idx_folder(folder: Path, split: str, classes: tuple[str, ...] = ()) -> ArrayDataset:
     image_file, label_file = idx_file(folder, split, "images"), idx_file(folder, split, "labels")
     if image_file is None:
-        raise FileNotFoundError(
-            f"no {_IDX_PREFIX[split]}-images-idx3-ubyte[.gz] in {folder} for split {split!r}"
-        )
+        raise FileNotFoundError(f"no {_IDX_PREFIX[split]}-images-idx3-ubyte[.gz] in {folder} for split {split!r}")
     images = read_idx(image_file)
     if images.ndim != 3:
         raise ValueError(f"{image_file}: expected (N, H, W) images, got shape {images.shape}")
@@ -175,9 +171,7 @@ def read_numpy(path: Path) -> ArrayDataset:
         return ArrayDataset.from_arrays(content, name=str(path))
     with content:
         keys = list(content.files)
-        image_key = next(
-            (k for k in ("images", "x", "data", "X") if k in keys), keys[0] if len(keys) == 1 else None
-        )
+        image_key = next((k for k in ("images", "x", "data", "X") if k in keys), keys[0] if len(keys) == 1 else None)
         if image_key is None:
             raise ValueError(
                 f"{path}: cannot tell which array holds the images among {keys}; "

@@ -139,11 +139,7 @@ def find_dataset(name: str, *, download: bool = True) -> Path:
                     return place
             error = f"The download into {target} finished but its files were not found there. "
     looked = "\n  ".join(str(p) for p in _candidates(key))
-    hint = (
-        "install the Debian package (apt install dataset-fashion-mnist), or "
-        if key == "fashion-mnist"
-        else ""
-    )
+    hint = "install the Debian package (apt install dataset-fashion-mnist), or " if key == "fashion-mnist" else ""
     raise FileNotFoundError(
         f"dataset {key!r} not found. {error}Looked in:\n  {looked}\n"
         f"To get it: {hint}run once with network access (download=True), or copy its files into one of "
@@ -187,9 +183,7 @@ def _resize(images: Tensor, size: int, chunk: int = 4096) -> Tensor:
 
     if images.shape[-2:] == (size, size):
         return images
-    return torch.cat(
-        [center_crop(resize(c, [size], antialias=True), [size, size]) for c in images.split(chunk)]
-    )
+    return torch.cat([center_crop(resize(c, [size], antialias=True), [size, size]) for c in images.split(chunk)])
 
 
 def _check_split(kind: str, split: str, where: object) -> None:
@@ -245,9 +239,7 @@ def load(
     else:
         path = Path(text).expanduser()
         if not path.exists():
-            raise FileNotFoundError(
-                f"{path} does not exist and is not a dataset name ({', '.join(DATASET_NAMES)})"
-            )
+            raise FileNotFoundError(f"{path} does not exist and is not a dataset name ({', '.join(DATASET_NAMES)})")
         if path.is_file():
             if path.suffix.lower() not in (".npy", ".npz"):
                 raise ValueError(
@@ -260,9 +252,7 @@ def load(
             kind_or_none = _detect(path)
             if kind_or_none is None:
                 if size is None:
-                    raise ValueError(
-                        f"{path} is read as an image folder, which needs a size: load(path, size=...)"
-                    )
+                    raise ValueError(f"{path} is read as an image folder, which needs a size: load(path, size=...)")
                 from vicreg.data.loaders import load_folder
 
                 return load_folder(path, size, channels=channels or 3, strict=strict, num_workers=num_workers)

@@ -27,7 +27,11 @@ def extract_features(
         raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
     device = torch.device(device)
     c = images.shape[1]
-    m = torch.tensor(mean, dtype=torch.float32, device=device).expand(c).view(1, c, 1, 1) if len(mean) in (1, c) else None
+    m = (
+        torch.tensor(mean, dtype=torch.float32, device=device).expand(c).view(1, c, 1, 1)
+        if len(mean) in (1, c)
+        else None
+    )
     s = torch.tensor(std, dtype=torch.float32, device=device).expand(c).view(1, c, 1, 1) if len(std) in (1, c) else None
     if m is None or s is None:
         raise ValueError(f"mean/std need 1 or {c} values, got {len(mean)} and {len(std)}")
