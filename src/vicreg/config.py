@@ -231,6 +231,8 @@ PRESETS: dict[str, TrainConfig] = {
         epochs=10,
         batch_size=256,
         device="cpu",
+        precision="bf16",
+        channels_last=True,
         data="fashion-mnist",
         views=ViewsConfig(size=28, crop_scale_min=0.2),
         model=ModelConfig(backbone="small_cnn", expander="1024-1024-1024", width=32),

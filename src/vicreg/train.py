@@ -113,7 +113,7 @@ class _Data:
 
 def build_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> _Data:
     """The training loader (in memory for datasets that fit, streamed for image folders)."""
-    from vicreg.data import ArrayDataset, InMemoryLoader, folder_loader, load
+    from vicreg.data import ArrayDataset, InMemoryLoader, folder_loader, is_image_folder, load
 
     if cfg.data_root is not None:
         os.environ["VICREG_DATA"] = os.pathsep.join(
@@ -122,8 +122,7 @@ def build_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> _Data:
     per_rank = cfg.batch_size // info.world_size
     shard: dict[str, Any] = {"seed": cfg.seed, "rank": info.rank, "world_size": info.world_size}
     path = Path(cfg.data).expanduser()
-    is_image_folder = path.is_dir() and not _looks_like_dataset_dir(path)
-    if is_image_folder:
+    if is_image_folder(path):
         size = cfg.image_size or cfg.views.size
         loader = folder_loader(
             path, size, per_rank, shuffle=True, drop_last=True, num_workers=cfg.workers, strict=cfg.strict_data, **shard
@@ -150,13 +149,6 @@ def build_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> _Data:
         if test_set is not None and test_set.labels is not None:
             data.eval_train, data.eval_test = train_set, test_set
     return data
-
-
-def _looks_like_dataset_dir(path: Path) -> bool:
-    """A folder of a known binary format (CIFAR, STL-10, IDX) rather than of image files."""
-    names = {p.name for p in path.iterdir()}
-    markers = ("data_batch_1", "train", "train_X.bin", "train-images-idx3-ubyte", "train-images-idx3-ubyte.gz")
-    return any(m in names for m in markers) and not any((path / m).is_dir() for m in ("train",) if m in names)
 
 
 def load_probe_stats(loader: Any) -> tuple[int, tuple[float, ...], tuple[float, ...]]:

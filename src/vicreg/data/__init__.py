@@ -30,6 +30,7 @@ from vicreg.data.sources import (
     DATASET_NAMES,
     DEBIAN_FASHION_MNIST,
     find_dataset,
+    is_image_folder,
     load,
     search_roots,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "decode_image",
     "find_dataset",
     "folder_loader",
+    "is_image_folder",
     "load",
     "load_folder",
     "read_idx",

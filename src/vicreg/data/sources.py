@@ -22,7 +22,7 @@ from torch import Tensor
 from vicreg.data.arrays import ArrayDataset
 from vicreg.data.readers import idx_file, read_cifar, read_idx_folder, read_numpy, read_stl10
 
-__all__ = ["DATASET_NAMES", "DEBIAN_FASHION_MNIST", "find_dataset", "load", "search_roots"]
+__all__ = ["DATASET_NAMES", "DEBIAN_FASHION_MNIST", "find_dataset", "is_image_folder", "load", "search_roots"]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -189,6 +189,12 @@ def _resize(images: Tensor, size: int, chunk: int = 4096) -> Tensor:
 def _check_split(kind: str, split: str, where: object) -> None:
     if split not in _SPLITS[kind]:
         raise ValueError(f"{where}: unknown split {split!r}; choose one of {', '.join(_SPLITS[kind])}")
+
+
+def is_image_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder of image files (streamed), rather than a dataset format or a file."""
+    p = Path(path).expanduser()
+    return p.is_dir() and _detect(_dataset_subfolder(p)) is None
 
 
 def load(
