@@ -86,6 +86,7 @@ def test_tiny_run_writes_the_run_folder(tmp_path: Path) -> None:
         assert {"lr", "invariance", "variance", "covariance", "images_per_s", "epoch"} <= set(r)
         assert np.isfinite(r["loss"])
     assert any("diag.effective_rank" in r for r in steps)
+    assert all(0 <= r["probe.acc"] <= 100 and r["probe.loss"] > 0 for r in steps)  # the online linear probe
     knn = [r for r in rows if "knn.top1" in r]
     assert len(knn) == 2 and all(0 <= r["knn.top1"] <= 100 for r in knn)
     assert list((run / "tb").iterdir()), "TensorBoard events are written"

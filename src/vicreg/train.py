@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vicreg.checkpoint import (
@@ -107,6 +108,7 @@ class _Data:
     channels: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    num_classes: int = 0  # > 0 when the training data has labels (for the online linear probe)
     eval_train: Any = None  # ArrayDataset with labels, for the kNN monitor
     eval_test: Any = None
 
@@ -127,8 +129,8 @@ def build_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> _Data:
         loader = folder_loader(
             path, size, per_rank, shuffle=True, drop_last=True, num_workers=cfg.workers, strict=cfg.strict_data, **shard
         )
-        probe = load_probe_stats(loader)
-        return _Data(loader, probe[0], probe[1], probe[2])
+        channels, mean, std = load_probe_stats(loader)
+        return _Data(loader, channels, mean, std, num_classes=len(loader.source.classes))
     train_set: ArrayDataset = load(cfg.data, "train", download=cfg.download, strict=cfg.strict_data)
     if len(train_set) < cfg.batch_size:
         raise ValueError(
@@ -140,6 +142,7 @@ def build_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> _Data:
         train_set.channels,
         train_set.mean,
         train_set.std,
+        num_classes=0 if train_set.labels is None else int(train_set.labels.max()) + 1,
     )
     if cfg.eval_split and train_set.labels is not None and cfg.knn_every > 0:
         try:
@@ -206,6 +209,65 @@ def build_model(cfg: TrainConfig, channels: int) -> VICReg:
         backbone: str | nn.Module = build_backbone("small_cnn", in_channels=channels, width=m.width)
         return VICReg(backbone, m.expander, in_channels=channels)
     return VICReg(m.backbone, m.expander, m.small_images, in_channels=channels)
+
+
+# ------------------------------------------------------------------------------------------------ monitors
+
+
+class OnlineProbe:
+    """A linear classifier trained beside VICReg on the *detached* representation of view A.
+
+    It reads the backbone's output through a forward hook and has its own optimiser, so it never touches the
+    VICReg gradient; its running accuracy on the training batches shows whether the representation becomes
+    linearly useful while training. Samples labelled ``-1`` (unlabelled) are ignored. Under torchrun each
+    process trains its own probe on its shard; rank 0's is logged and checkpointed.
+    """
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, device: torch.device) -> None:
+        self.linear = nn.Linear(feature_dim, num_classes).to(device)
+        self.optimizer = torch.optim.AdamW(self.linear.parameters(), lr=1e-3, weight_decay=0.0)
+        self.sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, count
+        self._armed = False
+        self._h: Tensor | None = None
+        backbone.register_forward_hook(self._capture)
+
+    def _capture(self, module: nn.Module, args: Any, out: Tensor) -> None:
+        if self._armed:  # the first backbone call after arm(): view A
+            self._h, self._armed = out.detach(), False
+
+    def arm(self) -> None:
+        self._armed, self._h = True, None
+
+    def step(self, labels: Tensor | None) -> None:
+        h, self._h, self._armed = self._h, None, False
+        if h is None or labels is None:
+            return
+        labels = labels.to(h.device, non_blocking=True).long()
+        with torch.autocast(h.device.type, enabled=False):
+            logits = self.linear(h.float().flatten(1))
+            known = labels >= 0
+            loss_sum = F.cross_entropy(logits, labels.clamp_min(0), reduction="none").mul(known).sum()
+            count = known.sum()
+            self.optimizer.zero_grad(set_to_none=True)
+            (loss_sum / count.clamp_min(1)).backward()
+            self.optimizer.step()
+        correct = ((logits.argmax(1) == labels) & known).sum()
+        self.sums += torch.stack([loss_sum.detach(), correct, count]).double()
+
+    def read(self) -> dict[str, float]:
+        """Mean loss and accuracy (%) since the last read (one host sync)."""
+        loss, correct, count = self.sums.tolist()
+        self.sums.zero_()
+        if count == 0:
+            return {}
+        return {"probe.loss": loss / count, "probe.acc": 100.0 * correct / count}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"linear": self.linear.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.linear.load_state_dict(state["linear"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
 
 # ------------------------------------------------------------------------------------------------ logging
@@ -329,10 +391,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
+    probe = OnlineProbe(model.backbone, model.feature_dim, data.num_classes, device) if data.num_classes else None
+
     step = 0
     resume_path = ckpt_dir / "last.pt"
     if resume_path.is_file():
-        step = _resume(resume_path, cfg, model, optimizer, scaler, device)
+        step = _resume(resume_path, cfg, model, optimizer, scaler, device, probe)
     elif info.is_main:
         _write_config(run_dir, cfg)
 
@@ -365,6 +429,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                 "config": config_to_dict(cfg),
                 "world_size": info.world_size,
             }
+            if probe is not None:
+                state["probe"] = probe.state_dict()
             save_checkpoint(state, resume_path)
         if info.world_size > 1:
             dist.barrier()
@@ -380,7 +446,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 if step // steps_per_epoch != epoch:
                     epoch = step // steps_per_epoch
                     batches = _batches(data.loader, epoch, 0)
-                images, _ = next(batches)
+                images, labels = next(batches)
                 images = images.to(device, non_blocking=True)
                 generator.manual_seed(_view_seed(cfg.seed, step, info.rank))
                 v_a, v_b = views(images, generator=generator)
@@ -392,6 +458,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                     warmup_cosine(step, schedule_steps, warmup_steps, peak_lr, cfg.optim.final_lr_ratio),
                 )
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    if probe is not None:
+                        probe.arm()
                     z_a, z_b = forward(v_a, v_b)
                 out = vicreg_loss(
                     z_a,
@@ -408,6 +476,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                 scaler.scale(out.loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                if probe is not None:
+                    probe.step(labels)
 
                 # bookkeeping on the device: no host sync until the next log line
                 terms = torch.stack([t.detach() for t in out]).double()
@@ -431,6 +501,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                         "lr": optimizer.param_groups[0]["lr"],
                         **metrics,
                         "images_per_s": window_steps * cfg.batch_size / max(elapsed, 1e-9),
+                        **(probe.read() if probe is not None else {}),
                     }
                     if step % cfg.diag_every == 0 or step == last_step:
                         stats = collapse_stats(z_a.detach().float(), gamma=cfg.loss.gamma)
@@ -514,6 +585,7 @@ def _resume(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     device: torch.device,
+    probe: OnlineProbe | None = None,
 ) -> int:
     state = load_checkpoint(path, map_location=device)
     saved = state.get("config", {})
@@ -528,6 +600,8 @@ def _resume(
         model.load_state_dict(state["model"], strict=True)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
+        if probe is not None and "probe" in state:
+            probe.load_state_dict(state["probe"])
     except (KeyError, RuntimeError, ValueError) as err:
         raise CheckpointError(f"{path} does not match this model: {err}") from err
     restore_rng_state(state["rng"])
