@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast lint format typecheck bench clean
+.PHONY: test test-fast lint format typecheck bench clean demo demo-quick fashion-mnist
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,34 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loss.py
+
+# Fashion-MNIST without the network when possible: found locally ($$VICREG_DATA, ~/.cache/vicreg, the Debian
+# package's folder), else the Debian package (as root with apt), else torchvision's download.
+FIND_FMNIST = $(BIN)/python -c "from vicreg.data import find_dataset as f; print('Fashion-MNIST:', f('fashion-mnist', download=$(1)))"
+fashion-mnist: $(STAMP)
+	@$(call FIND_FMNIST,False) 2>/dev/null \
+	|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	     && echo "installing Debian's dataset-fashion-mnist" && apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+	     && $(call FIND_FMNIST,False); } \
+	|| $(call FIND_FMNIST,True)
+
+# The main job: pretrain the fashion-mnist-cpu preset (~10 minutes on 2 CPU cores), evaluate, write the report.
+DEMO_OUT ?= runs/demo
+DEMO_TRAIN_FLAGS ?=
+DEMO_EVAL_FLAGS ?=
+demo: fashion-mnist
+	@echo "== 1/3 pretraining VICReg on Fashion-MNIST -> $(DEMO_OUT)"
+	$(BIN)/vicreg train --preset fashion-mnist-cpu --out $(DEMO_OUT) $(DEMO_TRAIN_FLAGS)
+	@echo "== 2/3 evaluating: kNN, linear probe, label fractions, raw-pixel and random-init baselines"
+	$(BIN)/vicreg eval $(DEMO_OUT) --data fashion-mnist $(DEMO_EVAL_FLAGS)
+	@echo "== 3/3 writing the report"
+	$(BIN)/vicreg report $(DEMO_OUT)
+	@echo "done: open $(DEMO_OUT)/report.md"
+
+# About a minute: the same pipeline on a few hundred steps.
+demo-quick:
+	$(MAKE) demo DEMO_OUT=runs/demo-quick DEMO_TRAIN_FLAGS="--epochs 1 --max-steps 60" \
+	    DEMO_EVAL_FLAGS="--probe-epochs 10 --fractions 0.1"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -236,7 +236,7 @@ PRESETS: dict[str, TrainConfig] = {
         data="fashion-mnist",
         views=ViewsConfig(size=28, crop_scale_min=0.2),
         model=ModelConfig(backbone="small_cnn", expander="1024-1024-1024", width=32),
-        optim=OptimConfig(name="lars", base_lr=0.3, weight_decay=1e-5, warmup_epochs=1.0),
+        optim=OptimConfig(name="lars", base_lr=1.0, weight_decay=1e-5, warmup_epochs=1.0),
     ),
     # The GPU recipe in the class of solo-learn's CIFAR-10 ResNet-18 (1000 epochs, batch 256, LARS lr 0.3).
     "cifar10-resnet18": TrainConfig(
