@@ -94,7 +94,10 @@ def main() -> None:
 
     print(f"# {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {args.device}")
     print(f"# medians over {args.rounds} alternating rounds of {args.steps} steps; images/s = input images per second")
-    print("| configuration | train img/s | model fwd+bwd img/s | train / model | backbone fwd+bwd img/s | train / backbone |")
+    print(
+        "| configuration | train img/s | model fwd+bwd img/s | train / model "
+        "| backbone fwd+bwd img/s | train / backbone |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)

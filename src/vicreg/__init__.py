@@ -1,6 +1,6 @@
 """VICReg: Variance-Invariance-Covariance Regularization for self-supervised learning."""
 
-from vicreg.augment import PaperViews, ViewConfig
+from vicreg.augment import PairViews, PaperViews, SignalViews, TabularViews, ViewConfig
 from vicreg.loss import (
     VICRegLoss,
     VICRegOutput,
@@ -14,7 +14,10 @@ from vicreg.models import Expander, VICReg
 
 __all__ = [
     "Expander",
+    "PairViews",
     "PaperViews",
+    "SignalViews",
+    "TabularViews",
     "VICReg",
     "VICRegLoss",
     "VICRegOutput",

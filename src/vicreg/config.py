@@ -19,6 +19,8 @@ __all__ = [
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
+    "SignalViewsConfig",
+    "TableViewsConfig",
     "TrainConfig",
     "ViewsConfig",
     "config_from_dict",
@@ -74,17 +76,100 @@ class ViewsConfig:
 
 
 @dataclass(frozen=True)
+class SignalViewsConfig:
+    """The two views of signals / time series (see :class:`vicreg.augment.SignalViews`); both views alike."""
+
+    length: int = 0
+    """Output length of the random crop and resize, in steps (0: the input length)."""
+    crop_scale_min: float = 0.5
+    """Shortest crop as a fraction of the signal (1: no crop)."""
+    scale_std: float = 0.1
+    """Standard deviation of the per-channel amplitude factor around 1."""
+    warp_std: float = 0.2
+    """Standard deviation of the magnitude-warp knots around 1."""
+    jitter_std: float = 0.1
+    """Standard deviation of the additive noise (standardised units)."""
+    mask_p: float = 0.5
+    """Probability of masking one time window."""
+    mask_size_min: float = 0.05
+    """Shortest masked window as a fraction of the length."""
+    mask_size_max: float = 0.2
+    """Longest masked window as a fraction of the length."""
+    channel_drop_p: float = 0.0
+    """Probability of zeroing each channel."""
+
+    def __post_init__(self) -> None:
+        if self.length < 0:
+            raise ValueError(f"signal_views.length must be >= 0, got {self.length}")
+        try:
+            self.view_config()
+        except ValueError as err:
+            raise ValueError(f"signal_views: {err}") from err
+
+    def view_config(self) -> Any:
+        """The :class:`vicreg.augment.SignalViewConfig` of these settings."""
+        from vicreg.augment.signals import SignalViewConfig
+
+        return SignalViewConfig(
+            crop_scale=(self.crop_scale_min, 1.0),
+            scale_std=self.scale_std,
+            warp_std=self.warp_std,
+            jitter_std=self.jitter_std,
+            mask_p=self.mask_p,
+            mask_size=(self.mask_size_min, self.mask_size_max),
+            channel_drop_p=self.channel_drop_p,
+        )
+
+
+@dataclass(frozen=True)
+class TableViewsConfig:
+    """The two views of table rows (see :class:`vicreg.augment.TabularViews`)."""
+
+    corrupt_rate: float = 0.6
+    """Fraction of each row's features replaced by draws from their empirical marginals (SCARF: 0.6)."""
+    noise_std: float = 0.0
+    """Standard deviation of Gaussian noise on the standardised values."""
+    mask_p: float = 0.0
+    """Probability of zeroing each standardised feature."""
+    anchor_a: bool = False
+    """View A uncorrupted (SCARF's anchor); by default both views are corrupted."""
+
+    def __post_init__(self) -> None:
+        try:
+            self.view_config()
+        except ValueError as err:
+            raise ValueError(f"table_views: {err}") from err
+
+    def view_config(self) -> Any:
+        """The :class:`vicreg.augment.TableViewConfig` of these settings (view B's; view A's with anchor_a)."""
+        from vicreg.augment.tabular import TableViewConfig
+
+        return TableViewConfig(corrupt_rate=self.corrupt_rate, noise_std=self.noise_std, mask_p=self.mask_p)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Encoder and expander."""
 
     backbone: str = "resnet18"
-    """resnet18, resnet34, resnet50, small_cnn, or timm:<name> (with timm installed)."""
+    """resnet18, resnet34, resnet50, small_cnn, timm:<name> (with timm installed); resnet1d (signals), mlp
+    (tables)."""
     expander: str = "8192-8192-8192"
     """Widths of the expander's layers (the paper: 8192-8192-8192)."""
     small_images: bool = True
     """3x3 stride-1 stem without max-pool (for 32-96 px images)."""
     width: int = 32
-    """Base width of small_cnn (ignored by other backbones)."""
+    """Base width of small_cnn and resnet1d, hidden width of mlp (ignored by other backbones)."""
+    depth: int = 3
+    """Layers of mlp (ignored by other backbones)."""
+    backbone_b: str = ""
+    """A second, separate encoder for branch B (same names as backbone); empty: branch B shares the encoder.
+    Needed when the two branches see different modalities (--modality-b)."""
+    width_b: int = 0
+    """width of backbone_b (0: the same as width)."""
+    expander_b: str = ""
+    """Widths of branch B's own expander (empty: a separate expander of the same widths when backbone_b is
+    set, else shared). Must end at the same width as expander."""
 
     def __post_init__(self) -> None:
         from vicreg.models import parse_expander_spec
@@ -93,6 +178,16 @@ class ModelConfig:
         if not self.backbone:
             raise ValueError("model.backbone is empty")
         _positive("model.width", self.width)
+        _positive("model.depth", self.depth)
+        if self.width_b < 0:
+            raise ValueError(f"model.width_b must be >= 0, got {self.width_b}")
+        if self.expander_b:
+            widths_b = parse_expander_spec(self.expander_b)
+            if widths_b[-1] != parse_expander_spec(self.expander)[-1]:
+                raise ValueError(
+                    f"model.expander_b {self.expander_b!r} must end at the same width as model.expander "
+                    f"{self.expander!r} (the loss compares the two embeddings)"
+                )
 
 
 @dataclass(frozen=True)
@@ -194,7 +289,15 @@ class TrainConfig:
     """Stop on the first unreadable image instead of skipping it with a warning."""
     eval_split: str = "test"
     """Labelled split for the online kNN monitor, when the dataset has one ('' turns it off)."""
+    modality: Literal["image", "signal", "table"] = "image"
+    """What --data holds: images, signals (N, C, T) or table rows (N, F); signals and tables come from a .npz
+    file (x, y, x_test, y_test), aeon:<Name> (a time-series set bundled with aeon) or sklearn:<name>."""
+    modality_b: Literal["", "image", "signal", "table"] = ""
+    """Two-modality pairs: branch B's modality; --data is then a .npz with x_a (of --modality) and x_b (of this
+    one), row-aligned, and the model needs --model.backbone-b. Empty: both branches see views of one input."""
     views: ViewsConfig = field(default_factory=ViewsConfig)
+    signal_views: SignalViewsConfig = field(default_factory=SignalViewsConfig)
+    table_views: TableViewsConfig = field(default_factory=TableViewsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -220,6 +323,11 @@ class TrainConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.knn_every < 0:
             raise ValueError(f"knn_every must be >= 0, got {self.knn_every}")
+        if self.modality_b and not self.model.backbone_b:
+            raise ValueError(
+                f"two modalities ({self.modality} and {self.modality_b}) need two encoders: set --model.backbone-b "
+                "(e.g. mlp for a table, resnet1d for a signal, small_cnn for images)"
+            )
 
 
 # ------------------------------------------------------------------------------------------------ presets
@@ -267,6 +375,45 @@ PRESETS: dict[str, TrainConfig] = {
         optim=OptimConfig(name="lars", base_lr=0.2, weight_decay=1e-6, warmup_epochs=10.0),
         channels_last=True,
         sync_bn=False,
+    ),
+    # Signals: ResNet1d on GunPoint (50 training series of 150 steps, bundled with aeon), a couple of CPU minutes.
+    "gunpoint-resnet1d": TrainConfig(
+        out=Path("runs/gunpoint-resnet1d"),
+        modality="signal",
+        data="aeon:GunPoint",
+        epochs=100,
+        batch_size=25,
+        device="cpu",
+        knn_every=25,
+        signal_views=SignalViewsConfig(crop_scale_min=0.8),
+        model=ModelConfig(backbone="resnet1d", expander="512-512-512", width=16),
+        optim=OptimConfig(name="adamw", base_lr=0.01, weight_decay=1e-4, warmup_epochs=10.0),
+    ),
+    # Tables: an MLP on scikit-learn's wine (133 training rows, 13 features), SCARF corruption; seconds on a CPU.
+    "wine-mlp": TrainConfig(
+        out=Path("runs/wine-mlp"),
+        modality="table",
+        data="sklearn:wine",
+        epochs=300,
+        batch_size=64,
+        device="cpu",
+        knn_every=50,
+        table_views=TableViewsConfig(corrupt_rate=0.6),
+        model=ModelConfig(backbone="mlp", expander="512-512-512", width=128, depth=3),
+        optim=OptimConfig(name="adamw", base_lr=0.01, weight_decay=1e-4, warmup_epochs=10.0),
+    ),
+    # Tables: the same recipe on breast_cancer (426 training rows, 30 features).
+    "breast-cancer-mlp": TrainConfig(
+        out=Path("runs/breast-cancer-mlp"),
+        modality="table",
+        data="sklearn:breast_cancer",
+        epochs=100,
+        batch_size=128,
+        device="cpu",
+        knn_every=25,
+        table_views=TableViewsConfig(corrupt_rate=0.6),
+        model=ModelConfig(backbone="mlp", expander="512-512-512", width=128, depth=3),
+        optim=OptimConfig(name="adamw", base_lr=0.01, weight_decay=1e-4, warmup_epochs=10.0),
     ),
 }
 

@@ -176,12 +176,28 @@ def _small_cnn(small_images: bool, in_channels: int, **kwargs: Any) -> nn.Module
     return SmallCNN(in_channels=in_channels, **kwargs)
 
 
+def _resnet1d(small_images: bool, in_channels: int, **kwargs: Any) -> nn.Module:
+    del small_images  # images only
+    from vicreg.encoders import ResNet1d
+
+    return ResNet1d(in_channels=in_channels, **kwargs)
+
+
+def _mlp(small_images: bool, in_channels: int, **kwargs: Any) -> nn.Module:
+    del small_images  # images only
+    from vicreg.encoders import MLPEncoder
+
+    return MLPEncoder(in_channels, **kwargs)  # in_channels: the number of table features
+
+
 #: Backbone names accepted by :func:`build_backbone` (plus ``"timm:<name>"``) and their feature size.
 BACKBONES: dict[str, tuple[Callable[..., nn.Module], int | None]] = {
     "resnet18": (lambda s, c, **kw: _torchvision_resnet(tv_models.resnet18, s, c, **kw), 512),
     "resnet34": (lambda s, c, **kw: _torchvision_resnet(tv_models.resnet34, s, c, **kw), 512),
     "resnet50": (lambda s, c, **kw: _torchvision_resnet(tv_models.resnet50, s, c, **kw), 2048),
     "small_cnn": (_small_cnn, None),  # 8 * width
+    "resnet1d": (_resnet1d, None),  # signals (N, C, T): 2 * width
+    "mlp": (_mlp, None),  # table rows (N, F), in_channels = F: width
 }
 
 
@@ -190,11 +206,15 @@ def build_backbone(name: str, *, small_images: bool = False, in_channels: int = 
 
     Args:
         name: ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` (torchvision, classifier removed),
-            ``"small_cnn"`` (:class:`SmallCNN`) or ``"timm:<model name>"`` (created with ``num_classes=0``).
+            ``"small_cnn"`` (:class:`SmallCNN`), ``"timm:<model name>"`` (created with ``num_classes=0``), or for
+            non-image inputs ``"resnet1d"`` (:class:`vicreg.encoders.ResNet1d`, signals ``(N, C, T)``) and
+            ``"mlp"`` (:class:`vicreg.encoders.MLPEncoder`, table rows ``(N, F)``).
         small_images: ResNets only: 3x3 stride-1 stem without max-pool, for 32-64 px images.
-        in_channels: number of input channels (e.g. 1 for Fashion-MNIST).
+        in_channels: number of input channels (e.g. 1 for Fashion-MNIST; signal channels for ``resnet1d``;
+            the number of features for ``mlp``).
         **kwargs: passed to the constructor: torchvision's ``resnetXX`` (``zero_init_residual`` defaults to
-            True as in the official code), ``SmallCNN`` (``width``) or ``timm.create_model``.
+            True as in the official code), ``SmallCNN`` (``width``), ``ResNet1d`` (``width``), ``MLPEncoder``
+            (``width``, ``depth``) or ``timm.create_model``.
     """
     if not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")

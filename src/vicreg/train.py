@@ -108,14 +108,21 @@ class _Data:
     channels: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    num_classes: int = 0  # > 0 when the training data has labels (for the online linear probe)
-    eval_train: Any = None  # ArrayDataset with labels, for the kNN monitor
+    num_classes: int = 0  # > 0 when the training images have labels (for the online linear probe)
+    eval_train: Any = None  # ArrayDataset (or FloatArrayDataset) with labels, for the kNN monitor
     eval_test: Any = None
+    channels_b: int = 0  # branch B's input channels / features, for two-modality pairs
+    train_set: Any = None  # signals / tables / pairs: what their views are fitted on (vicreg.modalities)
 
 
 def build_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> _Data:
     """The training loader (in memory for datasets that fit, streamed for image folders)."""
     from vicreg.data import ArrayDataset, InMemoryLoader, folder_loader, is_image_folder, load
+
+    if cfg.modality != "image" or cfg.modality_b:  # signals, tables, two-modality pairs
+        from vicreg.modalities import build_array_data
+
+        return build_array_data(cfg, info, device)
 
     if cfg.data_root is not None:
         os.environ["VICREG_DATA"] = os.pathsep.join(
@@ -167,6 +174,11 @@ def load_probe_stats(loader: Any) -> tuple[int, tuple[float, ...], tuple[float, 
 def build_views(cfg: TrainConfig, data: _Data) -> Any:
     from vicreg.augment import PaperViews
 
+    if data.train_set is not None:  # signals, tables, two-modality pairs
+        from vicreg.modalities import build_array_views
+
+        return build_array_views(cfg, data)
+
     v = cfg.views
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -201,14 +213,36 @@ def build_views(cfg: TrainConfig, data: _Data) -> Any:
     )
 
 
-def build_model(cfg: TrainConfig, channels: int) -> VICReg:
+def build_model(cfg: TrainConfig, channels: int, channels_b: int = 0) -> VICReg:
+    """The model of ``cfg.model``; ``channels_b``: branch B's input channels when it has its own encoder (0: the
+    same as branch A's)."""
     m = cfg.model
-    if m.backbone == "small_cnn":
-        from vicreg.models import build_backbone
+    backbone, dim = _encoder(cfg, m.backbone, channels, m.width)
+    branch_b: dict[str, Any] = {}
+    if m.backbone_b:
+        branch_b["backbone_b"], branch_b["feature_dim_b"] = _encoder(
+            cfg, m.backbone_b, channels_b or channels, m.width_b or m.width
+        )
+    if m.expander_b:
+        branch_b["expander_b"] = m.expander_b
+    return VICReg(backbone, m.expander, feature_dim=dim, **branch_b)
 
-        backbone: str | nn.Module = build_backbone("small_cnn", in_channels=channels, width=m.width)
-        return VICReg(backbone, m.expander, in_channels=channels)
-    return VICReg(m.backbone, m.expander, m.small_images, in_channels=channels)
+
+def _encoder(cfg: TrainConfig, name: str, channels: int, width: int) -> tuple[nn.Module, int]:
+    """A backbone by name with the config's width (and depth) options, and its feature size."""
+    from vicreg.models import BACKBONES, build_backbone
+
+    kwargs: dict[str, Any] = {}
+    if name in ("small_cnn", "resnet1d", "mlp"):
+        kwargs["width"] = width
+    if name == "mlp":
+        kwargs["depth"] = cfg.model.depth
+    module = build_backbone(name, small_images=cfg.model.small_images, in_channels=channels, **kwargs)
+    dim = BACKBONES[name][1] if name in BACKBONES else None
+    dim = dim or getattr(module, "feature_dim", None) or getattr(module, "num_features", None)
+    if not isinstance(dim, int):
+        raise ValueError(f"cannot tell the feature size of backbone {name!r}")
+    return module, dim
 
 
 # ------------------------------------------------------------------------------------------------ monitors
@@ -372,7 +406,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     data = build_data(cfg, info, device)
     views = build_views(cfg, data)
-    model = build_model(cfg, data.channels)
+    model = build_model(cfg, data.channels, data.channels_b)
     if cfg.sync_bn and info.world_size > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -549,6 +583,10 @@ def _knn_monitor(model: VICReg, data: _Data, device: torch.device, amp_dtype: to
     """kNN top-1 (k = 20) of the current representation on the held-out split, on a subset for speed."""
     if data.eval_train is None or data.eval_test is None:
         return None
+    if not hasattr(data.eval_train, "images"):  # signals / tables
+        from vicreg.modalities import knn_monitor_arrays
+
+        return knn_monitor_arrays(model, data, device, amp_dtype)
     from vicreg.evaluate import extract_features, knn_accuracy
 
     model.eval()
