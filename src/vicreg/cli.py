@@ -112,7 +112,7 @@ def export(
 
 
 def evaluate(
-    run: tyro.conf.Positional[Path],
+    run: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_OR_CHECKPOINT")],
     data: str | None = None,
     test_data: str | None = None,
     out: Path | None = None,
@@ -200,7 +200,7 @@ def evaluate(
 
 
 def embed(
-    checkpoint: tyro.conf.Positional[Path],
+    checkpoint: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_OR_CHECKPOINT")],
     out: Path,
     data: str | None = None,
     split: str = "train",
@@ -236,7 +236,7 @@ def embed(
 
 
 def report(
-    run: tyro.conf.Positional[Path],
+    run: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_DIR")],
     data: str | None = None,
     device: str = "auto",
     max_points: int = 2000,

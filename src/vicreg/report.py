@@ -150,28 +150,38 @@ def plot_lr(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_knn(rows: Sequence[dict[str, Any]], path: Path, final: dict[str, float] | None = None) -> Path:
+def plot_knn(rows: Sequence[dict[str, Any]], path: Path, final: tuple[float, float, str] | None = None) -> Path:
+    """The online monitor's kNN accuracy per epoch; ``final``: ``(epoch, top-1, label)`` of vicreg eval."""
     fig = _figure(6, 3.5)
     ax = fig.subplots()
     drawn = False
     for key, label in (("knn.top1", "top-1"), ("knn.top5", "top-5")):
         x, y = _series(rows, key, x="epoch")
         if len(x):
-            ax.plot(x, y, marker="o", ms=4, lw=1.5, label=f"online monitor, {label}")
+            ax.plot(x, y, marker="o", ms=4, lw=1.5, label=f"online monitor (subset), {label}")
             drawn = True
-    if final:
-        for name, value in final.items():
-            ax.axhline(value, ls="--", lw=1, color="0.4")
-            ax.annotate(name, (0.01, value), xycoords=("axes fraction", "data"), va="bottom", fontsize=8, color="0.3")
-            drawn = True
-    if drawn:
+    if final is not None:
+        ax.plot([final[0]], [final[1]], marker="*", ms=12, ls="none", color="tab:red", label=final[2])
+    if drawn or final is not None:
         ax.set_xlabel("epoch")
         ax.set_ylabel("kNN accuracy (%)")
         ax.legend(fontsize=8, loc="lower right")
         ax.grid(alpha=0.3)
-    else:
-        _empty(ax, "no kNN evaluations logged\n(knn_every = 0, no labelled test split, or fewer than one epoch)")
-    ax.set_title("kNN accuracy on the held-out split (k = 20)", fontsize=11)
+    if not drawn:
+        ax.text(
+            0.5,
+            0.6,
+            "no online kNN values logged\n(knn_every = 0, no labelled test split, or under one epoch)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            fontsize=9,
+            color="0.35",
+        )
+        if final is None:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    ax.set_title("kNN top-1 accuracy on the held-out split (k = 20)", fontsize=11)
     return _save(fig, path)
 
 
@@ -182,7 +192,9 @@ def plot_std_hist(parts: dict[str, Tensor], gamma: float, path: Path) -> Path:
     axes = fig.subplots(1, len(parts), squeeze=False)[0]
     for ax, (name, z) in zip(axes, parts.items(), strict=True):
         std = per_dim_std(z.float()).numpy()
-        ax.hist(std, bins=min(60, max(10, len(std) // 8)), color="tab:blue", alpha=0.85)
+        right = float(max(std.max(), gamma if name.startswith("expander") else 0.0)) * 1.05 or 1.0
+        ax.hist(std, bins=min(80, max(20, len(std) // 8)), range=(0.0, right), color="tab:blue", alpha=0.85)
+        ax.set_xlim(0.0, right)
         if name.startswith("expander"):
             ax.axvline(gamma, color="tab:red", ls="--", lw=1.5, label=f"gamma = {gamma:g} (variance target)")
             ax.legend(fontsize=8)
@@ -281,6 +293,8 @@ def plot_diagnostics(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
             ax.plot(x, y, marker="o", ms=3, lw=1.5)
         else:
             _empty(ax, f"no '{key}' values")
+        if key in ("diag.frac_std_below_gamma", "diag.effective_rank_ratio"):
+            ax.set_ylim(-0.05, 1.05)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     for ax in axes[1]:
@@ -358,9 +372,10 @@ def make_report(
     plot_lr(train_rows, out / "lr.png")
     plots.append(("Learning rate", "lr.png", ""))
     final_knn = None
-    if eval_report and "vicreg" in eval_report.get("results", {}):
-        knn = eval_report["results"]["vicreg"]["knn"]
-        final_knn = {f"eval.json: k=20 top-1 {knn['k20']['top1']:.1f}%": knn["k20"]["top1"]} if "k20" in knn else None
+    if eval_report and "k20" in eval_report.get("results", {}).get("vicreg", {}).get("knn", {}):
+        top1 = eval_report["results"]["vicreg"]["knn"]["k20"]["top1"]
+        epochs = [r["epoch"] for r in train_rows if isinstance(r.get("epoch"), int | float)]
+        final_knn = (max(epochs) if epochs else 0.0, top1, f"vicreg eval (all images): {top1:.1f}%")
     plot_knn(rows, out / "knn.png", final_knn)
     plots.append(("kNN accuracy over epochs", "knn.png", "Online monitor: at most 10k train / 2k test images."))
     if plot_diagnostics(rows, out / "diagnostics.png") is not None:
