@@ -163,14 +163,16 @@ def plot_knn(rows: Sequence[dict[str, Any]], path: Path, final: tuple[float, flo
     if final is not None:
         ax.plot([final[0]], [final[1]], marker="*", ms=12, ls="none", color="tab:red", label=final[2])
     if drawn or final is not None:
+        epochs = [*_series(rows, "knn.top1", x="epoch")[0].tolist(), *([final[0]] if final else [])]
+        ax.set_xlim(0, max(1.0, *epochs) * 1.05)
         ax.set_xlabel("epoch")
         ax.set_ylabel("kNN accuracy (%)")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
         ax.grid(alpha=0.3)
     if not drawn:
         ax.text(
             0.5,
-            0.6,
+            0.85,
             "no online kNN values logged\n(knn_every = 0, no labelled test split, or under one epoch)",
             ha="center",
             va="center",
@@ -431,7 +433,7 @@ def _markdown(
         d = eval_report["data"]
         lines += [
             f"Checkpoint `{eval_report['checkpoint']}` (step {eval_report['step']}), data `{d['source']}`: "
-            f"{d['n_train']} train / {d['n_test']} test images ({d['split']}). Accuracies in %.",
+            f"{d['n_train']} train / {d['n_test']} test images; split: {d['split']}. Accuracies in %.",
             "",
             markdown_table(eval_report),
             "",

@@ -144,8 +144,10 @@ def check_backbone_loads(path: str | os.PathLike[str], config: dict[str, Any]) -
     from vicreg.models import build_backbone
 
     state = load_backbone(path)
-    model_cfg = config.get("model", {}) if isinstance(config, dict) else {}
-    name = str(model_cfg.get("backbone", "resnet18"))
+    model_cfg = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model_cfg, dict) or "backbone" not in model_cfg:
+        raise CheckpointError(f"no model config to check {path} against (the checkpoint's 'config' lacks 'model')")
+    name = str(model_cfg["backbone"])
     small = bool(model_cfg.get("small_images", True))
     channels = next((int(v.shape[1]) for v in state.values() if v.ndim == 4), 3)
     kwargs: dict[str, Any] = {"width": int(model_cfg.get("width", 32))} if name == "small_cnn" else {}

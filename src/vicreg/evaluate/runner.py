@@ -138,10 +138,18 @@ def pixel_features(images: Tensor, mean: tuple[float, ...], std: tuple[float, ..
 
 
 def evaluate_features(
-    train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, settings: EvalSettings
+    train_f: Tensor,
+    train_y: Tensor,
+    test_f: Tensor,
+    test_y: Tensor,
+    settings: EvalSettings,
+    device: torch.device | str | None = None,
 ) -> dict[str, Any]:
-    """kNN, linear probe and label-fraction probes of one feature set (accuracies in %)."""
+    """kNN, linear probe and label-fraction probes of one feature set (accuracies in %), on ``device``
+    (default: where the features are; a GPU makes kNN on ImageNet-sized sets practical)."""
     s = settings
+    if device is not None:
+        train_f, train_y, test_f, test_y = (t.to(device) for t in (train_f, train_y, test_f, test_y))
     probe: dict[str, Any] = {
         "epochs": s.probe_epochs,
         "lr": s.probe_lr,
@@ -233,7 +241,7 @@ def run_eval(
 
     results = {}
     for name, (f_train, f_test) in feature_sets.items():
-        results[name] = evaluate_features(f_train, train_y.cpu(), f_test, test_y.cpu(), settings)
+        results[name] = evaluate_features(f_train, train_y.cpu(), f_test, test_y.cpu(), settings, device=dev)
         if name in hits:
             results[name]["cached_features"] = hits[name]
 
