@@ -10,7 +10,7 @@ import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import tyro
 
@@ -88,8 +88,14 @@ def export(
     out: Path = Path("backbone.safetensors"),
 ) -> None:
     """Write the backbone of a run folder or checkpoint as .safetensors or .pt (loads into the torchvision
-    model with strict=True)."""
-    from vicreg.checkpoint import export_backbone, load_checkpoint
+    model with strict=True).
+
+    The written file is read back and loaded with strict=True into a freshly built backbone of the run's
+    architecture (for ResNets: torchvision's resnetXX with fc = Identity and, for small images, the 3x3 stem
+    without max-pool), so an export that would not load fails here.
+    """
+    from vicreg.checkpoint import CheckpointError, export_backbone, load_checkpoint
+    from vicreg.evaluate.load import check_backbone_loads
 
     path = checkpoint / "checkpoints" / "last.pt" if checkpoint.is_dir() else checkpoint
     state = load_checkpoint(path)
@@ -97,7 +103,164 @@ def export(
     backbone = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
     if not backbone:
         raise SystemExit(f"vicreg export: {path} holds no backbone weights")
-    print(f"wrote {export_backbone(backbone, out)} ({len(backbone)} tensors)")
+    written = export_backbone(backbone, out)
+    try:
+        described = check_backbone_loads(written, state.get("config", {}))
+    except CheckpointError as err:
+        raise SystemExit(f"vicreg export: {err}") from err
+    print(f"wrote {written} ({len(backbone)} tensors; loads strictly into {described})")
+
+
+def evaluate(
+    run: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_OR_CHECKPOINT")],
+    data: str | None = None,
+    test_data: str | None = None,
+    out: Path | None = None,
+    k: tuple[int, ...] = (20, 200),
+    temperature: float = 0.07,
+    probe_epochs: int = 100,
+    probe_lr: float = 0.1,
+    probe_weight_decay: float = 1e-4,
+    probe_batch_size: int = 1024,
+    fractions: tuple[float, ...] = (0.01, 0.1),
+    seed: int = 0,
+    baselines: bool = True,
+    cache: bool = True,
+    device: str = "auto",
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+    batch_size: int = 512,
+    download: bool = False,
+) -> None:
+    """Evaluate a run folder or checkpoint: kNN, linear probe and 1%/10% label probes, with baselines.
+
+    Features of the frozen backbone (cached in RUN/features/) on whole images brought to the training views'
+    size, normalised as in training. kNN: cosine, temperature-weighted votes (InstDisc/DINO). Linear probe:
+    logistic regression on standardised features, SGD + cosine schedule; 'last' is the honest number, 'best'
+    peeks at the test set. Label fractions: the same probe on class-balanced seeded subsets (linear on frozen
+    features, not fine-tuning). Baselines in the same run: a randomly initialised backbone of the same
+    architecture, and raw pixels. Writes RUN/eval.json (or --out) and prints a table.
+
+    Args:
+        run: run folder (the --out of vicreg train) or checkpoint file.
+        data: labelled data: a dataset name or path (default: the run's training data). Names and dataset
+            folders use their train/test splits; a .npy/.npz file or image folder is split 80/20 (seeded)
+            unless --test-data is given.
+        test_data: a separate labelled test set (e.g. imagenet/val).
+        out: where to write the results (default: RUN/eval.json).
+        k: neighbour counts of the kNN classifier.
+        temperature: temperature of the kNN votes.
+        probe_epochs: epochs of every linear probe.
+        probe_lr: peak learning rate of the probes (cosine schedule to 0).
+        probe_weight_decay: weight decay of the probes.
+        probe_batch_size: minibatch size of the probes.
+        fractions: label fractions of the semi-supervised probes.
+        seed: seed of the label subsets, the 80/20 split, the probes and the random-init baseline.
+        baselines: also evaluate a random-init backbone and raw pixels.
+        cache: read/write features under RUN/features/.
+        device: cpu, cuda, cuda:N, mps or auto.
+        precision: autocast precision of the feature extraction.
+        batch_size: images per forward pass.
+        download: allow downloading a named dataset.
+    """
+    from vicreg.checkpoint import CheckpointError
+    from vicreg.evaluate.runner import EvalSettings, format_table, run_eval
+
+    try:
+        settings = EvalSettings(
+            ks=tuple(k),
+            temperature=temperature,
+            probe_epochs=probe_epochs,
+            probe_lr=probe_lr,
+            probe_weight_decay=probe_weight_decay,
+            probe_batch_size=probe_batch_size,
+            fractions=tuple(fractions),
+            seed=seed,
+        )
+        report = run_eval(
+            run,
+            data,
+            test_data=test_data,
+            out=out,
+            settings=settings,
+            baselines=baselines,
+            cache=cache,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            download=download,
+        )
+    except (CheckpointError, ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"vicreg eval: {err}") from err
+    d = report["data"]
+    print(f"{d['train']} ({d['n_train']}) -> {d['test']} ({d['n_test']}): {d['split']}")
+    print(format_table(report))
+    for name, note in report["notes"].items():
+        print(f"{name}: {note}")
+    print(f"wrote {report['path']}")
+
+
+def embed(
+    checkpoint: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_OR_CHECKPOINT")],
+    out: Path,
+    data: str | None = None,
+    split: str = "train",
+    device: str = "auto",
+    batch_size: int = 512,
+    download: bool = False,
+) -> None:
+    """Write the frozen representation (backbone output) of every image of a dataset.
+
+    Formats by the suffix of --out: .npy (the float32 matrix N x D), .npz (embeddings, labels, index) or
+    .parquet (index, path, label, embedding; needs pyarrow). Images are brought to the training views' size
+    and normalised as in training; rows keep the data's order.
+
+    Args:
+        checkpoint: run folder or checkpoint file.
+        out: output file (.npy, .npz or .parquet).
+        data: dataset name or path (default: the run's training data).
+        split: split of a named dataset or dataset folder (ignored for .npy/.npz files and image folders).
+        device: cpu, cuda, cuda:N, mps or auto.
+        batch_size: images per forward pass.
+        download: allow downloading a named dataset.
+    """
+    from vicreg.checkpoint import CheckpointError
+    from vicreg.evaluate.embed import embed_to_file
+
+    try:
+        path, rows, dim = embed_to_file(
+            checkpoint, data, out, split=split, device=device, batch_size=batch_size, download=download
+        )
+    except (CheckpointError, ValueError, FileNotFoundError, ImportError) as err:
+        raise SystemExit(f"vicreg embed: {err}") from err
+    print(f"wrote {path} ({rows} x {dim})")
+
+
+def report(
+    run: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_DIR")],
+    data: str | None = None,
+    device: str = "auto",
+    max_points: int = 2000,
+    seed: int = 0,
+) -> None:
+    """Plot a run (loss and its terms, lr, per-dimension std, covariance spectrum and effective rank, a 2-D
+    map of test embeddings, kNN accuracy over epochs) and write RUN/report.md with the plots, the eval table
+    (from RUN/eval.json, see vicreg eval) and the config. The PNGs go to RUN/report/.
+
+    Args:
+        run: run folder (the --out of vicreg train).
+        data: labelled data for the embedding plots (default: that of RUN/eval.json, else the training data).
+        device: cpu, cuda, cuda:N, mps or auto.
+        max_points: test images used by the embedding plots (a seeded subset).
+        seed: seed of that subset and of the 2-D map.
+    """
+    from vicreg.checkpoint import CheckpointError
+    from vicreg.report import make_report
+
+    try:
+        path = make_report(run, data=data, device=device, max_points=max_points, seed=seed)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"vicreg report: {err}") from err
+    print(f"wrote {path}")
 
 
 def info() -> None:
@@ -119,7 +282,14 @@ def info() -> None:
         print("cuda        not available")
 
 
-COMMANDS: dict[str, Callable[..., Any]] = {"train": _train_help_only, "export": export, "info": info}
+COMMANDS: dict[str, Callable[..., Any]] = {
+    "train": _train_help_only,
+    "eval": evaluate,
+    "embed": embed,
+    "report": report,
+    "export": export,
+    "info": info,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -462,6 +462,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 "rng": capture_rng_state(),
                 "config": config_to_dict(cfg),
                 "world_size": info.world_size,
+                "normalize": {"mean": list(views.mean), "std": list(views.std)},  # what evaluation must apply
             }
             if probe is not None:
                 state["probe"] = probe.state_dict()
