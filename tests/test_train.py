@@ -140,17 +140,24 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path: Path, monkeypatch: p
     real_build_views = train_module.build_views
     calls = {"n": 0}
 
-    def poisoned(cfg, data):
-        views = real_build_views(cfg, data)
+    class Poisoned:
+        """The real views (mean, std, ... delegated), with NaN in view A from the 5th call on."""
 
-        def call(x, generator=None):
+        def __init__(self, views):
+            self.views = views
+
+        def __getattr__(self, name):
+            return getattr(self.views, name)
+
+        def __call__(self, x, generator=None):
             calls["n"] += 1
-            v_a, v_b = views(x, generator=generator)
+            v_a, v_b = self.views(x, generator=generator)
             if calls["n"] >= 5:  # from step 4 (0-based) on
                 v_a = v_a * float("nan")
             return v_a, v_b
 
-        return call
+    def poisoned(cfg, data):
+        return Poisoned(real_build_views(cfg, data))
 
     monkeypatch.setattr(train_module, "build_views", poisoned)
     cfg = _tiny(tmp_path, ckpt_every=2, log_every=3, knn_every=0)
