@@ -57,7 +57,7 @@ demo: fashion-mnist
 	$(BIN)/vicreg report $(DEMO_OUT)
 	@echo "done: open $(DEMO_OUT)/report.md"
 
-# About a minute: the same pipeline on a few hundred steps.
+# A few minutes: the same pipeline on 60 training steps (most of the time is the evaluation on all 70k images).
 demo-quick:
 	$(MAKE) demo DEMO_OUT=runs/demo-quick DEMO_TRAIN_FLAGS="--epochs 1 --max-steps 60" \
 	    DEMO_EVAL_FLAGS="--probe-epochs 10 --fractions 0.1"
