@@ -5,7 +5,9 @@
   the previous one stays intact.
 * Loads use ``torch.load(weights_only=True)``: a checkpoint can hold tensors, numbers, strings, lists, tuples
   and dicts, never arbitrary pickled objects, so loading one never runs code.
-* A truncated, garbage or foreign file raises :class:`CheckpointError` naming the path and what to do.
+* A truncated, garbage or foreign file raises :class:`CheckpointError` naming the path and what to do; so
+  does a damaged one: the CRC-32 of every archive member is checked first (``torch.load`` does not), so a
+  flipped bit never loads as silently different weights.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = [
     "latest_checkpoint",
     "load_backbone",
     "load_checkpoint",
+    "remove_partial_writes",
     "restore_rng_state",
     "save_checkpoint",
 ]
@@ -74,6 +77,22 @@ def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
     return path
 
 
+def remove_partial_writes(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_write` left in ``folder`` when its process was killed
+    mid-write (``kill -9``, out-of-memory killer); returns what was removed.
+
+    Only call this where no other process is writing into ``folder`` at the same time (in training: rank 0,
+    before its first save).
+    """
+    folder = Path(folder)
+    removed = []
+    for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -103,6 +122,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
             f"{path} is truncated or not a checkpoint (not a complete torch.save archive); "
             "delete it to resume from an earlier checkpoint, or start a new run"
         )
+    _check_crc(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -120,6 +140,23 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a vicreg checkpoint (no '{FORMAT}' marker)")
     return state
+
+
+def _check_crc(path: Path) -> None:
+    """Read every member of the archive and compare its CRC-32 with the one recorded when it was written."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (*_LOAD_ERRORS, OSError) as err:
+        raise CheckpointError(
+            f"{path} is truncated or not a checkpoint ({type(err).__name__}: {_first_line(err)}); "
+            "delete it to resume from an earlier checkpoint, or start a new run"
+        ) from err
+    if bad is not None:
+        raise CheckpointError(
+            f"{path} is damaged: the checksum of its part {bad!r} does not match what was written (a disk error "
+            "or a bad copy); delete it to resume from an earlier checkpoint, or start a new run"
+        )
 
 
 def _first_line(err: BaseException) -> str:

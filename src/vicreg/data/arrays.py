@@ -67,8 +67,13 @@ class ArrayDataset:
         y = None
         if labels is not None:
             y = torch.as_tensor(np.asarray(labels)).reshape(-1)
-            if y.is_floating_point() and not bool((y == y.round()).all()):
+            if y.is_floating_point() and not bool((y == y.round()).all()):  # NaN fails here, inf below
                 raise ValueError(f"{name}: labels must be integers, got non-integral {y.dtype} values")
+            if y.numel() and not (float(y.min()) >= -1 and float(y.max()) < 2**31):
+                raise ValueError(
+                    f"{name}: labels must be class indices in [0, 2**31) (or -1 for unlabeled), got values in "
+                    f"[{float(y.min()):g}, {float(y.max()):g}]"
+                )
             y = y.to(torch.int64)
             if y.shape[0] != x.shape[0]:
                 raise ValueError(f"{name}: {x.shape[0]} images but {y.shape[0]} labels")
@@ -150,6 +155,12 @@ def as_uint8_images(images: Any, *, name: str = "arrays") -> Tensor:
     if x.dtype == torch.uint8:
         pass
     elif x.is_floating_point():
+        if not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(
+                f"{name}: {bad} image value(s) are NaN or infinite; fix or drop those images (float images must "
+                "lie in [0, 1])"
+            )
         lo, hi = float(x.min()), float(x.max())
         if lo < 0 or hi > 1:
             raise ValueError(
