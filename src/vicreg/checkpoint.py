@@ -67,14 +67,26 @@ def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
+        cause = _os_error_in(err)
+        if cause is not None:
             raise CheckpointError(
-                f"could not write {path}: {err.strerror or err} (disk full or read-only?); "
+                f"could not write {path}: {cause.strerror or cause} (disk full or read-only?); "
                 "the previous file, if any, is intact"
             ) from err
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _os_error_in(err: BaseException) -> OSError | None:
+    """The OSError behind ``err``: torch.save reports a failed write as a RuntimeError of its zip writer
+    ("unexpected pos ..."), raised while handling the OSError, which is the useful part."""
+    seen: BaseException | None = err
+    for _ in range(10):
+        if seen is None or isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def remove_partial_writes(folder: str | os.PathLike[str]) -> list[Path]:

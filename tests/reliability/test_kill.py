@@ -22,9 +22,8 @@ import pytest
 from tests.reliability._runs import assert_same_state, env_int, subprocess_env, tiny_npz, train_args
 from vicreg.checkpoint import load_backbone, load_checkpoint
 
-pytestmark = [pytest.mark.reliability, pytest.mark.slow]
-
 KILLS = env_int("VICREG_RELIABILITY_KILLS", 5)
+pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.timeout(240 + 40 * KILLS)]
 # "write": while a checkpoint is being written; "step": at a random moment after the next training step;
 # "start": a random delay after launch (imports, data, resume)
 MODES = ("write", "step", "write", "start", "step")

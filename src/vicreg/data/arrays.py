@@ -48,6 +48,8 @@ class ArrayDataset:
             )
         if x.shape[0] == 0:
             raise ValueError(f"{self.name}: the dataset has no images")
+        if x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError(f"{self.name}: images of size {x.shape[2]}x{x.shape[3]} have no pixels")
         y = self.labels
         if y is not None and (y.dtype != torch.int64 or y.shape != (x.shape[0],)):
             raise ValueError(
@@ -152,6 +154,8 @@ def as_uint8_images(images: Any, *, name: str = "arrays") -> Tensor:
             f"{name}: cannot read images of shape {tuple(x.shape)}; expected (N, H, W), (N, H, W, C) or "
             "(N, C, H, W) with C = 1 (grey) or 3 (RGB)"
         )
+    if x.numel() == 0:
+        raise ValueError(f"{name}: images of shape {tuple(x.shape)} hold no pixels (no images, or a size of 0)")
     if x.dtype == torch.uint8:
         pass
     elif x.is_floating_point():
