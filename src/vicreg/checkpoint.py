@@ -42,6 +42,11 @@ FORMAT = "vicreg-checkpoint-v1"
 _LOAD_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError)
 
 
+# mkstemp creates files readable by their owner only; written files get the usual mode (0o666 minus the umask)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not belong to this run."""
 
@@ -60,6 +65,7 @@ def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
             f"cannot write {path}: {err.strerror or err}; check that the folder exists and is writable"
         ) from err
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -144,7 +150,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
                 f"run code): {_first_line(err)}"
             ) from err
         raise CheckpointError(f"{path} is truncated or not a checkpoint: {_first_line(err)}") from err
-    except _LOAD_ERRORS as err:
+    except Exception as err:  # a malformed pickle stream makes the unpickler raise IndexError, TypeError, ...
         raise CheckpointError(
             f"{path} is truncated or not a checkpoint ({type(err).__name__}: {_first_line(err)}); "
             "delete it to resume from an earlier checkpoint, or start a new run"

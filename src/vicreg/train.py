@@ -73,7 +73,17 @@ def setup_distributed(device: str) -> DistInfo:
         use_cuda = device != "cpu" and torch.cuda.is_available()
         if use_cuda:
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        backend = "nccl" if use_cuda else "gloo"
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if restart is None:
+            dist.init_process_group(backend)
+        else:
+            # torchrun keeps its key-value store across restarts (--max-restarts) and the process group's keys
+            # are the same each time: restarted workers read the dead workers' gloo addresses and failed to
+            # connect or hung (8 of 14 restarts; docs/reliability.md). A prefix per attempt keeps them apart.
+            store, rank, world_size = next(dist.rendezvous("env://"))
+            store = dist.PrefixStore(f"vicreg/attempt{restart}", store)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
         info = get_dist_info()
     return info
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -48,12 +47,6 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     """One thread per process (bit-identical results between runs) and this checkout's ``src`` first."""
     path = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, **extra}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def assert_same_state(a: Path, b: Path) -> None:

@@ -25,7 +25,7 @@ from vicreg.train import train
 
 pytestmark = pytest.mark.reliability
 
-BF16_STEPS = env_int("VICREG_RELIABILITY_BF16_STEPS", 200)
+BF16_STEPS = env_int("VICREG_RELIABILITY_BF16_STEPS", 300)
 
 
 @pytest.mark.slow

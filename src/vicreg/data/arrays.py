@@ -68,7 +68,7 @@ class ArrayDataset:
         x = as_uint8_images(images, name=name)
         y = None
         if labels is not None:
-            y = torch.as_tensor(np.asarray(labels)).reshape(-1)
+            y = torch.as_tensor(_numeric(np.asarray(labels), f"{name}: labels")).reshape(-1)
             if y.is_floating_point() and not bool((y == y.round()).all()):  # NaN fails here, inf below
                 raise ValueError(f"{name}: labels must be integers, got non-integral {y.dtype} values")
             if y.numel() and not (float(y.min()) >= -1 and float(y.max()) < 2**31):
@@ -144,7 +144,9 @@ def as_uint8_images(images: Any, *, name: str = "arrays") -> Tensor:
     entries) and ``(N, C, H, W)`` with ``C`` in ``{1, 3}``. Values: ``uint8`` as is; other integer types
     must lie in ``[0, 255]``; floats must lie in ``[0, 1]`` and are scaled by 255 and rounded.
     """
-    x = torch.as_tensor(np.asarray(images)) if not isinstance(images, Tensor) else images
+    x = torch.as_tensor(_numeric(np.asarray(images), f"{name}: images")) if not isinstance(images, Tensor) else images
+    if x.is_complex():
+        raise ValueError(f"{name}: images of dtype {x.dtype} are not supported; use uint8")
     if x.ndim == 3:
         x = x.unsqueeze(1)
     elif x.ndim == 4 and x.shape[-1] in (1, 3):
@@ -182,6 +184,12 @@ def as_uint8_images(images: Any, *, name: str = "arrays") -> Tensor:
     else:
         raise ValueError(f"{name}: images of dtype {x.dtype} are not supported; use uint8")
     return x.contiguous()
+
+
+def _numeric(a: np.ndarray, what: str) -> np.ndarray:
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating) or a.dtype == np.bool_):
+        raise ValueError(f"{what} must be numbers, got an array of dtype {a.dtype}")
+    return a
 
 
 def channel_stats(images: Tensor, chunk_elements: int = 1 << 24) -> tuple[tuple[float, ...], tuple[float, ...]]:
