@@ -5,7 +5,9 @@
   the previous one stays intact.
 * Loads use ``torch.load(weights_only=True)``: a checkpoint can hold tensors, numbers, strings, lists, tuples
   and dicts, never arbitrary pickled objects, so loading one never runs code.
-* A truncated, garbage or foreign file raises :class:`CheckpointError` naming the path and what to do.
+* A truncated, garbage or foreign file raises :class:`CheckpointError` naming the path and what to do; so
+  does a damaged one: the CRC-32 of every archive member is checked first (``torch.load`` does not), so a
+  flipped bit never loads as silently different weights.
 """
 
 from __future__ import annotations
@@ -31,12 +33,18 @@ __all__ = [
     "latest_checkpoint",
     "load_backbone",
     "load_checkpoint",
+    "remove_partial_writes",
     "restore_rng_state",
     "save_checkpoint",
 ]
 
 FORMAT = "vicreg-checkpoint-v1"
 _LOAD_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError)
+
+
+# mkstemp creates files readable by their owner only; written files get the usual mode (0o666 minus the umask)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class CheckpointError(RuntimeError):
@@ -57,6 +65,7 @@ def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
             f"cannot write {path}: {err.strerror or err}; check that the folder exists and is writable"
         ) from err
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -64,14 +73,42 @@ def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
+        cause = _os_error_in(err)
+        if cause is not None:
             raise CheckpointError(
-                f"could not write {path}: {err.strerror or err} (disk full or read-only?); "
+                f"could not write {path}: {cause.strerror or cause} (disk full or read-only?); "
                 "the previous file, if any, is intact"
             ) from err
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _os_error_in(err: BaseException) -> OSError | None:
+    """The OSError behind ``err``: torch.save reports a failed write as a RuntimeError of its zip writer
+    ("unexpected pos ..."), raised while handling the OSError, which is the useful part."""
+    seen: BaseException | None = err
+    for _ in range(10):
+        if seen is None or isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def remove_partial_writes(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_write` left in ``folder`` when its process was killed
+    mid-write (``kill -9``, out-of-memory killer); returns what was removed.
+
+    Only call this where no other process is writing into ``folder`` at the same time (in training: rank 0,
+    before its first save).
+    """
+    folder = Path(folder)
+    removed = []
+    for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -103,6 +140,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
             f"{path} is truncated or not a checkpoint (not a complete torch.save archive); "
             "delete it to resume from an earlier checkpoint, or start a new run"
         )
+    _check_crc(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -112,7 +150,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
                 f"run code): {_first_line(err)}"
             ) from err
         raise CheckpointError(f"{path} is truncated or not a checkpoint: {_first_line(err)}") from err
-    except _LOAD_ERRORS as err:
+    except Exception as err:  # a malformed pickle stream makes the unpickler raise IndexError, TypeError, ...
         raise CheckpointError(
             f"{path} is truncated or not a checkpoint ({type(err).__name__}: {_first_line(err)}); "
             "delete it to resume from an earlier checkpoint, or start a new run"
@@ -120,6 +158,23 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a vicreg checkpoint (no '{FORMAT}' marker)")
     return state
+
+
+def _check_crc(path: Path) -> None:
+    """Read every member of the archive and compare its CRC-32 with the one recorded when it was written."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (*_LOAD_ERRORS, OSError) as err:
+        raise CheckpointError(
+            f"{path} is truncated or not a checkpoint ({type(err).__name__}: {_first_line(err)}); "
+            "delete it to resume from an earlier checkpoint, or start a new run"
+        ) from err
+    if bad is not None:
+        raise CheckpointError(
+            f"{path} is damaged: the checksum of its part {bad!r} does not match what was written (a disk error "
+            "or a bad copy); delete it to resume from an earlier checkpoint, or start a new run"
+        )
 
 
 def _first_line(err: BaseException) -> str:

@@ -311,6 +311,8 @@ class TrainConfig:
             raise ValueError(
                 f"batch_size must be at least 2 (the variance term needs 2 samples per batch), got {self.batch_size}"
             )
+        if not 0 <= self.seed < 2**32:  # view seeds are derived from it and must fit in 64 bits
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         for name in ("log_every", "diag_every", "ckpt_every"):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import signal
 import sys
@@ -32,9 +31,11 @@ from torch import Tensor, nn
 
 from vicreg.checkpoint import (
     CheckpointError,
+    atomic_write,
     capture_rng_state,
     export_backbone,
     load_checkpoint,
+    remove_partial_writes,
     restore_rng_state,
     save_checkpoint,
 )
@@ -73,7 +74,17 @@ def setup_distributed(device: str) -> DistInfo:
         use_cuda = device != "cpu" and torch.cuda.is_available()
         if use_cuda:
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        backend = "nccl" if use_cuda else "gloo"
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if restart is None:
+            dist.init_process_group(backend)
+        else:
+            # torchrun keeps its key-value store across restarts (--max-restarts) and the process group's keys
+            # are the same each time: restarted workers read the dead workers' gloo addresses and failed to
+            # connect or hung (8 of 14 restarts; docs/reliability.md). A prefix per attempt keeps them apart.
+            store, rank, world_size = next(dist.rendezvous("env://"))
+            store = dist.PrefixStore(f"vicreg/attempt{restart}", store)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
         info = get_dist_info()
     return info
 
@@ -188,6 +199,11 @@ def build_views(cfg: TrainConfig, data: _Data) -> Any:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:
         mean, std = data.mean, data.std
+        if min(std) <= 0:
+            raise ValueError(
+                f"the training images of {cfg.data} have a constant channel (standard deviation {std}); "
+                "check the data, or normalise with --views.normalize imagenet"
+            )
     jitter: dict[str, Any] = {
         "brightness": 0.4 * v.jitter_strength,
         "contrast": 0.4 * v.jitter_strength,
@@ -312,6 +328,8 @@ class _Logger:
 
     def __init__(self, run_dir: Path, enabled: bool, progress: bool, total: int, start: int) -> None:
         self.enabled = enabled
+        if enabled:  # a killed run may have logged steps after its last checkpoint (or before its first)
+            _drop_rows_after(run_dir / "metrics.jsonl", start)
         self.file = open(run_dir / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115
         self.tb = None
         self.bar = None
@@ -319,7 +337,8 @@ class _Logger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(run_dir / "tb"))
+                # purge_step: TensorBoard hides earlier events of steps >= start (a killed run's last steps)
+                self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start)
             except ImportError:  # tensorboard is optional
                 self.tb = None
         if enabled and progress and sys.stderr.isatty():
@@ -351,6 +370,22 @@ class _Logger:
             self.tb.close()
         if self.bar is not None:
             self.bar.close()
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Keep the complete metric lines of steps ``<= step``, the run's resume point: a run killed after its
+    last checkpoint logged steps that the resumed run logs again, and may have left half a line."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if line.endswith("\n") and isinstance(row, dict) and row.get("step", step + 1) <= step:
+            kept.append(line)
+    atomic_write(path, lambda f: f.write("".join(kept).encode()))
 
 
 # ------------------------------------------------------------------------------------------------ loop
@@ -402,6 +437,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     ckpt_dir = run_dir / "checkpoints"
     if info.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
+        remove_partial_writes(ckpt_dir)  # left by a process killed while saving
+        remove_partial_writes(run_dir)
     torch.manual_seed(cfg.seed)
 
     data = build_data(cfg, info, device)
@@ -614,7 +651,12 @@ def _knn_monitor(model: VICReg, data: _Data, device: torch.device, amp_dtype: to
 def _write_config(run_dir: Path, cfg: TrainConfig) -> None:
     import yaml
 
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    atomic_write(run_dir / "config.yaml", lambda f: f.write(text.encode()))
+
+
+# Settings a checkpoint's state depends on: the weights' shapes, the optimiser's state, the step -> data map.
+_RESUME_MUST_MATCH = ("model", "optim.name", "batch_size")
 
 
 def _resume(
@@ -627,13 +669,20 @@ def _resume(
     probe: OnlineProbe | None = None,
 ) -> int:
     state = load_checkpoint(path, map_location=device)
-    saved = state.get("config", {})
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} holds no run config; it was not written by `vicreg train`")
     mine = config_to_dict(cfg)
-    for section in ("model",):
-        if saved.get(section) != mine[section]:
+    for key in _RESUME_MUST_MATCH:  # the rest (epochs, max_steps, logging, device...) may change on resume
+        section, _, name = key.partition(".")
+        theirs = saved.get(section)
+        if name:
+            theirs = theirs.get(name) if isinstance(theirs, dict) else None
+        ours = mine[section] if not name else mine[section][name]
+        if theirs != ours:
             raise CheckpointError(
-                f"{path} was written by a run with a different {section} config ({saved.get(section)}) than "
-                f"this one ({mine[section]}); use another --out folder or the same settings"
+                f"{path} was written by a run with a different {key} config ({theirs}) than "
+                f"this one ({ours}); use another --out folder or the same settings"
             )
     try:
         model.load_state_dict(state["model"], strict=True)
@@ -641,10 +690,10 @@ def _resume(
         scaler.load_state_dict(state["scaler"])
         if probe is not None and "probe" in state:
             probe.load_state_dict(state["probe"])
-    except (KeyError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{path} does not match this model: {err}") from err
-    restore_rng_state(state["rng"])
-    step = int(state["step"])
-    if not math.isfinite(step) or step < 0:
-        raise CheckpointError(f"{path} holds an invalid step {step}")
+        restore_rng_state(state["rng"])
+        step = state["step"]
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as err:
+        raise CheckpointError(f"{path} does not match this model: {type(err).__name__}: {err}") from err
+    if type(step) is not int or step < 0:
+        raise CheckpointError(f"{path} holds an invalid step {step!r}")
     return step

@@ -48,6 +48,8 @@ class ArrayDataset:
             )
         if x.shape[0] == 0:
             raise ValueError(f"{self.name}: the dataset has no images")
+        if x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError(f"{self.name}: images of size {x.shape[2]}x{x.shape[3]} have no pixels")
         y = self.labels
         if y is not None and (y.dtype != torch.int64 or y.shape != (x.shape[0],)):
             raise ValueError(
@@ -66,9 +68,14 @@ class ArrayDataset:
         x = as_uint8_images(images, name=name)
         y = None
         if labels is not None:
-            y = torch.as_tensor(np.asarray(labels)).reshape(-1)
-            if y.is_floating_point() and not bool((y == y.round()).all()):
+            y = torch.as_tensor(_numeric(np.asarray(labels), f"{name}: labels")).reshape(-1)
+            if y.is_floating_point() and not bool((y == y.round()).all()):  # NaN fails here, inf below
                 raise ValueError(f"{name}: labels must be integers, got non-integral {y.dtype} values")
+            if y.numel() and not (float(y.min()) >= -1 and float(y.max()) < 2**31):
+                raise ValueError(
+                    f"{name}: labels must be class indices in [0, 2**31) (or -1 for unlabeled), got values in "
+                    f"[{float(y.min()):g}, {float(y.max()):g}]"
+                )
             y = y.to(torch.int64)
             if y.shape[0] != x.shape[0]:
                 raise ValueError(f"{name}: {x.shape[0]} images but {y.shape[0]} labels")
@@ -137,7 +144,9 @@ def as_uint8_images(images: Any, *, name: str = "arrays") -> Tensor:
     entries) and ``(N, C, H, W)`` with ``C`` in ``{1, 3}``. Values: ``uint8`` as is; other integer types
     must lie in ``[0, 255]``; floats must lie in ``[0, 1]`` and are scaled by 255 and rounded.
     """
-    x = torch.as_tensor(np.asarray(images)) if not isinstance(images, Tensor) else images
+    x = torch.as_tensor(_numeric(np.asarray(images), f"{name}: images")) if not isinstance(images, Tensor) else images
+    if x.is_complex():
+        raise ValueError(f"{name}: images of dtype {x.dtype} are not supported; use uint8")
     if x.ndim == 3:
         x = x.unsqueeze(1)
     elif x.ndim == 4 and x.shape[-1] in (1, 3):
@@ -147,9 +156,17 @@ def as_uint8_images(images: Any, *, name: str = "arrays") -> Tensor:
             f"{name}: cannot read images of shape {tuple(x.shape)}; expected (N, H, W), (N, H, W, C) or "
             "(N, C, H, W) with C = 1 (grey) or 3 (RGB)"
         )
+    if x.numel() == 0:
+        raise ValueError(f"{name}: images of shape {tuple(x.shape)} hold no pixels (no images, or a size of 0)")
     if x.dtype == torch.uint8:
         pass
     elif x.is_floating_point():
+        if not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(
+                f"{name}: {bad} image value(s) are NaN or infinite; fix or drop those images (float images must "
+                "lie in [0, 1])"
+            )
         lo, hi = float(x.min()), float(x.max())
         if lo < 0 or hi > 1:
             raise ValueError(
@@ -167,6 +184,12 @@ def as_uint8_images(images: Any, *, name: str = "arrays") -> Tensor:
     else:
         raise ValueError(f"{name}: images of dtype {x.dtype} are not supported; use uint8")
     return x.contiguous()
+
+
+def _numeric(a: np.ndarray, what: str) -> np.ndarray:
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating) or a.dtype == np.bool_):
+        raise ValueError(f"{what} must be numbers, got an array of dtype {a.dtype}")
+    return a
 
 
 def channel_stats(images: Tensor, chunk_elements: int = 1 << 24) -> tuple[tuple[float, ...], tuple[float, ...]]:

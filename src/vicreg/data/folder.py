@@ -80,8 +80,10 @@ def decode_image(path: str | Path, size: int, *, channels: int = 3, min_size: in
     full-size photos.
 
     Raises:
-        ValueError: the shorter side is below ``min_size`` pixels.
-        OSError, and whatever PIL raises on malformed data: the file is not a readable image.
+        ValueError: the shorter side is below ``min_size`` pixels (or PIL finds invalid dimensions).
+        OSError (PIL's ``UnidentifiedImageError`` included): the file is not a readable image.
+        PIL.Image.DecompressionBombError: the header claims more than twice ``Image.MAX_IMAGE_PIXELS``.
+        (``tests/reliability/test_fuzz.py`` feeds it random and mutated files: these are all it raises.)
     """
     with Image.open(path) as file:
         img: Image.Image = file
