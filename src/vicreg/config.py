@@ -101,6 +101,17 @@ class SignalViewsConfig:
     def __post_init__(self) -> None:
         if self.length < 0:
             raise ValueError(f"signal_views.length must be >= 0, got {self.length}")
+        if not 0 < self.crop_scale_min <= 1:
+            raise ValueError(f"signal_views.crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
+        if not 0 < self.mask_size_min <= self.mask_size_max <= 1:
+            raise ValueError(
+                "signal_views.mask_size_min and mask_size_max must satisfy 0 < mask_size_min <= mask_size_max <= 1, "
+                f"got {self.mask_size_min} and {self.mask_size_max}"
+            )
+        for name in ("mask_p", "channel_drop_p"):
+            p = getattr(self, name)
+            if not 0 <= p <= 1:
+                raise ValueError(f"signal_views.{name} is a probability and must be in [0, 1], got {p}")
         try:
             self.view_config()
         except ValueError as err:

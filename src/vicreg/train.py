@@ -499,8 +499,9 @@ def train(cfg: TrainConfig) -> TrainResult:
                 "rng": capture_rng_state(),
                 "config": config_to_dict(cfg),
                 "world_size": info.world_size,
-                "normalize": {"mean": list(views.mean), "std": list(views.std)},  # what evaluation must apply
             }
+            if hasattr(views, "mean"):  # image views: the normalisation evaluation must apply
+                state["normalize"] = {"mean": list(views.mean), "std": list(views.std)}
             if probe is not None:
                 state["probe"] = probe.state_dict()
             save_checkpoint(state, resume_path)
