@@ -4,8 +4,9 @@ For each configuration, in alternating rounds within one process:
 
 * ``train``: a real run of ``train(cfg)`` (views, model, loss, LARS, logging, checkpointing at the end), timed
   from the ``images_per_s`` of its ``metrics.jsonl`` windows after the first (the first holds the warm-up);
-* ``ceiling``: the same model's forward and backward on two already-augmented views of a batch of the same size
-  (nothing else: no views, no loss, no optimiser); ``ceiling-backbone`` does the same without the expander.
+* ``ceiling``: the same model's forward and backward on two already-augmented views of a batch of the same size,
+  with the run's precision and memory format (nothing else: no views, no loss, no optimiser);
+  ``ceiling-backbone`` does the same without the expander.
 
 Our overhead is ``1 - train / ceiling``. Run from the repository root:
 
@@ -65,14 +66,19 @@ def ceiling_rate(cfg: TrainConfig, channels: int, steps: int, backbone_only: boo
     device = torch.device(cfg.device)
     torch.manual_seed(0)
     model = build_model(cfg, channels).to(device).train()
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
     net = model.backbone if backbone_only else model
     s = cfg.views.size
-    v_a = torch.randn(cfg.batch_size, channels, s, s, device=device)
-    v_b = torch.randn(cfg.batch_size, channels, s, s, device=device)
+    v_a = torch.randn(cfg.batch_size, channels, s, s, device=device).contiguous(memory_format=fmt)
+    v_b = torch.randn(cfg.batch_size, channels, s, s, device=device).contiguous(memory_format=fmt)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        (net(v_a).float().sum() + net(v_b).float().sum()).backward()
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = net(v_a).float().sum() + net(v_b).float().sum()
+        out.backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
 
