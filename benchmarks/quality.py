@@ -1,0 +1,78 @@
+"""Fashion-MNIST quality of the `fashion-mnist-cpu` preset after a fixed wall-clock pretraining budget.
+
+1. Calibrate: a short run measures this machine's training rate (images/s) with the preset's settings.
+2. Choose the number of epochs that fits the budget at that rate (the cosine schedule then ends on time).
+3. Pretrain, then `vicreg.evaluate.run_eval` on the full train/test split: kNN (k = 20, cosine,
+   temperature-weighted) and the linear probe, with the raw-pixel and random-init baselines of the same run.
+
+    python benchmarks/quality.py                         # 10-minute budget, runs/quality
+    python benchmarks/quality.py --budget-minutes 5 --set optim.base_lr=0.5 --set views.crop_scale_min=0.3
+
+Each ``--set key=value`` overrides the preset (YAML values, dotted keys), so tuning runs are recorded with the
+exact settings they used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vicreg.config import PRESETS, merge
+from vicreg.evaluate import EvalSettings, format_table, run_eval
+from vicreg.train import train
+
+TRAIN_IMAGES = 60_000
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget-minutes", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=Path("runs/quality"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the preset")
+    parser.add_argument("--calibration-steps", type=int, default=40)
+    args = parser.parse_args()
+
+    cfg = merge(PRESETS["fashion-mnist-cpu"], _overrides(args.set))
+    cfg = replace(cfg, knn_every=0, progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = train(replace(cfg, out=Path(tmp) / "calib", max_steps=args.calibration_steps, log_every=10))
+        rows = [json.loads(line) for line in (probe.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rate = statistics.median(r["images_per_s"] for r in rows if "images_per_s" in r and r["step"] > 10)
+    epochs = max(1, int(args.budget_minutes * 60 * rate / TRAIN_IMAGES))
+    print(f"calibrated: {rate:.0f} images/s -> {epochs} epochs in {args.budget_minutes} minutes", flush=True)
+
+    cfg = replace(cfg, out=args.out, epochs=epochs)
+    t0 = time.perf_counter()
+    train(cfg)
+    minutes = (time.perf_counter() - t0) / 60
+    report = run_eval(args.out, "fashion-mnist", settings=EvalSettings(ks=(20,), fractions=()))
+    print(f"pretraining took {minutes:.1f} minutes ({epochs} epochs); settings: {args.set or 'preset'}")
+    print(format_table(report))
+    r = report["results"]
+    for name in ("vicreg", "random_init", "pixels"):
+        knn, linear = r[name]["knn"]["k20"]["top1"], r[name]["linear"]["last_top1"]
+        print(f"{name}: kNN k=20 {knn:.2f}  linear (last) {linear:.2f}")
+
+
+if __name__ == "__main__":
+    main()
