@@ -377,6 +377,17 @@ def load_folder(
     Unusable files are left out (one :class:`BadImageWarning`, or :class:`BadImageError` when ``strict``).
     """
     source = ImageFolderSource(root, size, channels=channels, labeled=labeled, min_size=min_size)
+    return decode_folder(source, strict=strict, num_workers=num_workers, batch_size=batch_size)[0]
+
+
+def decode_folder(
+    source: ImageFolderSource,
+    *,
+    strict: bool = False,
+    num_workers: int | None = None,
+    batch_size: int = 256,
+) -> tuple[ArrayDataset, list[str]]:
+    """Decode every usable image of ``source`` once (in scan order); also return the paths that were kept."""
     loader = FolderLoader(
         source,
         min(batch_size, len(source)),
@@ -399,4 +410,5 @@ def load_folder(
     first.scatter_reduce_(0, files, torch.arange(files.shape[0]), reduce="amin")
     keep = first[first < files.shape[0]]
     y = torch.cat(labels)[keep] if source.labels is not None else None
-    return ArrayDataset(torch.cat(images)[keep], y, source.classes, name=str(Path(root)))
+    data = ArrayDataset(torch.cat(images)[keep], y, source.classes, name=str(Path(source.root)))
+    return data, [str(source.files[i]) for i in files[keep].tolist()]

@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from vicreg.checkpoint import atomic_write
 from vicreg.data import ArrayDataset
@@ -42,25 +41,10 @@ def load_with_paths(
         if data.image_size != (size, size):
             data = ArrayDataset(_resize(data.images, size), data.labels, data.classes, data.name)
         return data, None
-    from vicreg.data import FolderLoader, ImageFolderSource
+    from vicreg.data import ImageFolderSource
+    from vicreg.data.loaders import decode_folder
 
-    folder = ImageFolderSource(path, size, channels=channels)
-    loader = FolderLoader(
-        folder, min(256, len(folder)), shuffle=False, drop_last=False, rank=0, world_size=1, pin_memory=False
-    )
-    images, labels, used = [], [], []
-    for batch in loader.batches():
-        images.append(batch.images)
-        labels.append(batch.labels)
-        used.append(batch.used)
-    files = torch.cat(used)
-    # an unreadable file's slot holds the next readable file, which has its own slot too: keep each file once
-    first = torch.full((len(folder),), files.shape[0], dtype=torch.int64)
-    first.scatter_reduce_(0, files, torch.arange(files.shape[0]), reduce="amin")
-    keep = first[first < files.shape[0]]
-    y = torch.cat(labels)[keep] if folder.labels is not None else None
-    data = ArrayDataset(torch.cat(images)[keep], y, folder.classes, name=str(path))
-    return data, [folder.files[i] for i in files[keep].tolist()]
+    return decode_folder(ImageFolderSource(path, size, channels=channels))
 
 
 def write_embeddings(
