@@ -9,7 +9,10 @@
     python benchmarks/quality.py --budget-minutes 5 --set optim.base_lr=0.5 --set views.crop_scale_min=0.3
 
 Each ``--set key=value`` overrides the preset (YAML values, dotted keys), so tuning runs are recorded with the
-exact settings they used.
+exact settings they used. Tuning runs fix the length instead of the budget and use the quick evaluation
+(`_quick_eval.py`: kNN + scikit-learn logistic regression, about a minute):
+
+    python benchmarks/quality.py --epochs 3 --eval quick --set views.crop_scale_min=0.4
 """
 
 from __future__ import annotations
@@ -44,27 +47,42 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def _calibrated_epochs(cfg: Any, budget_minutes: float, steps: int) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = train(replace(cfg, out=Path(tmp) / "calib", max_steps=steps, log_every=10))
+        rows = [json.loads(line) for line in (probe.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rate = statistics.median(r["images_per_s"] for r in rows if "images_per_s" in r and r["step"] > 10)
+    epochs = max(1, int(budget_minutes * 60 * rate / TRAIN_IMAGES))
+    print(f"calibrated: {rate:.0f} images/s -> {epochs} epochs in {budget_minutes} minutes", flush=True)
+    return epochs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget-minutes", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=Path("runs/quality"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the preset")
     parser.add_argument("--calibration-steps", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=0, help="fixed length instead of the calibrated budget")
+    parser.add_argument("--eval", choices=("full", "quick"), default="full", help="run_eval or _quick_eval")
     args = parser.parse_args()
 
     cfg = merge(PRESETS["fashion-mnist-cpu"], _overrides(args.set))
     cfg = replace(cfg, knn_every=0, progress=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        probe = train(replace(cfg, out=Path(tmp) / "calib", max_steps=args.calibration_steps, log_every=10))
-        rows = [json.loads(line) for line in (probe.run_dir / "metrics.jsonl").read_text().splitlines()]
-    rate = statistics.median(r["images_per_s"] for r in rows if "images_per_s" in r and r["step"] > 10)
-    epochs = max(1, int(args.budget_minutes * 60 * rate / TRAIN_IMAGES))
-    print(f"calibrated: {rate:.0f} images/s -> {epochs} epochs in {args.budget_minutes} minutes", flush=True)
+    epochs = args.epochs or _calibrated_epochs(cfg, args.budget_minutes, args.calibration_steps)
 
     cfg = replace(cfg, out=args.out, epochs=epochs)
     t0 = time.perf_counter()
     train(cfg)
     minutes = (time.perf_counter() - t0) / 60
+    if args.eval == "quick":
+        from _quick_eval import quick_eval
+
+        result = quick_eval(args.out)
+        print(f"pretraining took {minutes:.1f} minutes ({epochs} epochs); settings: {args.set or 'preset'}")
+        print(f"kNN k=20 {result['knn_top1']:.2f}  linear (logistic regression) {result['linear_top1']:.2f}")
+        print(json.dumps({"settings": args.set, "epochs": epochs, "minutes": minutes, **result}))
+        return
     report = run_eval(args.out, "fashion-mnist", settings=EvalSettings(ks=(20,), fractions=()))
     print(f"pretraining took {minutes:.1f} minutes ({epochs} epochs); settings: {args.set or 'preset'}")
     print(format_table(report))

@@ -40,8 +40,12 @@ def reference_lars(
     weight_decay: float,
     momentum: float,
     eta: float,
+    clip_lr: bool = False,
 ) -> None:
-    """The official update written out naively, in float64, one tensor at a time (Python branches)."""
+    """The official update written out naively, in float64, one tensor at a time (Python branches).
+
+    ``clip_lr``: the LARC rule, the layer's rate is min(eta * ||w|| / ||d||, lr) rather than lr times that.
+    """
     for p, g, mu in zip(params, grads, mus, strict=True):
         d = g.double().clone()
         if p.ndim != 1:  # official exclude_bias_and_norm: p.ndim == 1 -> no decay, no adaptation
@@ -49,7 +53,10 @@ def reference_lars(
             w_norm = float(p.double().norm())
             d_norm = float(d.norm())
             if w_norm > 0 and d_norm > 0:
-                d = d * (eta * w_norm / d_norm)
+                local = eta * w_norm / d_norm
+                if clip_lr and lr > 0:
+                    local = min(local, lr) / lr
+                d = d * local
         mu.copy_(momentum * mu + d)
         p.copy_(p.double() - lr * mu)
 
@@ -72,6 +79,32 @@ def test_lars_matches_naive_official_update(weight_decay: float) -> None:
             r.copy_(p.detach().double())  # both continue from the same point despite float32 rounding
         for p, m in zip(model.parameters(), mus, strict=True):
             torch.testing.assert_close(opt.state[p]["mu"].double(), m, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("eta", [0.02, 50.0])  # 50: the layer rate exceeds lr and the clip bites
+def test_lars_clip_lr_matches_naive_larc_update(eta: float) -> None:
+    model = tiny_model()
+    opt = LARS(model.parameters(), lr=0.0, weight_decay=1e-4, eta=eta, clip_lr=True)
+    ref = [p.detach().double().clone() for p in model.parameters()]
+    mus = [torch.zeros_like(p) for p in ref]
+    for step, lr in enumerate([0.0, 0.3, 1.0, 0.05]):
+        set_lr(opt, lr)
+        opt.zero_grad()
+        loss_of(model, step).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        opt.step()
+        reference_lars(ref, grads, mus, lr, 1e-4, 0.9, eta, clip_lr=True)
+        for p, r in zip(model.parameters(), ref, strict=True):
+            torch.testing.assert_close(p.double(), r, rtol=1e-5, atol=1e-7)
+            r.copy_(p.detach().double())
+
+
+def test_lars_clip_lr_caps_the_layer_rate_at_lr() -> None:
+    w = nn.Parameter(torch.full((2, 2), 1.0))
+    opt = LARS([w], lr=0.1, weight_decay=0.0, eta=1.0, clip_lr=True)
+    w.grad = torch.full((2, 2), 0.01)  # eta * ||w|| / ||g|| = 100 > lr: clipped to lr, plain SGD
+    opt.step()
+    torch.testing.assert_close(w, torch.full((2, 2), 1.0 - 0.1 * 0.01))
 
 
 def test_lars_excludes_1d_parameters_from_decay_and_trust_ratio() -> None:

@@ -20,6 +20,7 @@ from PIL import Image
 from vicreg.checkpoint import load_backbone, load_checkpoint
 from vicreg.cli import main, parse_train_args
 from vicreg.config import PRESETS, LossConfig, ModelConfig, OptimConfig, TrainConfig, ViewsConfig, load_config_file
+from vicreg.loss import VICRegOutput
 from vicreg.train import NonFiniteLossError, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,6 +97,37 @@ def test_tiny_run_writes_the_run_folder(tmp_path: Path) -> None:
     # learning rate: warm-up then cosine
     lrs = [r["lr"] for r in steps]
     assert lrs[0] < lrs[2] and lrs[-1] < lrs[3]
+
+
+def test_objective_replaces_the_loss_and_its_terms_are_logged(tmp_path: Path) -> None:
+    calls: list[tuple[int, ...]] = []
+
+    def cosine_only(z_a: torch.Tensor, z_b: torch.Tensor) -> VICRegOutput:
+        calls.append(tuple(z_a.shape))
+        inv = 1 - torch.nn.functional.cosine_similarity(z_a.float(), z_b.float()).mean()
+        zero = inv.detach() * 0
+        return VICRegOutput(inv, inv, zero + 7.0, zero)
+
+    cfg = _tiny(tmp_path, epochs=1, knn_every=0)
+    result = train(cfg, objective=cosine_only)
+    assert len(calls) == result.step == 6 and calls[0] == (16, 32)
+    rows = [json.loads(line) for line in (cfg.out / "metrics.jsonl").read_text().splitlines() if "loss" in line]
+    assert all(r["variance"] == 7.0 and r["loss"] == r["invariance"] for r in rows)
+    # the same run with the default objective differs: the hook really replaced the VICReg loss
+    plain = train(replace(cfg, out=tmp_path / "plain"))
+    assert plain.metrics["variance"] != 7.0
+
+
+def test_symmetric_views_take_their_probabilities_from_the_config(tmp_path: Path) -> None:
+    from vicreg.train import build_data, build_views, resolve_device, setup_distributed
+
+    cfg = _tiny(tmp_path, views=ViewsConfig(size=16, symmetric=True, symmetric_blur_prob=0.0))
+    info = setup_distributed("cpu")
+    views = build_views(cfg, build_data(cfg, info, resolve_device("cpu", info)))
+    assert views.view_a == views.view_b
+    assert views.view_a.blur_p == 0.0 and views.view_a.solarize_p == 0.1
+    asym = build_views(_tiny(tmp_path), build_data(cfg, info, resolve_device("cpu", info)))
+    assert (asym.view_a.blur_p, asym.view_b.blur_p, asym.view_b.solarize_p) == (1.0, 0.1, 0.2)
 
 
 def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:

@@ -66,6 +66,9 @@ class LARS(torch.optim.Optimizer):
         momentum: momentum factor (official: 0.9).
         eta: trust coefficient (official: 0.001).
         exclude_bias_and_norm: skip weight decay and the trust ratio for 1-D (and 0-d) tensors.
+        clip_lr: the LARC variant solo-learn uses (with ``eta=0.02``): a layer's rate is
+            ``min(eta * ||w|| / ||g||, lr)`` instead of ``lr * eta * ||w|| / ||g||``, so it never exceeds the
+            global rate; ``g`` is multiplied by ``min(eta * ||w|| / ||g||, lr) / lr`` (by 1 while ``lr`` is 0).
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class LARS(torch.optim.Optimizer):
         momentum: float = 0.9,
         eta: float = 0.001,
         exclude_bias_and_norm: bool = True,
+        clip_lr: bool = False,
     ) -> None:
         _check_finite_nonneg("lr", lr)
         _check_finite_nonneg("weight_decay", weight_decay)
@@ -88,6 +92,7 @@ class LARS(torch.optim.Optimizer):
             momentum=momentum,
             eta=eta,
             exclude_bias_and_norm=exclude_bias_and_norm,
+            clip_lr=clip_lr,
         )
         super().__init__(params, defaults)
 
@@ -107,7 +112,10 @@ class LARS(torch.optim.Optimizer):
                     raise RuntimeError("LARS does not support sparse gradients")
                 if not (group["exclude_bias_and_norm"] and is_bias_or_norm(p)):
                     g = g.add(p, alpha=wd)  # a new tensor: p.grad itself is left untouched
-                    g.mul_(_trust_ratio(torch.linalg.vector_norm(p), torch.linalg.vector_norm(g), eta))
+                    ratio = _trust_ratio(torch.linalg.vector_norm(p), torch.linalg.vector_norm(g), eta)
+                    if group.get("clip_lr", False) and lr > 0:
+                        ratio = ratio.clamp(max=lr) / lr
+                    g.mul_(ratio)
                 state = self.state[p]
                 if "mu" not in state:
                     state["mu"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -157,11 +165,12 @@ def build_optimizer(
     weight_decay: float,
     momentum: float = 0.9,
     eta: float = 0.001,
+    clip_lr: bool = False,
     betas: tuple[float, float] = (0.9, 0.999),
 ) -> torch.optim.Optimizer:
     """The optimiser ``name`` over the trainable parameters of ``model``.
 
-    * ``"lars"``: :class:`LARS` (``momentum``, ``eta``; biases and norm parameters excluded inside it);
+    * ``"lars"``: :class:`LARS` (``momentum``, ``eta``, ``clip_lr``; biases and norm parameters excluded inside it);
     * ``"adamw"``: ``torch.optim.AdamW`` (``betas``) with :func:`param_groups`;
     * ``"sgd"``: ``torch.optim.SGD`` (``momentum``) with :func:`param_groups`.
 
@@ -173,7 +182,7 @@ def build_optimizer(
         trainable = [p for p in params if p.requires_grad]
         if not trainable:
             raise ValueError("the model has no trainable parameters")
-        return LARS(trainable, lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta)
+        return LARS(trainable, lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta, clip_lr=clip_lr)
     groups = param_groups(model, weight_decay)
     if not groups:
         raise ValueError("the model has no trainable parameters")

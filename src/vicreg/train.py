@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from vicreg.checkpoint import (
 from vicreg.config import TrainConfig, config_to_dict
 from vicreg.diagnostics import collapse_stats
 from vicreg.distributed import DistInfo, get_dist_info
-from vicreg.loss import vicreg_loss
+from vicreg.loss import VICRegOutput, vicreg_loss
 from vicreg.models import VICReg
 from vicreg.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
 
@@ -212,7 +212,9 @@ def build_views(cfg: TrainConfig, data: _Data) -> Any:
     }
     view_a: dict[str, Any] = {}
     view_b: dict[str, Any] = {}
-    if not v.symmetric:
+    if v.symmetric:
+        view_a = view_b = {"blur_p": v.symmetric_blur_prob, "solarize_p": v.symmetric_solarize_prob}
+    else:
         view_a = {"blur_p": v.blur_prob_a}
         view_b = {"blur_p": v.blur_prob_b, "solarize_p": v.solarize_prob_b}
     if len(mean) != data.channels:
@@ -423,8 +425,17 @@ def _view_generator(device: torch.device) -> torch.Generator:
     return torch.Generator(device=device if device.type in ("cuda", "cpu") else "cpu")
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Pretrain (or resume) the run described by ``cfg``; returns where it stands at the end."""
+Objective = Callable[[Tensor, Tensor], VICRegOutput]
+
+
+def train(cfg: TrainConfig, *, objective: Objective | None = None) -> TrainResult:
+    """Pretrain (or resume) the run described by ``cfg``; returns where it stands at the end.
+
+    ``objective(z_a, z_b)`` replaces the VICReg loss of ``cfg.loss``: it returns a :class:`VICRegOutput`
+    whose ``loss`` is minimised and whose three terms are logged under the usual names (for ablations, e.g. a
+    SimSiam-style cosine term plus :func:`vicreg.variance_covariance_loss`). It sees the local batch; gathering
+    across processes is its job.
+    """
     info = setup_distributed(cfg.device)
     device = resolve_device(cfg.device, info)
     amp_dtype = _autocast_dtype(cfg.precision, device)
@@ -458,7 +469,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     warmup_steps = min(schedule_steps, round(cfg.optim.warmup_epochs * steps_per_epoch))
     peak_lr = scaled_lr(cfg.optim.base_lr, cfg.batch_size)
     optimizer = build_optimizer(
-        cfg.optim.name, model, lr=peak_lr, weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum
+        cfg.optim.name,
+        model,
+        lr=peak_lr,
+        weight_decay=cfg.optim.weight_decay,
+        momentum=cfg.optim.momentum,
+        eta=cfg.optim.lars_eta,
+        clip_lr=cfg.optim.lars_clip,
     )
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
@@ -534,17 +551,20 @@ def train(cfg: TrainConfig) -> TrainResult:
                     if probe is not None:
                         probe.arm()
                     z_a, z_b = forward(v_a, v_b)
-                out = vicreg_loss(
-                    z_a,
-                    z_b,
-                    sim_coeff=cfg.loss.sim_coeff,
-                    std_coeff=cfg.loss.std_coeff,
-                    cov_coeff=cfg.loss.cov_coeff,
-                    gamma=cfg.loss.gamma,
-                    eps=cfg.loss.eps,
-                    gather=cfg.loss.gather,
-                    check_finite=False,
-                )
+                if objective is not None:
+                    out = objective(z_a, z_b)
+                else:
+                    out = vicreg_loss(
+                        z_a,
+                        z_b,
+                        sim_coeff=cfg.loss.sim_coeff,
+                        std_coeff=cfg.loss.std_coeff,
+                        cov_coeff=cfg.loss.cov_coeff,
+                        gamma=cfg.loss.gamma,
+                        eps=cfg.loss.eps,
+                        gather=cfg.loss.gather,
+                        check_finite=False,
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(out.loss).backward()
                 scaler.step(optimizer)
