@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast lint format typecheck bench clean demo demo-quick fashion-mnist
+.PHONY: test test-fast lint format typecheck bench quality ablations gpu-smoke clean demo demo-quick fashion-mnist
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,17 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loss.py
+
+# Fashion-MNIST quality after a 10-minute pretraining budget, and the paper's ablations (~45 minutes on 2 cores).
+quality: fashion-mnist
+	$(BIN)/python benchmarks/quality.py --budget-minutes 10
+
+ablations: fashion-mnist
+	$(BIN)/python benchmarks/ablations.py
+
+# Throughput and peak memory of the CIFAR-10 GPU recipe (run it whenever a GPU is available).
+gpu-smoke: $(STAMP)
+	$(BIN)/python benchmarks/gpu_smoke.py
 
 # Fashion-MNIST without the network when possible: found locally ($$VICREG_DATA, ~/.cache/vicreg, the Debian
 # package's folder), else the Debian package (as root with apt), else torchvision's download.
