@@ -236,6 +236,20 @@ def test_config_file_overrides_preset_and_flags_override_file(tmp_path: Path) ->
     assert cfg.optim.name == "adamw" and cfg.max_steps == 5 and cfg.out == tmp_path / "x"
 
 
+def test_config_file_reads_exponents_without_a_dot_as_floats(tmp_path: Path) -> None:
+    # YAML 1.1 (PyYAML) reads 1e-4 as the string "1e-4"; a float field takes it as the number it means
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  weight_decay: 1e-4\n  lars_eta: 2E-3\n  base_lr: 1.5e+0\n")
+    cfg = load_config_file(path)
+    assert cfg.optim.weight_decay == 1e-4 and cfg.optim.lars_eta == 2e-3 and cfg.optim.base_lr == 1.5
+    path.write_text("optim:\n  weight_decay: 1e-4x\n")
+    with pytest.raises(ValueError, match="must be of type float"):
+        load_config_file(path)
+    path.write_text("epochs: 1e3\n")  # an int field still wants an int
+    with pytest.raises(ValueError, match="must be of type int"):
+        load_config_file(path)
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [

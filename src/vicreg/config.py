@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -462,6 +463,9 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
+_YAML_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(path: str, hint: Any, value: Any) -> Any:
     """Check (and convert where lossless) a value read from a file against the field's declared type."""
     args = typing.get_args(hint)
@@ -479,6 +483,8 @@ def _coerce(path: str, hint: Any, value: Any) -> Any:
         return value
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _YAML_FLOAT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string; it is the number users mean
     if hint is str and isinstance(value, str):
         return value
     if hint is Path and isinstance(value, str | Path):
