@@ -34,7 +34,7 @@ from torch import Tensor
 
 from vicreg.config import PRESETS, config_to_dict, merge
 from vicreg.loss import VICRegOutput, covariance_term, variance_term
-from vicreg.train import train
+from vicreg.train import NonFiniteLossError, train
 
 Objective = Callable[[Tensor, Tensor], VICRegOutput]
 
@@ -117,16 +117,23 @@ def run_row(row: Row, base: Any, out: Path, linear: bool) -> dict[str, Any]:
 
     cfg = replace(merge(base, row.overrides), out=out / "run")
     shutil.rmtree(cfg.out, ignore_errors=True)
-    t0 = time.perf_counter()
-    result = train(cfg, objective=row.objective)
-    minutes = (time.perf_counter() - t0) / 60
-    metrics = {k: round(v, 5) for k, v in result.metrics.items() if k in ("invariance", "variance", "covariance")}
-    return {
+    head = {
         "group": row.group,
         "name": row.name,
         "config": config_key(cfg) if row.objective is None else None,
         "overrides": row.overrides,
         "epochs": cfg.epochs,
+    }
+    t0 = time.perf_counter()
+    try:
+        result = train(cfg, objective=row.objective)
+    except NonFiniteLossError as err:  # a row that diverges is a result too
+        minutes = (time.perf_counter() - t0) / 60
+        return {**head, "diverged": str(err), "minutes": round(minutes, 2), "knn_top1": None, "linear_top1": None}
+    minutes = (time.perf_counter() - t0) / 60
+    metrics = {k: round(v, 5) for k, v in result.metrics.items() if k in ("invariance", "variance", "covariance")}
+    return {
+        **head,
         "steps": result.step,
         "minutes": round(minutes, 2),
         "final_terms": metrics,
@@ -150,6 +157,12 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
+        if "diverged" in r:
+            paper_value = paper.get(r["name"], "") or "-"
+            lines.append(
+                f"| {r['group']} | {r['name']} | diverged | - | - | - | - | {paper_value} | {r['minutes']:.1f} |"
+            )
+            continue
         emb, rep = r["embedding"], r["representation"]
         lines.append(
             f"| {r['group']} | {r['name']} | {_fmt(r['knn_top1'])} | {_fmt(r['linear_top1'])} "
@@ -200,11 +213,14 @@ def main() -> None:
         done.append(result)
         with results_path.open("a") as f:
             f.write(json.dumps(result) + "\n")
-        print(
-            f"  kNN {result['knn_top1']:.1f}  emb. std {result['embedding']['std_mean']:.3f}  "
-            f"emb. rank {result['embedding']['effective_rank']:.1f}  ({result['minutes']:.1f} min)",
-            flush=True,
-        )
+        if "diverged" in result:
+            print(f"  diverged: {result['diverged']}", flush=True)
+        else:
+            print(
+                f"  kNN {result['knn_top1']:.1f}  emb. std {result['embedding']['std_mean']:.3f}  "
+                f"emb. rank {result['embedding']['effective_rank']:.1f}  ({result['minutes']:.1f} min)",
+                flush=True,
+            )
     print(markdown_table(done))
 
 

@@ -123,9 +123,10 @@ def main() -> None:
         "achieved_tflop_s": round(flops * rate / 1e12, 1),
         "final": {k: round(last[k], 4) for k in ("loss", "invariance", "variance", "covariance") if k in last},
     }
+    peak = "-" if peak_gib is None else f"{peak_gib:.2f}"
     print(
         f"{args.preset} on {summary['device']}: {rate:.0f} images/s (median of {len(rates)} windows), "
-        f"{epoch_s:.1f} s/epoch, {summary['full_schedule_h']} h for {cfg.epochs} epochs, peak {'-' if peak_gib is None else f'{peak_gib:.2f}'} GiB, "
+        f"{epoch_s:.1f} s/epoch, {summary['full_schedule_h']} h for {cfg.epochs} epochs, peak {peak} GiB, "
         f"{flops * rate / 1e12:.1f} TFLOP/s ({flops / 1e9:.2f} GFLOP per image per step)"
     )
     print(json.dumps(summary))

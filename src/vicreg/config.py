@@ -367,7 +367,7 @@ PRESETS: dict[str, TrainConfig] = {
         data="fashion-mnist",
         views=ViewsConfig(size=28, crop_scale_min=0.2),
         model=ModelConfig(backbone="small_cnn", expander="1024-1024-1024", width=32),
-        optim=OptimConfig(name="lars", base_lr=1.0, weight_decay=1e-5, warmup_epochs=1.0),
+        optim=OptimConfig(name="lars", base_lr=4.0, weight_decay=1e-4, warmup_epochs=1.0),
     ),
     # solo-learn's CIFAR-10 VICReg recipe (scripts/pretrain/cifar/vicreg.yaml; 92.07% top-1 after 1000 epochs):
     # ResNet-18 with the CIFAR stem, 2048-2048-2048, batch 256, LARS lr 0.3 with eta 0.02 and LARC clipping,
