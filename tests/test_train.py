@@ -99,6 +99,27 @@ def test_tiny_run_writes_the_run_folder(tmp_path: Path) -> None:
     assert lrs[0] < lrs[2] and lrs[-1] < lrs[3]
 
 
+def test_knn_monitor_on_one_array_file_holds_out_disjoint_queries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vicreg.evaluate
+
+    seen: list[torch.Tensor] = []
+    real = vicreg.evaluate.extract_features
+
+    def spy(embed, images, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(images.clone())
+        return real(embed, images, **kwargs)
+
+    monkeypatch.setattr(vicreg.evaluate, "extract_features", spy)
+    cfg = _tiny(tmp_path, epochs=1)  # a single .npz: no test split of its own
+    train(cfg)
+    neighbours, queries = seen[0], seen[1]
+    assert len(queries) == 96 // 5 and len(neighbours) == 96 - 96 // 5
+    flat_n, flat_q = neighbours.flatten(1), queries.flatten(1)
+    assert not (flat_q[:, None, :] == flat_n[None, :, :]).all(-1).any(), "a query is also a neighbour"
+
+
 def test_objective_replaces_the_loss_and_its_terms_are_logged(tmp_path: Path) -> None:
     calls: list[tuple[int, ...]] = []
 

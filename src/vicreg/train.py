@@ -162,7 +162,9 @@ def build_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> _Data:
         train_set.std,
         num_classes=0 if train_set.labels is None else int(train_set.labels.max()) + 1,
     )
-    if cfg.eval_split and train_set.labels is not None and cfg.knn_every > 0:
+    if cfg.eval_split and train_set.labels is not None and cfg.knn_every > 0 and not _has_splits(cfg.data):
+        data.eval_train = data.eval_test = train_set  # one labelled array: the monitor holds out part of it
+    elif cfg.eval_split and train_set.labels is not None and cfg.knn_every > 0:
         try:
             test_set = load(cfg.data, cfg.eval_split, download=cfg.download)
         except (FileNotFoundError, ValueError):
@@ -170,6 +172,14 @@ def build_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> _Data:
         if test_set is not None and test_set.labels is not None:
             data.eval_train, data.eval_test = train_set, test_set
     return data
+
+
+def _has_splits(source: str) -> bool:
+    """Whether the data has a held-out split of its own. A single array file has none (``load`` hands back the
+    training images for any split), so the kNN monitor holds out disjoint queries from the training images."""
+    from vicreg.evaluate.data import has_splits
+
+    return has_splits(source)
 
 
 def load_probe_stats(loader: Any) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
@@ -649,21 +659,26 @@ def _knn_monitor(model: VICReg, data: _Data, device: torch.device, amp_dtype: to
     from vicreg.evaluate import extract_features, knn_accuracy
 
     model.eval()
-    n_train = min(len(data.eval_train), 10_000)
-    n_test = min(len(data.eval_test), 2_000)
     g = torch.Generator().manual_seed(0)
-    train_idx = torch.randperm(len(data.eval_train), generator=g)[:n_train]
-    test_idx = torch.randperm(len(data.eval_test), generator=g)[:n_test]
+    if data.eval_train is data.eval_test:  # no test split: queries and neighbours are disjoint training images
+        perm = torch.randperm(len(data.eval_train), generator=g)
+        n_test = min(2_000, max(1, len(perm) // 5))
+        test_idx, train_idx = perm[:n_test], perm[n_test : n_test + 10_000]
+    else:
+        n_train = min(len(data.eval_train), 10_000)
+        n_test = min(len(data.eval_test), 2_000)
+        train_idx = torch.randperm(len(data.eval_train), generator=g)[:n_train]
+        test_idx = torch.randperm(len(data.eval_test), generator=g)[:n_test]
     kwargs: dict[str, Any] = {"device": device, "mean": data.mean, "std": data.std, "autocast_dtype": amp_dtype}
     train_images = data.eval_train.images[train_idx.to(data.eval_train.images.device)]
-    test_images = data.eval_test.images[test_idx]
+    test_images = data.eval_test.images[test_idx.to(data.eval_test.images.device)]
     f_train = extract_features(model.embed, train_images, **kwargs)
     f_test = extract_features(model.embed, test_images, **kwargs)
     acc = knn_accuracy(
         f_train,
         data.eval_train.labels[train_idx.to(data.eval_train.labels.device)].cpu(),
         f_test,
-        data.eval_test.labels[test_idx].cpu(),
+        data.eval_test.labels[test_idx.to(data.eval_test.labels.device)].cpu(),
         k=20,
     )
     return {f"knn.{k}": v for k, v in acc.items()}
