@@ -257,6 +257,18 @@ def test_config_file_overrides_preset_and_flags_override_file(tmp_path: Path) ->
     assert cfg.optim.name == "adamw" and cfg.max_steps == 5 and cfg.out == tmp_path / "x"
 
 
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_print_config_writes_a_file_that_loads_back_to_the_same_config(
+    preset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["train", "--preset", preset, "--epochs", "7", "--print-config"])
+    path = tmp_path / "recipe.yaml"
+    path.write_text(capsys.readouterr().out)
+    expected = replace(PRESETS[preset], epochs=7)
+    assert parse_train_args(["--config", str(path)]) == expected
+    assert not expected.out.exists(), "printing the config trains nothing"
+
+
 def test_config_file_reads_exponents_without_a_dot_as_floats(tmp_path: Path) -> None:
     # YAML 1.1 (PyYAML) reads 1e-4 as the string "1e-4"; a float field takes it as the number it means
     path = tmp_path / "c.yaml"

@@ -20,7 +20,8 @@ TRAIN_HELP = (
     "Pretrain an encoder with VICReg (resumes automatically when --out holds a checkpoint).\n\n"
     "Read first, in this order, then overridden by the flags below:\n"
     f"  --preset NAME        one of: {', '.join(PRESETS)} (default: the defaults shown below)\n"
-    "  --config FILE.yaml   a YAML mapping of the same keys (nested sections as mappings)\n\n"
+    "  --config FILE.yaml   a YAML mapping of the same keys (nested sections as mappings)\n"
+    "  --print-config       print the resolved configuration as YAML (a file for --config) and exit\n\n"
     "Under torchrun, every process runs the same command: torchrun --nproc-per-node 4 -m vicreg train ..."
 )
 
@@ -64,7 +65,15 @@ def parse_train_args(args: list[str]) -> TrainConfig:
 def train(args: list[str]) -> None:
     from vicreg.train import train as run_training
 
-    cfg = parse_train_args(args)
+    show = "--print-config" in args
+    cfg = parse_train_args([a for a in args if a != "--print-config"])
+    if show:
+        import yaml
+
+        from vicreg.config import config_to_dict
+
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+        return
     result = run_training(cfg)
     if not result.is_main:
         return
