@@ -153,8 +153,9 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 def markdown_table(results: list[dict[str, Any]]) -> str:
     paper = {r.name: r.paper for r in ROWS}
     lines = [
-        "| group | row | kNN k=20 | linear | emb. std | emb. eff. rank | repr. eff. rank | paper (IN-1k) | min |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| group | row | kNN k=20 | linear | emb. std | emb. eff. rank | repr. eff. rank | train var / cov terms "
+        "| paper (IN-1k) | min |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         if "diverged" in r:
@@ -163,10 +164,11 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
                 f"| {r['group']} | {r['name']} | diverged | - | - | - | - | {paper_value} | {r['minutes']:.1f} |"
             )
             continue
-        emb, rep = r["embedding"], r["representation"]
+        emb, rep, terms = r["embedding"], r["representation"], r.get("final_terms", {})
         lines.append(
             f"| {r['group']} | {r['name']} | {_fmt(r['knn_top1'])} | {_fmt(r['linear_top1'])} "
             f"| {emb['std_mean']:.3f} | {emb['effective_rank']:.1f} | {rep['effective_rank']:.1f} "
+            f"| {terms.get('variance', float('nan')):.3f} / {terms.get('covariance', float('nan')):.3g} "
             f"| {paper.get(r['name'], '') or '-'} | {r['minutes']:.1f} |"
         )
     return "\n".join(lines)
