@@ -23,7 +23,6 @@ import argparse
 import json
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,9 +33,7 @@ from torch import Tensor
 
 from vicreg.config import PRESETS, config_to_dict, merge
 from vicreg.loss import VICRegOutput, covariance_term, variance_term
-from vicreg.train import NonFiniteLossError, train
-
-Objective = Callable[[Tensor, Tensor], VICRegOutput]
+from vicreg.train import NonFiniteLossError, Objective, train
 
 
 def simsiam_style(stop_gradient: bool, std_coeff: float, cov_coeff: float, sim_coeff: float = 1.0) -> Objective:
