@@ -128,7 +128,7 @@ class _Data:
 
 def build_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> _Data:
     """The training loader (in memory for datasets that fit, streamed for image folders)."""
-    from vicreg.data import ArrayDataset, InMemoryLoader, folder_loader, is_image_folder, load
+    from vicreg.data import ArrayDataset, InMemoryLoader, folder_loader, has_splits, is_image_folder, load
 
     if cfg.modality != "image" or cfg.modality_b:  # signals, tables, two-modality pairs
         from vicreg.modalities import build_array_data
@@ -162,8 +162,10 @@ def build_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> _Data:
         train_set.std,
         num_classes=0 if train_set.labels is None else int(train_set.labels.max()) + 1,
     )
-    if cfg.eval_split and train_set.labels is not None and cfg.knn_every > 0 and not _has_splits(cfg.data):
-        data.eval_train = data.eval_test = train_set  # one labelled array: the monitor holds out part of it
+    if cfg.eval_split and train_set.labels is not None and cfg.knn_every > 0 and not has_splits(cfg.data):
+        # one labelled array has no split of its own (``load`` hands back the training images for any split):
+        # the kNN monitor holds out disjoint queries from the training images
+        data.eval_train = data.eval_test = train_set
     elif cfg.eval_split and train_set.labels is not None and cfg.knn_every > 0:
         try:
             test_set = load(cfg.data, cfg.eval_split, download=cfg.download)
@@ -172,14 +174,6 @@ def build_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> _Data:
         if test_set is not None and test_set.labels is not None:
             data.eval_train, data.eval_test = train_set, test_set
     return data
-
-
-def _has_splits(source: str) -> bool:
-    """Whether the data has a held-out split of its own. A single array file has none (``load`` hands back the
-    training images for any split), so the kNN monitor holds out disjoint queries from the training images."""
-    from vicreg.evaluate.data import has_splits
-
-    return has_splits(source)
 
 
 def load_probe_stats(loader: Any) -> tuple[int, tuple[float, ...], tuple[float, ...]]:

@@ -19,7 +19,7 @@ from tests.data.make_files import (
     write_mnist,
     write_stl10,
 )
-from vicreg.data import ArrayDataset, channel_stats, find_dataset, load, read_idx
+from vicreg.data import ArrayDataset, channel_stats, find_dataset, has_splits, load, read_idx, resize_images
 from vicreg.data import sources as sources_module
 from vicreg.data.readers import read_idx_folder
 
@@ -280,3 +280,22 @@ def test_array_dataset_validation_and_channels():
     assert torch.equal(grey.with_channels(3).images[:, 1], grey.images[:, 0])
     sub = ArrayDataset.from_arrays(np.zeros((4, 3, 3), np.uint8), [5, 6, 7, 8]).subset([3, 1])
     assert sub.labels.tolist() == [8, 6] and len(sub) == 2
+
+
+def test_resize_images_keeps_the_centre_and_leaves_right_sized_images_alone():
+    images = torch.zeros(3, 1, 8, 12, dtype=torch.uint8)
+    images[..., :, 2:10] = 200  # the centre 8 x 8 square is bright, the two 2-column margins dark
+    out = resize_images(images, 4)
+    assert out.shape == (3, 1, 4, 4) and out.dtype == torch.uint8
+    assert bool((out[..., 1:3] == 200).all()) and torch.equal(out, out.flip(-1))  # centred
+    assert int(out.min()) > 150  # the dark margins were cropped away (squeezed in, the edges would be 75)
+    square = torch.randint(0, 255, (2, 3, 4, 4), dtype=torch.uint8)
+    assert resize_images(square, 4) is square
+
+
+def test_has_splits_names_and_folders(tmp_path):
+    assert has_splits("fashion-mnist") and has_splits("cifar10") and not has_splits("not-a-dataset")
+    write_mnist(tmp_path / "mnist", n_train=4, n_test=2)
+    assert has_splits(tmp_path / "mnist")
+    (tmp_path / "pictures").mkdir()
+    assert not has_splits(tmp_path / "pictures")

@@ -30,8 +30,10 @@ from vicreg.data.sources import (
     DATASET_NAMES,
     DEBIAN_FASHION_MNIST,
     find_dataset,
+    has_splits,
     is_image_folder,
     load,
+    resize_images,
     search_roots,
 )
 
@@ -53,10 +55,12 @@ __all__ = [
     "decode_image",
     "find_dataset",
     "folder_loader",
+    "has_splits",
     "is_image_folder",
     "load",
     "load_folder",
     "read_idx",
+    "resize_images",
     "scan_folder",
     "search_roots",
     "shard_indices",

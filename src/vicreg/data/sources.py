@@ -177,8 +177,9 @@ def _dataset_subfolder(folder: Path) -> Path:
     return found[0] if found else folder
 
 
-def _resize(images: Tensor, size: int, chunk: int = 4096) -> Tensor:
-    """Shorter side to ``size`` then centre crop, like the folder decoder; in chunks to bound memory."""
+def resize_images(images: Tensor, size: int, chunk: int = 4096) -> Tensor:
+    """``(N, C, H, W)`` images at ``size x size``: shorter side resized (bilinear, antialiased), then centre
+    cropped, like the folder decoder; in chunks to bound memory. Images already at that size are returned."""
     from torchvision.transforms.v2.functional import center_crop, resize
 
     if images.shape[-2:] == (size, size):
@@ -189,6 +190,14 @@ def _resize(images: Tensor, size: int, chunk: int = 4096) -> Tensor:
 def _check_split(kind: str, split: str, where: object) -> None:
     if split not in _SPLITS[kind]:
         raise ValueError(f"{where}: unknown split {split!r}; choose one of {', '.join(_SPLITS[kind])}")
+
+
+def has_splits(source: str | os.PathLike[str]) -> bool:
+    """Whether ``source`` has its own train/test splits (a dataset name or a CIFAR/STL-10/IDX folder)."""
+    path = Path(os.fspath(source)).expanduser()
+    if not path.exists():
+        return _canonical(os.fspath(source)) is not None
+    return path.is_dir() and _detect(_dataset_subfolder(path)) is not None
 
 
 def is_image_folder(path: str | os.PathLike[str]) -> bool:
@@ -266,5 +275,5 @@ def load(
             reader = {"cifar": read_cifar, "stl10": read_stl10, "idx": read_idx_folder}[kind_or_none]
             data = reader(path, split)
     if size is not None and data.image_size != (size, size):
-        data = ArrayDataset(_resize(data.images, size), data.labels, data.classes, data.name)
+        data = ArrayDataset(resize_images(data.images, size), data.labels, data.classes, data.name)
     return data if channels is None else data.with_channels(channels)

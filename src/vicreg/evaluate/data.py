@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from vicreg.data import ArrayDataset, load
-from vicreg.data.sources import _canonical, _dataset_subfolder, _detect
+from vicreg.data.sources import has_splits, resize_images
 
 __all__ = ["EvalData", "has_splits", "load_eval_data", "load_images"]
 
@@ -36,14 +36,6 @@ class EvalData:
     """The training images' size before resizing (``None`` for image folders, decoded at the target size)."""
 
 
-def has_splits(source: str | os.PathLike[str]) -> bool:
-    """Whether ``source`` has its own train/test splits (a dataset name or a CIFAR/STL-10/IDX folder)."""
-    path = Path(os.fspath(source)).expanduser()
-    if not path.exists():
-        return _canonical(os.fspath(source)) is not None
-    return path.is_dir() and _detect(_dataset_subfolder(path)) is not None
-
-
 def load_images(
     source: str | os.PathLike[str], split: str, *, size: int, channels: int, download: bool = False
 ) -> tuple[ArrayDataset, tuple[int, int] | None]:
@@ -56,9 +48,7 @@ def load_images(
         data = load(source, split, channels=channels, download=download)
         native = data.image_size
         if native != (size, size):
-            from vicreg.data.sources import _resize
-
-            data = ArrayDataset(_resize(data.images, size), data.labels, data.classes, data.name)
+            data = ArrayDataset(resize_images(data.images, size), data.labels, data.classes, data.name)
     if data.labels is None or int(data.labels.min()) < 0:
         raise ValueError(
             f"{data.name} has no labels (or unlabelled rows) and cannot be used for evaluation; pass a labelled "
