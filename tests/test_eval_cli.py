@@ -14,9 +14,9 @@ from PIL import Image
 from tests.test_train import _tiny
 from vicreg.checkpoint import CheckpointError, load_backbone, load_checkpoint, save_checkpoint
 from vicreg.cli import main
-from vicreg.diagnostics import effective_rank
+from vicreg.diagnostics import covariance_spectrum, effective_rank, spectral_effective_rank
 from vicreg.evaluate.load import check_backbone_loads, load_encoder
-from vicreg.report import covariance_spectrum, read_metrics, spectral_effective_rank
+from vicreg.report import read_metrics
 from vicreg.train import train
 
 REPO = Path(__file__).resolve().parents[1]

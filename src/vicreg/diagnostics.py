@@ -14,9 +14,11 @@ from torch import Tensor
 
 __all__ = [
     "collapse_stats",
+    "covariance_spectrum",
     "effective_rank",
     "mean_abs_offdiag_corr",
     "per_dim_std",
+    "spectral_effective_rank",
 ]
 
 
@@ -103,3 +105,30 @@ def collapse_stats(z: Tensor, gamma: float = 1.0) -> dict[str, float]:
         "effective_rank_ratio",
     )
     return dict(zip(keys, values, strict=True))
+
+
+@torch.no_grad()
+def covariance_spectrum(z: Tensor) -> Tensor:
+    """Eigenvalues of the covariance matrix of ``z`` ``(N, D)`` (float64, largest first, clamped at 0)."""
+    if z.ndim != 2 or z.shape[0] < 2:
+        raise ValueError(f"need an (N >= 2, D) matrix of embeddings, got {tuple(z.shape)}")
+    z = z.double()
+    z = z - z.mean(0)
+    cov = z.T @ z / (z.shape[0] - 1)
+    return torch.linalg.eigvalsh(cov).flip(0).clamp_min(0)
+
+
+def spectral_effective_rank(eigenvalues: Tensor) -> float:
+    """Effective rank of a covariance spectrum: ``exp(entropy(p))`` with ``p = sqrt(l) / sum(sqrt(l))``.
+
+    ``sqrt(l)`` are the singular values of the centred embeddings (up to a common factor), so this is RankMe
+    (:func:`effective_rank`) of the centred embeddings. ``k`` equal eigenvalues and zeros
+    give ``k``; a zero spectrum gives 1.
+    """
+    s = eigenvalues.double().clamp_min(0).sqrt()
+    total = s.sum()
+    if total <= 0:
+        return 1.0
+    p = s / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
