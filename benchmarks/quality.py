@@ -15,6 +15,8 @@ exact settings they used. Tuning runs fix the length instead of the budget and u
 (`_quick_eval.py`: kNN + scikit-learn logistic regression, about a minute):
 
     python benchmarks/quality.py --epochs 3 --eval quick --set views.crop_scale_min=0.4
+
+``--calibrate-only`` prints the measured training rate and stops (e.g. to compare ``--set compile=true``).
 """
 
 from __future__ import annotations
@@ -67,10 +69,14 @@ def main() -> None:
     parser.add_argument("--calibration-steps", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=0, help="fixed length instead of the calibrated budget")
     parser.add_argument("--eval", choices=("full", "quick"), default="full", help="run_eval or _quick_eval")
+    parser.add_argument("--calibrate-only", action="store_true", help="print the training rate and stop")
     args = parser.parse_args()
 
     cfg = merge(PRESETS["fashion-mnist-cpu"], _overrides(args.set))
     cfg = replace(cfg, knn_every=0, progress=False)
+    if args.calibrate_only:
+        _calibrated_epochs(cfg, args.budget_minutes, args.calibration_steps)
+        return
     epochs = args.epochs or _calibrated_epochs(cfg, args.budget_minutes, args.calibration_steps)
 
     cfg = replace(cfg, out=args.out, epochs=epochs)
