@@ -5,6 +5,7 @@ encoder may see test images best somewhat larger than it was trained on. This me
 benchmark itself keeps evaluating at the training size.
 
     python benchmarks/resolution.py runs/quality --sizes 28 32 36 40 44
+    python benchmarks/resolution.py runs/quality --sizes 28 --k 10 --standardize
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a run folder or checkpoint trained on fashion-mnist")
     parser.add_argument("--sizes", type=int, nargs="+", default=[28, 32, 36, 40, 44])
     parser.add_argument("--k", type=int, default=20)
+    parser.add_argument(
+        "--standardize", action="store_true", help="also report kNN on features standardised with train mean/std"
+    )
     args = parser.parse_args()
 
     enc = load_encoder(args.run)
@@ -34,7 +38,12 @@ def main() -> None:
                 for d in (train, test)
             )
         top1 = knn_accuracy(f_train, train.labels, f_test, test.labels, k=args.k)["top1"]
-        print(f"{size:3d} px: kNN k={args.k} {top1:.2f}", flush=True)
+        line = f"{size:3d} px: kNN k={args.k} {top1:.2f}"
+        if args.standardize:
+            mean, std = f_train.mean(0), f_train.std(0).clamp_min(1e-6)
+            z_train, z_test = (f_train - mean) / std, (f_test - mean) / std
+            line += f"  standardised {knn_accuracy(z_train, train.labels, z_test, test.labels, k=args.k)['top1']:.2f}"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
