@@ -291,6 +291,10 @@ def test_resize_images_keeps_the_centre_and_leaves_right_sized_images_alone():
     assert int(out.min()) > 150  # the dark margins were cropped away (squeezed in, the edges would be 75)
     square = torch.randint(0, 255, (2, 3, 4, 4), dtype=torch.uint8)
     assert resize_images(square, 4) is square
+    data = ArrayDataset(images, torch.arange(3), ("a", "b", "c"), "wide")
+    small = data.resized(4)
+    assert torch.equal(small.images, out) and torch.equal(small.labels, data.labels)
+    assert (small.classes, small.name) == (data.classes, data.name) and small.resized(4) is small
 
 
 def test_has_splits_names_and_folders(tmp_path):

@@ -6,7 +6,7 @@ Two paths, one interface (``set_epoch(epoch, start_batch)``, iteration yields ``
 * streamed: :func:`folder_loader` -> :class:`FolderLoader` (decoding in DataLoader workers).
 """
 
-from vicreg.data.arrays import ArrayDataset, as_uint8_images, channel_stats
+from vicreg.data.arrays import ArrayDataset, as_uint8_images, channel_stats, resize_images
 from vicreg.data.folder import (
     IMAGE_EXTENSIONS,
     BadImageError,
@@ -33,7 +33,6 @@ from vicreg.data.sources import (
     has_splits,
     is_image_folder,
     load,
-    resize_images,
     search_roots,
 )
 

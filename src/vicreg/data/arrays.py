@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ArrayDataset", "as_uint8_images", "channel_stats"]
+__all__ = ["ArrayDataset", "as_uint8_images", "channel_stats", "resize_images"]
 
 # ITU-R 601-2 luma, the weights PIL uses for RGB -> L.
 _LUMA = (0.299, 0.587, 0.114)
@@ -130,11 +130,27 @@ class ArrayDataset:
             out = (x.float() * w).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
         return replace(self, images=out)
 
+    def resized(self, size: int) -> ArrayDataset:
+        """The dataset at ``size x size`` (:func:`resize_images`); itself when already at that size."""
+        if self.image_size == (size, size):
+            return self
+        return replace(self, images=resize_images(self.images, size))
+
     def subset(self, index: Tensor | Sequence[int]) -> ArrayDataset:
         """The rows ``index`` (tensor or list of ints), e.g. a labelled fraction for a linear probe."""
         idx = torch.as_tensor(index, dtype=torch.int64, device=self.images.device)
         labels = None if self.labels is None else self.labels[idx.to(self.labels.device)]
         return replace(self, images=self.images[idx], labels=labels)
+
+
+def resize_images(images: Tensor, size: int, chunk: int = 4096) -> Tensor:
+    """``(N, C, H, W)`` images at ``size x size``: shorter side resized (bilinear, antialiased), then centre
+    cropped, like the folder decoder; in chunks to bound memory. Images already at that size are returned."""
+    from torchvision.transforms.v2.functional import center_crop, resize
+
+    if images.shape[-2:] == (size, size):
+        return images
+    return torch.cat([center_crop(resize(c, [size], antialias=True), [size, size]) for c in images.split(chunk)])
 
 
 def as_uint8_images(images: Any, *, name: str = "arrays") -> Tensor:

@@ -16,9 +16,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-from torch import Tensor
-
 from vicreg.data.arrays import ArrayDataset
 from vicreg.data.readers import idx_file, read_cifar, read_idx_folder, read_numpy, read_stl10
 
@@ -177,16 +174,6 @@ def _dataset_subfolder(folder: Path) -> Path:
     return found[0] if found else folder
 
 
-def resize_images(images: Tensor, size: int, chunk: int = 4096) -> Tensor:
-    """``(N, C, H, W)`` images at ``size x size``: shorter side resized (bilinear, antialiased), then centre
-    cropped, like the folder decoder; in chunks to bound memory. Images already at that size are returned."""
-    from torchvision.transforms.v2.functional import center_crop, resize
-
-    if images.shape[-2:] == (size, size):
-        return images
-    return torch.cat([center_crop(resize(c, [size], antialias=True), [size, size]) for c in images.split(chunk)])
-
-
 def _check_split(kind: str, split: str, where: object) -> None:
     if split not in _SPLITS[kind]:
         raise ValueError(f"{where}: unknown split {split!r}; choose one of {', '.join(_SPLITS[kind])}")
@@ -274,6 +261,6 @@ def load(
             _check_split(kind_or_none, split, path)
             reader = {"cifar": read_cifar, "stl10": read_stl10, "idx": read_idx_folder}[kind_or_none]
             data = reader(path, split)
-    if size is not None and data.image_size != (size, size):
-        data = ArrayDataset(resize_images(data.images, size), data.labels, data.classes, data.name)
+    if size is not None:
+        data = data.resized(size)
     return data if channels is None else data.with_channels(channels)

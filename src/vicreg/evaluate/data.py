@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from vicreg.data import ArrayDataset, load
-from vicreg.data.sources import has_splits, resize_images
+from vicreg.data.sources import has_splits
 
 __all__ = ["EvalData", "has_splits", "load_eval_data", "load_images"]
 
@@ -47,8 +47,7 @@ def load_images(
     else:
         data = load(source, split, channels=channels, download=download)
         native = data.image_size
-        if native != (size, size):
-            data = ArrayDataset(resize_images(data.images, size), data.labels, data.classes, data.name)
+        data = data.resized(size)
     if data.labels is None or int(data.labels.min()) < 0:
         raise ValueError(
             f"{data.name} has no labels (or unlabelled rows) and cannot be used for evaluation; pass a labelled "

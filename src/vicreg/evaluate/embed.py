@@ -16,7 +16,7 @@ import numpy as np
 
 from vicreg.checkpoint import atomic_write
 from vicreg.data import ArrayDataset
-from vicreg.data.sources import has_splits, resize_images
+from vicreg.data.sources import has_splits
 from vicreg.evaluate.features import extract_features
 from vicreg.evaluate.load import load_encoder
 
@@ -36,10 +36,7 @@ def load_with_paths(
     if not (path.is_dir() and not has_splits(source)):
         from vicreg.data import load
 
-        data = load(source, split, channels=channels, download=download)
-        if data.image_size != (size, size):
-            data = ArrayDataset(resize_images(data.images, size), data.labels, data.classes, data.name)
-        return data, None
+        return load(source, split, channels=channels, download=download).resized(size), None
     from vicreg.data import ImageFolderSource
     from vicreg.data.loaders import decode_folder
 
