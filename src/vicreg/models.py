@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any, overload
 
 import torch
@@ -26,6 +27,7 @@ from torchvision import models as tv_models
 
 __all__ = [
     "BACKBONES",
+    "EncoderSpec",
     "Expander",
     "SmallCNN",
     "VICReg",
@@ -228,6 +230,57 @@ def build_backbone(name: str, *, small_images: bool = False, in_channels: int = 
         )
     factory, _ = BACKBONES[name]
     return factory(small_images, in_channels, **kwargs)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Everything needed to rebuild a backbone and feed it: stored in checkpoints and exports.
+
+    ``build()`` is ``build_backbone(name, **kwargs)``; ``input_shape`` is one sample's shape without the batch
+    dimension (``(C, H, W)`` images, ``(C, T)`` signals, ``(F,)`` table rows) and ``mean``/``std`` the
+    per-channel (or per-feature) normalisation the encoder was trained with: images as pixels in ``[0, 1]``
+    minus ``mean`` over ``std``, float data as ``(x - mean) / std``. ``kind`` names the data kind
+    (``image``, ``signal``, ``table``) that produced it.
+    """
+
+    name: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    feature_dim: int = 0
+    kind: str = "image"
+    input_shape: tuple[int, ...] = ()
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def build(self) -> nn.Module:
+        """A freshly initialised backbone of this architecture."""
+        return build_backbone(self.name, **dict(self.kwargs))
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.kwargs.get("in_channels", self.input_shape[0] if self.input_shape else 3))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (lists, numbers, strings): safe for ``torch.load(weights_only=True)`` and JSON."""
+        d = asdict(self)
+        d["kwargs"] = dict(self.kwargs)
+        for key in ("input_shape", "mean", "std"):
+            d[key] = list(d[key])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EncoderSpec:
+        try:
+            return cls(
+                name=str(d["name"]),
+                kwargs=dict(d.get("kwargs", {})),
+                feature_dim=int(d.get("feature_dim", 0)),
+                kind=str(d.get("kind", "image")),
+                input_shape=tuple(int(v) for v in d.get("input_shape", ())),
+                mean=tuple(float(v) for v in d.get("mean", ())),
+                std=tuple(float(v) for v in d.get("std", ())),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"not an encoder description ({type(err).__name__}: {err}): {dict(d)!r}") from err
 
 
 @torch.no_grad()
