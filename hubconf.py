@@ -27,17 +27,19 @@ def vicreg_backbone(checkpoint: str, device: str = "cpu"):  # type: ignore[no-un
     ``vicreg_normalize`` (``{"mean": ..., "std": ...}`` per channel, for pixels scaled to [0, 1]) and
     ``vicreg_image_size`` (``S``) say how training fed it.
     """
-    from vicreg.evaluate.load import load_encoder
+    from vicreg.build import load_encoder
 
     enc = load_encoder(checkpoint, device)
     backbone = enc.model.backbone.eval()
     backbone.vicreg_normalize = {"mean": enc.mean, "std": enc.std}
     backbone.vicreg_image_size = enc.image_size
+    backbone.vicreg_input_shape = enc.spec.input_shape
+    backbone.vicreg_spec = enc.spec
     return backbone
 
 
 def vicreg_model(checkpoint: str, device: str = "cpu"):  # type: ignore[no-untyped-def]
     """The whole trained :class:`vicreg.VICReg` model (backbone and expander) of a run, in eval mode."""
-    from vicreg.evaluate.load import load_encoder
+    from vicreg.build import load_encoder
 
     return load_encoder(checkpoint, device).model

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
+from vicreg.build import load_encoder
 from vicreg.data import load
 from vicreg.diagnostics import collapse_stats
-from vicreg.evaluate import extract_features, knn_accuracy, load_encoder
+from vicreg.evaluate import extract_features, knn_accuracy
 
 DIAGNOSTIC_IMAGES = 2048
 

@@ -47,10 +47,10 @@ def train_flops_per_image(cfg: Any, size: int, channels: int = 3, batch: int = 4
     ``torch.utils.flop_counter`` on a small CPU batch: convolutions and matmuls, not the element-wise ops."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from vicreg.build import model_from_config
     from vicreg.loss import vicreg_loss
-    from vicreg.train import build_model
 
-    model = build_model(cfg, channels)
+    model = model_from_config(cfg, channels)
     x = torch.randn(batch, channels, size, size)
     with FlopCounterMode(display=False) as counter:
         z_a, z_b = model(x, x.clone())

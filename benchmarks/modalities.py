@@ -30,8 +30,8 @@ from sklearn.preprocessing import StandardScaler
 
 from vicreg.checkpoint import load_backbone
 from vicreg.config import PRESETS, TrainConfig
-from vicreg.data.arrays_float import FloatArrayDataset, load_arrays
-from vicreg.evaluate import extract_array_features, knn_accuracy
+from vicreg.data import FloatArrayDataset, load_arrays
+from vicreg.evaluate import extract_features, knn_accuracy
 from vicreg.models import build_backbone
 from vicreg.train import train
 
@@ -54,7 +54,7 @@ def _scores(f_train: torch.Tensor, y_train: torch.Tensor, f_test: torch.Tensor, 
 
 def _features(encoder: torch.nn.Module, train_set: FloatArrayDataset, data: FloatArrayDataset) -> torch.Tensor:
     encoder.eval()
-    return extract_array_features(encoder, data.x, mean=train_set.mean, std=train_set.std)
+    return extract_features(encoder, data.x, mean=train_set.mean, std=train_set.std)
 
 
 def run(name: str, seed: int, epochs: int | None, workdir: Path) -> dict[str, tuple[float, float] | float]:
@@ -69,7 +69,7 @@ def run(name: str, seed: int, epochs: int | None, workdir: Path) -> dict[str, tu
         cfg = replace(cfg, epochs=epochs)
 
     def standard(d: FloatArrayDataset) -> torch.Tensor:
-        return extract_array_features(torch.nn.Flatten(), d.x, mean=train_set.mean, std=train_set.std)
+        return extract_features(torch.nn.Flatten(), d.x, mean=train_set.mean, std=train_set.std)
 
     out: dict[str, tuple[float, float] | float] = {
         "raw": _scores(standard(train_set), y_train, standard(test_set), y_test)

@@ -33,7 +33,8 @@ from typing import Any
 import yaml
 
 from vicreg.config import PRESETS, merge
-from vicreg.evaluate import EvalSettings, format_table, run_eval
+from vicreg.evaluate import format_table
+from vicreg.evaluate.runner import EvalSettings, run_eval
 from vicreg.train import train
 
 TRAIN_IMAGES = 60_000

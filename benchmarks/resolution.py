@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
+from vicreg.build import load_encoder
 from vicreg.data import load, resize_images
-from vicreg.evaluate import extract_features, knn_accuracy, load_encoder
+from vicreg.evaluate import extract_features, knn_accuracy
 
 
 def main() -> None:

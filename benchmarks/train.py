@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vicreg.build import model_from_config
 from vicreg.config import PRESETS, ModelConfig, TrainConfig, ViewsConfig
 from vicreg.data import DEBIAN_FASHION_MNIST
-from vicreg.train import build_model, train
+from vicreg.train import train
 
 
 def _synthetic(path: Path, n: int, channels: int, size: int) -> str:
@@ -65,7 +66,7 @@ def train_rate(cfg: TrainConfig) -> float:
 def ceiling_rate(cfg: TrainConfig, channels: int, steps: int, backbone_only: bool) -> float:
     device = torch.device(cfg.device)
     torch.manual_seed(0)
-    model = build_model(cfg, channels).to(device).train()
+    model = model_from_config(cfg, channels).to(device).train()
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
     net = model.backbone if backbone_only else model

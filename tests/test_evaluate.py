@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from vicreg.evaluate import balanced_subset, knn_accuracy, knn_evaluate, linear_probe, standardize
+from vicreg.build import ImageKind, labelled_splits
+from vicreg.data import has_splits
+from vicreg.evaluate import balanced_subset, format_table, knn_accuracy, knn_evaluate, linear_probe, standardize
 from vicreg.evaluate.cache import cached, tensor_digest
-from vicreg.evaluate.data import has_splits, load_eval_data
 from vicreg.evaluate.linear import softmax_regression_grad
-from vicreg.evaluate.runner import EvalSettings, evaluate_features, format_table
+from vicreg.evaluate.runner import EvalSettings, evaluate_features
+from vicreg.models import EncoderSpec
 
 
 def _clusters(n_per: int, classes: int, dim: int, spread: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,10 +162,12 @@ def test_eval_data_without_splits_is_split_80_20_seeded(tmp_path: Path) -> None:
     path = tmp_path / "d.npz"
     np.savez(path, images=rng.integers(0, 255, (50, 12, 12), dtype=np.uint8), labels=np.arange(50) % 5)
     assert not has_splits(path) and has_splits("cifar10")
-    ev = load_eval_data(path, size=16, channels=1, seed=0)
-    assert (len(ev.train), len(ev.test)) == (40, 10) and "80% train / 20% test" in ev.split
-    assert ev.train.image_size == (16, 16) and ev.native_size == (12, 12)  # resized to the views' size
-    assert torch.equal(ev.test.images, load_eval_data(path, size=16, channels=1, seed=0).test.images)
+    spec = EncoderSpec("small_cnn", {"in_channels": 1}, 8, "image", (1, 16, 16))
+    train, test, note = labelled_splits(ImageKind(), spec, str(path), seed=0)
+    assert (len(train.data), len(test.data)) == (40, 10) and "80% train / 20% test" in note
+    assert train.data.image_size == (16, 16) and train.native_shape == (12, 12)  # resized to the views' size
+    again = labelled_splits(ImageKind(), spec, str(path), seed=0)[1]
+    assert torch.equal(test.data.rows, again.data.rows)
     np.savez(tmp_path / "unlabelled.npz", images=rng.integers(0, 255, (50, 12, 12), dtype=np.uint8))
     with pytest.raises(ValueError, match="no labels"):
-        load_eval_data(tmp_path / "unlabelled.npz", size=12, channels=1)
+        labelled_splits(ImageKind(), spec, str(tmp_path / "unlabelled.npz"))

@@ -16,9 +16,9 @@ from vicreg.augment.tabular import sample_table_params
 from vicreg.checkpoint import load_backbone
 from vicreg.cli import parse_train_args
 from vicreg.config import ModelConfig, OptimConfig, TrainConfig
-from vicreg.data.arrays_float import ArrayLoader, FloatArrayDataset, load_arrays, load_pairs
+from vicreg.data import FloatArrayDataset, InMemoryLoader, load_arrays, load_pairs
 from vicreg.encoders import MLPEncoder, ResNet1d
-from vicreg.evaluate import extract_array_features
+from vicreg.evaluate import extract_features
 from vicreg.models import build_backbone
 from vicreg.train import train
 
@@ -229,7 +229,7 @@ def test_float_dataset_loader_and_sources(tmp_path: Path) -> None:
         load_arrays(tmp_path / "s.npz", kind="table")
     with pytest.raises(ValueError, match="NaN"):
         FloatArrayDataset.from_arrays(np.full((3, 2), np.nan), kind="table")
-    loader = ArrayLoader(TensorPair(torch.arange(10.0)[:, None], torch.arange(10.0)[:, None] * 2), None, 4, seed=1)
+    loader = InMemoryLoader(TensorPair(torch.arange(10.0)[:, None], torch.arange(10.0)[:, None] * 2), 4, seed=1)
     loader.set_epoch(0)
     batches = [b for b, _ in loader]
     assert len(batches) == 2 and all(torch.equal(b.b, 2 * b.a) for b in batches)
@@ -238,7 +238,7 @@ def test_float_dataset_loader_and_sources(tmp_path: Path) -> None:
     np.savez(tmp_path / "p.npz", x_a=x, x_b=x[:9, 0])
     with pytest.raises(ValueError, match="pair up"):
         load_pairs(tmp_path / "p.npz")
-    feats = extract_array_features(torch.nn.Flatten(), torch.tensor(x), mean=(1.0, 2.0), std=(2.0, 4.0))
+    feats = extract_features(torch.nn.Flatten(), torch.tensor(x), mean=(1.0, 2.0), std=(2.0, 4.0))
     torch.testing.assert_close(feats.view(10, 2, 8)[:, 1], (torch.tensor(x)[:, 1] - 2) / 4)
 
 

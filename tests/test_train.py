@@ -17,9 +17,11 @@ import torch
 import yaml
 from PIL import Image
 
+from vicreg.build import data_kind
 from vicreg.checkpoint import load_backbone, load_checkpoint
 from vicreg.cli import main, parse_train_args
 from vicreg.config import PRESETS, LossConfig, ModelConfig, OptimConfig, TrainConfig, ViewsConfig, load_config_file
+from vicreg.distributed import DistInfo
 from vicreg.loss import VICRegOutput
 from vicreg.train import NonFiniteLossError, train
 
@@ -102,16 +104,16 @@ def test_tiny_run_writes_the_run_folder(tmp_path: Path) -> None:
 def test_knn_monitor_on_one_array_file_holds_out_disjoint_queries(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vicreg.evaluate
+    import vicreg.monitors
 
     seen: list[torch.Tensor] = []
-    real = vicreg.evaluate.extract_features
+    real = vicreg.monitors.extract_features
 
     def spy(embed, images, **kwargs):  # type: ignore[no-untyped-def]
         seen.append(images.clone())
         return real(embed, images, **kwargs)
 
-    monkeypatch.setattr(vicreg.evaluate, "extract_features", spy)
+    monkeypatch.setattr(vicreg.monitors, "extract_features", spy)
     cfg = _tiny(tmp_path, epochs=1)  # a single .npz: no test split of its own
     train(cfg)
     neighbours, queries = seen[0], seen[1]
@@ -140,14 +142,12 @@ def test_objective_replaces_the_loss_and_its_terms_are_logged(tmp_path: Path) ->
 
 
 def test_symmetric_views_take_their_probabilities_from_the_config(tmp_path: Path) -> None:
-    from vicreg.train import build_data, build_views, resolve_device, setup_distributed
-
     cfg = _tiny(tmp_path, views=ViewsConfig(size=16, symmetric=True, symmetric_blur_prob=0.0))
-    info = setup_distributed("cpu")
-    views = build_views(cfg, build_data(cfg, info, resolve_device("cpu", info)))
+    info = DistInfo()
+    views = data_kind("image").training_data(cfg, info, torch.device("cpu")).views
     assert views.view_a == views.view_b
     assert views.view_a.blur_p == 0.0 and views.view_a.solarize_p == 0.1
-    asym = build_views(_tiny(tmp_path), build_data(cfg, info, resolve_device("cpu", info)))
+    asym = data_kind("image").training_data(_tiny(tmp_path), info, torch.device("cpu")).views
     assert (asym.view_a.blur_p, asym.view_b.blur_p, asym.view_b.solarize_p) == (1.0, 0.1, 0.2)
 
 
@@ -176,9 +176,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path: Path) -> None:
 def test_every_parameter_changes_in_training(tmp_path: Path) -> None:
     cfg = _tiny(tmp_path, max_steps=3, knn_every=0, optim=OptimConfig(name="sgd", base_lr=0.5, warmup_epochs=0))
     torch.manual_seed(cfg.seed)
-    from vicreg.train import build_model
-
-    initial = build_model(cfg, channels=1).state_dict()
+    initial = data_kind("image").training_data(cfg, DistInfo(), torch.device("cpu")).model(cfg)[0].state_dict()
     train(cfg)
     after = _weights(cfg.out)
     for key, value in initial.items():
@@ -188,9 +186,9 @@ def test_every_parameter_changes_in_training(tmp_path: Path) -> None:
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vicreg.train as train_module
+    import vicreg.build as build_module
 
-    real_build_views = train_module.build_views
+    real_training_data = build_module.ImageKind.training_data
     calls = {"n": 0}
 
     class Poisoned:
@@ -209,10 +207,12 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path: Path, monkeypatch: p
                 v_a = v_a * float("nan")
             return v_a, v_b
 
-    def poisoned(cfg, data):
-        return Poisoned(real_build_views(cfg, data))
+    def poisoned(self, cfg, info, device):
+        data = real_training_data(self, cfg, info, device)
+        data.views = Poisoned(data.views)
+        return data
 
-    monkeypatch.setattr(train_module, "build_views", poisoned)
+    monkeypatch.setattr(build_module.ImageKind, "training_data", poisoned)
     cfg = _tiny(tmp_path, ckpt_every=2, log_every=3, knn_every=0)
     with pytest.raises(NonFiniteLossError, match=r"non-finite at step 4 \(terms: loss, invariance"):
         train(cfg)

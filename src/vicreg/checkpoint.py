@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save
 from torch import Tensor
 
 __all__ = [
@@ -216,8 +217,6 @@ def export_backbone(state_dict: Mapping[str, Tensor], path: str | os.PathLike[st
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     if path.suffix == ".safetensors":
-        from safetensors.torch import save
-
         blob = save(tensors, metadata={"format": "vicreg-backbone"})
         return atomic_write(path, lambda f: f.write(blob))
     if path.suffix in (".pt", ".pth"):
@@ -232,8 +231,6 @@ def load_backbone(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         raise CheckpointError(f"no backbone file at {path}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # safetensors raises its own error types

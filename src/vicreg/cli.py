@@ -12,9 +12,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import torch
+import torchvision
 import tyro
+import yaml
 
-from vicreg.config import PRESETS, TrainConfig, load_config_file
+import vicreg
+from vicreg.build import load_encoder
+from vicreg.checkpoint import CheckpointError, export_backbone
+from vicreg.config import PRESETS, TrainConfig, config_to_dict, load_config_file
+from vicreg.evaluate.embed import embed_to_file
+from vicreg.evaluate.runner import EvalSettings, run_eval
+from vicreg.evaluate.table import format_table
+from vicreg.report import make_report
+from vicreg.train import train as run_training
 
 TRAIN_HELP = (
     "Pretrain an encoder with VICReg (resumes automatically when --out holds a checkpoint).\n\n"
@@ -63,15 +74,9 @@ def parse_train_args(args: list[str]) -> TrainConfig:
 
 
 def train(args: list[str]) -> None:
-    from vicreg.train import train as run_training
-
     show = "--print-config" in args
     cfg = parse_train_args([a for a in args if a != "--print-config"])
     if show:
-        import yaml
-
-        from vicreg.config import config_to_dict
-
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return
     result = run_training(cfg)
@@ -93,31 +98,43 @@ def _train_help_only(
 
 
 def export(
-    checkpoint: tyro.conf.Positional[Path],
+    checkpoint: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_OR_CHECKPOINT")],
     out: Path = Path("backbone.safetensors"),
 ) -> None:
-    """Write the backbone of a run folder or checkpoint as .safetensors or .pt (loads into the torchvision
-    model with strict=True).
+    """Write the backbone (branch A's encoder) of a run folder or checkpoint as .safetensors or .pt.
 
-    The written file is read back and loaded with strict=True into a freshly built backbone of the run's
-    architecture (for ResNets: torchvision's resnetXX with fc = Identity and, for small images, the 3x3 stem
-    without max-pool), so an export that would not load fails here.
+    Checked before anything is written: the backbone's weights are loaded with strict=True into a freshly built
+    backbone of the architecture the checkpoint describes (for ResNets: torchvision's resnetXX with fc = Identity
+    and, for small images, the 3x3 stem without max-pool), and both must give the same features on a batch. A
+    failed check leaves nothing at --out.
     """
-    from vicreg.checkpoint import CheckpointError, export_backbone, load_checkpoint
-    from vicreg.evaluate.load import check_backbone_loads
-
-    path = checkpoint / "checkpoints" / "last.pt" if checkpoint.is_dir() else checkpoint
-    state = load_checkpoint(path)
-    prefix = "backbone."
-    backbone = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
-    if not backbone:
-        raise SystemExit(f"vicreg export: {path} holds no backbone weights")
-    written = export_backbone(backbone, out)
     try:
-        described = check_backbone_loads(written, state.get("config", {}))
-    except CheckpointError as err:
+        enc = load_encoder(checkpoint)
+        state = enc.model.backbone.state_dict()
+        described = verify_backbone(state, enc)
+        written = export_backbone(state, out)
+    except (CheckpointError, ValueError) as err:
         raise SystemExit(f"vicreg export: {err}") from err
-    print(f"wrote {written} ({len(backbone)} tensors; loads strictly into {described})")
+    print(f"wrote {written} ({len(state)} tensors; loads strictly into {described})")
+
+
+def verify_backbone(state: dict[str, torch.Tensor], enc: Any) -> str:
+    """Load ``state`` strictly into a fresh backbone of ``enc.spec`` and compare features on a random batch."""
+    spec = enc.spec
+    fresh = spec.build().eval()
+    try:
+        fresh.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"the backbone does not load strictly into {spec.name}: {err}") from err
+    shape = spec.input_shape if spec.kind != "signal" else (*spec.input_shape[:1], 64)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        if not torch.equal(fresh(x), enc.model.backbone.eval()(x)):
+            raise CheckpointError(f"the rebuilt {spec.name} backbone gives other features than the checkpoint's")
+    if spec.name.startswith("resnet") and spec.name != "resnet1d":
+        stem = "3x3 stem, no max-pool" if spec.kwargs.get("small_images") else "standard stem"
+        return f"torchvision.models.{spec.name}() with fc = Identity, {stem}, {spec.in_channels} input channels"
+    return f"{spec.name} ({type(fresh).__name__}, input {list(spec.input_shape)})"
 
 
 def evaluate(
@@ -171,9 +188,6 @@ def evaluate(
         batch_size: images per forward pass.
         download: allow downloading a named dataset.
     """
-    from vicreg.checkpoint import CheckpointError
-    from vicreg.evaluate.runner import EvalSettings, format_table, run_eval
-
     try:
         settings = EvalSettings(
             ks=tuple(k),
@@ -232,9 +246,6 @@ def embed(
         batch_size: images per forward pass.
         download: allow downloading a named dataset.
     """
-    from vicreg.checkpoint import CheckpointError
-    from vicreg.evaluate.embed import embed_to_file
-
     try:
         path, rows, dim = embed_to_file(
             checkpoint, data, out, split=split, device=device, batch_size=batch_size, download=download
@@ -262,9 +273,6 @@ def report(
         max_points: test images used by the embedding plots (a seeded subset).
         seed: seed of that subset and of the 2-D map.
     """
-    from vicreg.checkpoint import CheckpointError
-    from vicreg.report import make_report
-
     try:
         path = make_report(run, data=data, device=device, max_points=max_points, seed=seed)
     except (CheckpointError, FileNotFoundError, ValueError) as err:
@@ -274,11 +282,6 @@ def report(
 
 def info() -> None:
     """Print the versions and the compute devices this installation sees."""
-    import torch
-    import torchvision
-
-    import vicreg
-
     print(f"vicreg      {vicreg.__version__}")
     print(f"python      {platform.python_version()}")
     print(f"torch       {torch.__version__}")

@@ -1,7 +1,9 @@
 """Training configuration: small frozen dataclasses with docstrings and validation, and named presets.
 
 The CLI (``vicreg train``) is generated from these classes; ``--config FILE.yaml`` and flags override a preset.
-Models, losses and optimisers never see these objects: :mod:`vicreg.train` unpacks them into plain arguments.
+Models, losses and optimisers never see these objects: the build layer (:mod:`vicreg.build`) unpacks them into
+plain arguments. The views' settings are augment's own dataclasses, nested here (``views``, ``signal_views``,
+``table_views``), not restated.
 """
 
 from __future__ import annotations
@@ -14,6 +16,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import yaml
+
+from vicreg.augment.images import ImageViewsConfig
+from vicreg.augment.signals import SignalViewsConfig
+from vicreg.augment.tabular import TableViewsConfig
+from vicreg.models import parse_expander_spec
+
+ViewsConfig = ImageViewsConfig
+"""The image views' settings (:class:`vicreg.augment.images.ImageViewsConfig`), nested as ``views``."""
 
 __all__ = [
     "PRESETS",
@@ -44,126 +56,6 @@ def _non_negative(name: str, value: float) -> None:
 
 
 @dataclass(frozen=True)
-class ViewsConfig:
-    """The two augmented views (see :class:`vicreg.PaperViews`)."""
-
-    size: int = 32
-    """Output size of the random resized crop, in pixels."""
-    crop_scale_min: float = 0.08
-    """Smallest crop area as a fraction of the image (the paper: 0.08)."""
-    symmetric: bool = False
-    """One shared pipeline for both views (lightly/solo-learn) instead of the paper's asymmetric pair."""
-    normalize: Literal["dataset", "imagenet"] = "dataset"
-    """Normalise with the dataset's channel statistics or ImageNet's."""
-    blur_prob_a: float = 1.0
-    """Gaussian blur probability of view A (paper: 1.0)."""
-    blur_prob_b: float = 0.1
-    """Gaussian blur probability of view B (paper: 0.1)."""
-    solarize_prob_b: float = 0.2
-    """Solarization probability of view B (paper: 0.2; view A: 0)."""
-    jitter_strength: float = 1.0
-    """Scale of the colour-jitter strengths (brightness .4, contrast .4, saturation .2, hue .1)."""
-    symmetric_blur_prob: float = 0.5
-    """Gaussian blur probability of both views when ``symmetric`` (lightly: 0.5; solo-learn CIFAR: 0)."""
-    symmetric_solarize_prob: float = 0.1
-    """Solarization probability of both views when ``symmetric`` (lightly and solo-learn: 0.1)."""
-
-    def __post_init__(self) -> None:
-        if self.size < 8:
-            raise ValueError(f"views.size must be at least 8 pixels, got {self.size}")
-        if not 0 < self.crop_scale_min <= 1:
-            raise ValueError(f"views.crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
-        for name in ("blur_prob_a", "blur_prob_b", "solarize_prob_b", "symmetric_blur_prob", "symmetric_solarize_prob"):
-            p = getattr(self, name)
-            if not 0 <= p <= 1:
-                raise ValueError(f"views.{name} is a probability and must be in [0, 1], got {p}")
-        _non_negative("views.jitter_strength", self.jitter_strength)
-
-
-@dataclass(frozen=True)
-class SignalViewsConfig:
-    """The two views of signals / time series (see :class:`vicreg.augment.SignalViews`); both views alike."""
-
-    length: int = 0
-    """Output length of the random crop and resize, in steps (0: the input length)."""
-    crop_scale_min: float = 0.5
-    """Shortest crop as a fraction of the signal (1: no crop)."""
-    scale_std: float = 0.1
-    """Standard deviation of the per-channel amplitude factor around 1."""
-    warp_std: float = 0.2
-    """Standard deviation of the magnitude-warp knots around 1."""
-    jitter_std: float = 0.1
-    """Standard deviation of the additive noise (standardised units)."""
-    mask_p: float = 0.5
-    """Probability of masking one time window."""
-    mask_size_min: float = 0.05
-    """Shortest masked window as a fraction of the length."""
-    mask_size_max: float = 0.2
-    """Longest masked window as a fraction of the length."""
-    channel_drop_p: float = 0.0
-    """Probability of zeroing each channel."""
-
-    def __post_init__(self) -> None:
-        if self.length < 0:
-            raise ValueError(f"signal_views.length must be >= 0, got {self.length}")
-        if not 0 < self.crop_scale_min <= 1:
-            raise ValueError(f"signal_views.crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
-        if not 0 < self.mask_size_min <= self.mask_size_max <= 1:
-            raise ValueError(
-                "signal_views.mask_size_min and mask_size_max must satisfy 0 < mask_size_min <= mask_size_max <= 1, "
-                f"got {self.mask_size_min} and {self.mask_size_max}"
-            )
-        for name in ("mask_p", "channel_drop_p"):
-            p = getattr(self, name)
-            if not 0 <= p <= 1:
-                raise ValueError(f"signal_views.{name} is a probability and must be in [0, 1], got {p}")
-        try:
-            self.view_config()
-        except ValueError as err:
-            raise ValueError(f"signal_views: {err}") from err
-
-    def view_config(self) -> Any:
-        """The :class:`vicreg.augment.SignalViewConfig` of these settings."""
-        from vicreg.augment.signals import SignalViewConfig
-
-        return SignalViewConfig(
-            crop_scale=(self.crop_scale_min, 1.0),
-            scale_std=self.scale_std,
-            warp_std=self.warp_std,
-            jitter_std=self.jitter_std,
-            mask_p=self.mask_p,
-            mask_size=(self.mask_size_min, self.mask_size_max),
-            channel_drop_p=self.channel_drop_p,
-        )
-
-
-@dataclass(frozen=True)
-class TableViewsConfig:
-    """The two views of table rows (see :class:`vicreg.augment.TabularViews`)."""
-
-    corrupt_rate: float = 0.6
-    """Fraction of each row's features replaced by draws from their empirical marginals (SCARF: 0.6)."""
-    noise_std: float = 0.0
-    """Standard deviation of Gaussian noise on the standardised values."""
-    mask_p: float = 0.0
-    """Probability of zeroing each standardised feature."""
-    anchor_a: bool = False
-    """View A uncorrupted (SCARF's anchor); by default both views are corrupted."""
-
-    def __post_init__(self) -> None:
-        try:
-            self.view_config()
-        except ValueError as err:
-            raise ValueError(f"table_views: {err}") from err
-
-    def view_config(self) -> Any:
-        """The :class:`vicreg.augment.TableViewConfig` of these settings (view B's; view A's with anchor_a)."""
-        from vicreg.augment.tabular import TableViewConfig
-
-        return TableViewConfig(corrupt_rate=self.corrupt_rate, noise_std=self.noise_std, mask_p=self.mask_p)
-
-
-@dataclass(frozen=True)
 class ModelConfig:
     """Encoder and expander."""
 
@@ -188,8 +80,6 @@ class ModelConfig:
     set, else shared). Must end at the same width as expander."""
 
     def __post_init__(self) -> None:
-        from vicreg.models import parse_expander_spec
-
         parse_expander_spec(self.expander)  # raises a clear ValueError on a bad spec
         if not self.backbone:
             raise ValueError("model.backbone is empty")
@@ -524,8 +414,6 @@ def config_from_dict(data: Mapping[str, Any], base: TrainConfig | None = None) -
 
 def load_config_file(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
     """Read a YAML (or JSON) file of overrides on top of ``base`` (a preset or the defaults)."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")

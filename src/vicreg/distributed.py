@@ -11,6 +11,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.distributed.nn.functional import all_gather
+
+try:  # recent torch: the functional collective, whose backward is a reduce-scatter
+    from torch.distributed._functional_collectives import all_gather_single_autograd
+except ImportError:  # older torch
+    all_gather_single_autograd = None  # type: ignore[assignment]
 
 __all__ = ["DistInfo", "gather_with_grad", "get_dist_info", "is_distributed"]
 
@@ -57,11 +63,7 @@ def gather_with_grad(x: Tensor) -> Tensor:
     """
     if not is_distributed():
         return x
-    try:  # recent torch: the functional collective, whose backward is a reduce-scatter
-        from torch.distributed._functional_collectives import all_gather_single_autograd
-    except ImportError:  # older torch: the autograd-aware collective of torch.distributed.nn
-        from torch.distributed.nn.functional import all_gather
-
+    if all_gather_single_autograd is None:  # older torch: the autograd-aware collective of torch.distributed.nn
         return torch.cat(all_gather(x), dim=0)
     group = dist.group.WORLD
     assert group is not None

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor, nn
 from torchvision import models as tv_models
 
+from vicreg.encoders import MLPEncoder, ResNet1d
+
 __all__ = [
     "BACKBONES",
     "EncoderSpec",
@@ -32,6 +34,7 @@ __all__ = [
     "SmallCNN",
     "VICReg",
     "build_backbone",
+    "feature_dim_of",
     "infer_feature_dim",
     "parse_expander_spec",
 ]
@@ -180,15 +183,11 @@ def _small_cnn(small_images: bool, in_channels: int, **kwargs: Any) -> nn.Module
 
 def _resnet1d(small_images: bool, in_channels: int, **kwargs: Any) -> nn.Module:
     del small_images  # images only
-    from vicreg.encoders import ResNet1d
-
     return ResNet1d(in_channels=in_channels, **kwargs)
 
 
 def _mlp(small_images: bool, in_channels: int, **kwargs: Any) -> nn.Module:
     del small_images  # images only
-    from vicreg.encoders import MLPEncoder
-
     return MLPEncoder(in_channels, **kwargs)  # in_channels: the number of table features
 
 
@@ -312,6 +311,14 @@ def infer_feature_dim(backbone: nn.Module, sample_input: Tensor) -> int:
     return int(out.shape[1])
 
 
+def feature_dim_of(name: str, module: nn.Module) -> int | None:
+    """The feature size of backbone ``name`` built as ``module``: the registry's, else what the module reports
+    (``feature_dim`` of our encoders, ``num_features`` of timm models); ``None`` when neither tells."""
+    dim = BACKBONES[name][1] if name in BACKBONES else None
+    dim = dim or getattr(module, "feature_dim", None) or getattr(module, "num_features", None)
+    return int(dim) if isinstance(dim, int) else None
+
+
 def _resolve_backbone(
     backbone: str | nn.Module,
     feature_dim: int | None,
@@ -321,9 +328,7 @@ def _resolve_backbone(
 ) -> tuple[nn.Module, int]:
     if isinstance(backbone, str):
         module = build_backbone(backbone, small_images=small_images, in_channels=in_channels)
-        known_dim = BACKBONES[backbone][1] if backbone in BACKBONES else None
-        if known_dim is None:  # SmallCNN and timm models carry their feature size
-            known_dim = getattr(module, "feature_dim", None) or getattr(module, "num_features", None)
+        known_dim = feature_dim_of(backbone, module)
         if feature_dim is not None and known_dim is not None and feature_dim != known_dim:
             raise ValueError(f"feature_dim={feature_dim} but backbone {backbone!r} outputs {known_dim} features")
         if known_dim is not None:

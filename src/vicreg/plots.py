@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 from torch import Tensor
 
-from vicreg.diagnostics import covariance_spectrum, spectral_effective_rank
+from vicreg.diagnostics import covariance_spectrum, per_dim_std, spectral_effective_rank
 
 __all__ = [
     "embedding_map",
@@ -38,8 +40,6 @@ def _series(rows: Sequence[dict[str, Any]], key: str, x: str = "step") -> tuple[
 
 
 def _figure(width: float, height: float) -> Any:
-    from matplotlib.figure import Figure
-
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
@@ -132,8 +132,6 @@ def plot_knn(rows: Sequence[dict[str, Any]], path: Path, final: tuple[float, flo
 
 
 def plot_std_hist(parts: dict[str, Tensor], gamma: float, path: Path) -> Path:
-    from vicreg.diagnostics import per_dim_std
-
     fig = _figure(10, 3.8)
     axes = fig.subplots(1, len(parts), squeeze=False)[0]
     for ax, (name, z) in zip(axes, parts.items(), strict=True):
@@ -216,8 +214,6 @@ def plot_embedding_map(coords: np.ndarray, labels: np.ndarray, classes: Sequence
 
 
 def _colors(n: int) -> list[Any]:
-    from matplotlib import colormaps
-
     cmap = colormaps["tab10" if n <= 10 else "tab20" if n <= 20 else "turbo"]
     return [cmap(i if n <= 20 else i / max(1, n - 1)) for i in range(n)]
 

@@ -26,9 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import Tensor
 
+from vicreg.build import labelled_splits, load_encoder, resolve_device, use_data_root
 from vicreg.diagnostics import covariance_spectrum, spectral_effective_rank
+from vicreg.evaluate.runner import encoder_features
+from vicreg.evaluate.table import markdown_table
 from vicreg.plots import (
     embedding_map,
     plot_diagnostics,
@@ -67,27 +71,19 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 def _test_embeddings(
     run_dir: Path, data: str | None, device: str, max_points: int, seed: int
 ) -> tuple[Tensor, Tensor, Tensor, tuple[str, ...], str, float]:
-    """Representation, expander output and labels of (a seeded subset of) the test images."""
-    from vicreg.distributed import DistInfo
-    from vicreg.evaluate.data import load_eval_data
-    from vicreg.evaluate.load import load_encoder
-    from vicreg.evaluate.runner import encoder_features
-    from vicreg.train import resolve_device
-
-    dev = resolve_device(device, DistInfo())
+    """Representation, expander output and labels of (a seeded subset of) the test rows."""
+    dev = resolve_device(device)
     enc = load_encoder(run_dir, dev)
-    if enc.config.data_root is not None and not data:
-        os.environ["VICREG_DATA"] = os.pathsep.join(
-            p for p in (str(enc.config.data_root), os.environ.get("VICREG_DATA", "")) if p
-        )
-    ev = load_eval_data(data or enc.config.data, size=enc.image_size, channels=enc.channels, seed=seed)
-    test = ev.test
+    if not data:
+        use_data_root(enc.config.data_root)
+    _, test_split, _ = labelled_splits(enc.kind_for(data), enc.spec, data or enc.config.data, seed=seed)
+    test = test_split.data
     if len(test) > max_points:
         idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:max_points].sort().values
         test = test.subset(idx)
     assert test.labels is not None
     both, _ = encoder_features(
-        enc, test.images, which="expander", cache_dir=run_dir / "features", device=dev, labels=test.labels
+        enc, test.rows, which="expander", cache_dir=run_dir / "features", device=dev, labels=test.labels
     )
     dim = enc.model.feature_dim
     return both[:, :dim], both[:, dim:], test.labels.cpu(), test.classes, test.name, enc.config.loss.gamma
@@ -106,8 +102,6 @@ def make_report(
     ``data`` (default: the data of ``RUN/eval.json``, else the run's training data) gives the test images of
     the embedding plots; at most ``max_points`` of them (a seeded subset) are used.
     """
-    import yaml
-
     run = Path(run_dir).expanduser()
     if not run.is_dir():
         raise FileNotFoundError(f"{run} is not a run folder (the --out of vicreg train)")
@@ -170,10 +164,6 @@ def _markdown(
     ranks: dict[str, float],
     notes: Sequence[str],
 ) -> str:
-    import yaml
-
-    from vicreg.evaluate.runner import markdown_table
-
     last = next((r for r in reversed(rows) if "loss" in r), None)
     lines = [f"# VICReg run report: `{run.name}`", ""]
     if last:

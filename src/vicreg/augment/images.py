@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -25,11 +25,13 @@ __all__ = [
     "PAPER_VIEW_A",
     "PAPER_VIEW_B",
     "SYMMETRIC_VIEW",
+    "ImageViewsConfig",
     "PaperViews",
     "ViewConfig",
     "ViewParams",
     "apply_view",
     "default_blur_kernel_size",
+    "image_views",
     "sample_view_params",
 ]
 
@@ -406,3 +408,91 @@ class PaperViews:
             f"blur_kernel_size={self.blur_kernel_size}, normalize={self.normalize}, mean={self.mean}, "
             f"std={self.std},\n  view_a={self.view_a},\n  view_b={self.view_b})"
         )
+
+
+# ------------------------------------------------------------------------------------------------ run config
+
+
+@dataclass(frozen=True)
+class ImageViewsConfig:
+    """The image views of a training run (``views`` in the run config); :func:`image_views` makes them."""
+
+    size: int = 32
+    """Output size of the random resized crop, in pixels."""
+    crop_scale_min: float = 0.08
+    """Smallest crop area as a fraction of the image (the paper: 0.08)."""
+    symmetric: bool = False
+    """One shared pipeline for both views (lightly/solo-learn) instead of the paper's asymmetric pair."""
+    normalize: Literal["dataset", "imagenet"] = "dataset"
+    """Normalise with the dataset's channel statistics or ImageNet's."""
+    blur_prob_a: float = 1.0
+    """Gaussian blur probability of view A (paper: 1.0)."""
+    blur_prob_b: float = 0.1
+    """Gaussian blur probability of view B (paper: 0.1)."""
+    solarize_prob_b: float = 0.2
+    """Solarization probability of view B (paper: 0.2; view A: 0)."""
+    jitter_strength: float = 1.0
+    """Scale of the colour-jitter strengths (brightness .4, contrast .4, saturation .2, hue .1)."""
+    symmetric_blur_prob: float = 0.5
+    """Gaussian blur probability of both views when ``symmetric`` (lightly: 0.5; solo-learn CIFAR: 0)."""
+    symmetric_solarize_prob: float = 0.1
+    """Solarization probability of both views when ``symmetric`` (lightly and solo-learn: 0.1)."""
+
+    def __post_init__(self) -> None:
+        if self.size < 8:
+            raise ValueError(f"views.size must be at least 8 pixels, got {self.size}")
+        if not 0 < self.crop_scale_min <= 1:
+            raise ValueError(f"views.crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
+        for name in ("blur_prob_a", "blur_prob_b", "solarize_prob_b", "symmetric_blur_prob", "symmetric_solarize_prob"):
+            p = getattr(self, name)
+            if not 0 <= p <= 1:
+                raise ValueError(f"views.{name} is a probability and must be in [0, 1], got {p}")
+        _non_negative("views.jitter_strength", self.jitter_strength)
+
+
+def image_views(
+    cfg: ImageViewsConfig, data_mean: Sequence[float], data_std: Sequence[float], channels: int
+) -> PaperViews:
+    """The :class:`PaperViews` of a run's view settings, for images of ``channels`` channels whose pixel
+    statistics (in ``[0, 1]``) are ``data_mean``/``data_std``."""
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    if cfg.normalize == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        mean, std = tuple(data_mean), tuple(data_std)
+        if min(std) <= 0:
+            raise ValueError(
+                f"the training images have a constant channel (standard deviation {std}); check the data, or "
+                "normalise with --views.normalize imagenet"
+            )
+    if len(mean) != channels:  # ImageNet statistics on grey images: their average
+        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+    jitter: dict[str, Any] = {
+        "brightness": 0.4 * cfg.jitter_strength,
+        "contrast": 0.4 * cfg.jitter_strength,
+        "saturation": 0.2 * cfg.jitter_strength,
+        "hue": min(0.5, 0.1 * cfg.jitter_strength),
+    }
+    view_a: dict[str, Any]
+    view_b: dict[str, Any]
+    if cfg.symmetric:
+        view_a = view_b = {"blur_p": cfg.symmetric_blur_prob, "solarize_p": cfg.symmetric_solarize_prob}
+    else:
+        view_a = {"blur_p": cfg.blur_prob_a}
+        view_b = {"blur_p": cfg.blur_prob_b, "solarize_p": cfg.solarize_prob_b}
+    return PaperViews(
+        cfg.size,
+        symmetric=cfg.symmetric,
+        mean=mean,
+        std=std,
+        view_a=view_a,
+        view_b=view_b,
+        crop_scale=(cfg.crop_scale_min, 1.0),
+        **jitter,
+    )
+
+
+def _non_negative(name: str, value: float) -> None:
+    if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")

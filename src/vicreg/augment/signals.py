@@ -38,8 +38,10 @@ __all__ = [
     "SignalParams",
     "SignalViewConfig",
     "SignalViews",
+    "SignalViewsConfig",
     "apply_signal_view",
     "sample_signal_params",
+    "signal_views",
 ]
 
 
@@ -278,3 +280,67 @@ class SignalViews:
             f"SignalViews(length={self.length}, mean={self.mean}, std={self.std},\n  view_a={self.view_a},\n"
             f"  view_b={self.view_b})"
         )
+
+
+# ------------------------------------------------------------------------------------------------ run config
+
+
+@dataclass(frozen=True)
+class SignalViewsConfig:
+    """The signal views of a training run (``signal_views`` in the run config); both views alike."""
+
+    length: int = 0
+    """Output length of the random crop and resize, in steps (0: the input length)."""
+    crop_scale_min: float = 0.5
+    """Shortest crop as a fraction of the signal (1: no crop)."""
+    scale_std: float = 0.1
+    """Standard deviation of the per-channel amplitude factor around 1."""
+    warp_std: float = 0.2
+    """Standard deviation of the magnitude-warp knots around 1."""
+    jitter_std: float = 0.1
+    """Standard deviation of the additive noise (standardised units)."""
+    mask_p: float = 0.5
+    """Probability of masking one time window."""
+    mask_size_min: float = 0.05
+    """Shortest masked window as a fraction of the length."""
+    mask_size_max: float = 0.2
+    """Longest masked window as a fraction of the length."""
+    channel_drop_p: float = 0.0
+    """Probability of zeroing each channel."""
+
+    def __post_init__(self) -> None:
+        if self.length < 0:
+            raise ValueError(f"signal_views.length must be >= 0, got {self.length}")
+        if not 0 < self.crop_scale_min <= 1:
+            raise ValueError(f"signal_views.crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
+        if not 0 < self.mask_size_min <= self.mask_size_max <= 1:
+            raise ValueError(
+                "signal_views.mask_size_min and mask_size_max must satisfy 0 < mask_size_min <= mask_size_max <= 1, "
+                f"got {self.mask_size_min} and {self.mask_size_max}"
+            )
+        for name in ("mask_p", "channel_drop_p"):
+            p = getattr(self, name)
+            if not 0 <= p <= 1:
+                raise ValueError(f"signal_views.{name} is a probability and must be in [0, 1], got {p}")
+        try:
+            self.view_config()
+        except ValueError as err:
+            raise ValueError(f"signal_views: {err}") from err
+
+    def view_config(self) -> SignalViewConfig:
+        """The :class:`SignalViewConfig` of these settings."""
+        return SignalViewConfig(
+            crop_scale=(self.crop_scale_min, 1.0),
+            scale_std=self.scale_std,
+            warp_std=self.warp_std,
+            jitter_std=self.jitter_std,
+            mask_p=self.mask_p,
+            mask_size=(self.mask_size_min, self.mask_size_max),
+            channel_drop_p=self.channel_drop_p,
+        )
+
+
+def signal_views(cfg: SignalViewsConfig, mean: Sequence[float], std: Sequence[float]) -> SignalViews:
+    """The :class:`SignalViews` of a run's settings, standardising with the training data's statistics."""
+    v = cfg.view_config()
+    return SignalViews(cfg.length or None, view_a=v, view_b=v, mean=mean, std=std)

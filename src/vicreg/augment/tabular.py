@@ -29,7 +29,16 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["TABLE_VIEW", "TableParams", "TableViewConfig", "TabularViews", "apply_table_view", "sample_table_params"]
+__all__ = [
+    "TABLE_VIEW",
+    "TableParams",
+    "TableViewConfig",
+    "TableViewsConfig",
+    "TabularViews",
+    "apply_table_view",
+    "sample_table_params",
+    "table_views",
+]
 
 
 @dataclass(frozen=True)
@@ -198,3 +207,38 @@ class TabularViews:
             f"TabularViews(rows={self.table.shape[0]}, features={self.features},\n  view_a={self.view_a},\n"
             f"  view_b={self.view_b})"
         )
+
+
+# ------------------------------------------------------------------------------------------------ run config
+
+
+@dataclass(frozen=True)
+class TableViewsConfig:
+    """The table views of a training run (``table_views`` in the run config)."""
+
+    corrupt_rate: float = 0.6
+    """Fraction of each row's features replaced by draws from their empirical marginals (SCARF: 0.6)."""
+    noise_std: float = 0.0
+    """Standard deviation of Gaussian noise on the standardised values."""
+    mask_p: float = 0.0
+    """Probability of zeroing each standardised feature."""
+    anchor_a: bool = False
+    """View A uncorrupted (SCARF's anchor); by default both views are corrupted."""
+
+    def __post_init__(self) -> None:
+        try:
+            self.view_config()
+        except ValueError as err:
+            raise ValueError(f"table_views: {err}") from err
+
+    def view_config(self) -> TableViewConfig:
+        """The :class:`TableViewConfig` of these settings (view B's; view A's with anchor_a)."""
+        return TableViewConfig(corrupt_rate=self.corrupt_rate, noise_std=self.noise_std, mask_p=self.mask_p)
+
+
+def table_views(cfg: TableViewsConfig, table: Any) -> TabularViews:
+    """The :class:`TabularViews` of a run's settings, fitted on the training ``table``; with ``anchor_a``, view A
+    is the uncorrupted anchor (SCARF)."""
+    v = cfg.view_config()
+    view_a = TableViewConfig(corrupt_rate=0.0, noise_std=v.noise_std, mask_p=v.mask_p) if cfg.anchor_a else v
+    return TabularViews(table, view_a=view_a, view_b=v)

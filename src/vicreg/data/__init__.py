@@ -1,12 +1,25 @@
-"""Data: sources (by name or path) and loaders that deliver ``uint8 (N, C, H, W)`` batches.
+"""Data: sources (by name or path), in-memory datasets and the loaders that batch them.
 
-Two paths, one interface (``set_epoch(epoch, start_batch)``, iteration yields ``(images, labels_or_None)``):
+Two paths, one interface (``set_epoch(epoch, start_batch)``, ``len()`` batches per epoch, iteration yields
+``(rows, labels_or_None)``):
 
-* in memory: :func:`load` -> :class:`ArrayDataset` -> :class:`InMemoryLoader` (batches by indexing);
-* streamed: :func:`folder_loader` -> :class:`FolderLoader` (decoding in DataLoader workers).
+* in memory: :func:`load` -> :class:`ArrayDataset` (uint8 images), :func:`load_arrays` ->
+  :class:`FloatArrayDataset` (signals, tables), :func:`load_pairs` (two-modality pairs) -> :class:`InMemoryLoader`
+  (batches by indexing, on the device the rows live on);
+* streamed: :func:`folder_loader` -> :class:`FolderLoader` (image folders, decoded in DataLoader workers).
+
+All sources are read in :mod:`vicreg.data.sources`.
 """
 
-from vicreg.data.arrays import ArrayDataset, as_uint8_images, channel_stats, resize_images
+from vicreg.data.arrays import (
+    ArrayDataset,
+    Dataset,
+    FloatArrayDataset,
+    as_float_array,
+    as_uint8_images,
+    channel_stats,
+    resize_images,
+)
 from vicreg.data.folder import (
     IMAGE_EXTENSIONS,
     BadImageError,
@@ -29,10 +42,16 @@ from vicreg.data.readers import read_idx
 from vicreg.data.sources import (
     DATASET_NAMES,
     DEBIAN_FASHION_MNIST,
+    SKLEARN_TABLES,
+    SizedImages,
+    aeon_datasets,
     find_dataset,
     has_splits,
     is_image_folder,
     load,
+    load_arrays,
+    load_at_size,
+    load_pairs,
     search_roots,
 )
 
@@ -40,14 +59,20 @@ __all__ = [
     "DATASET_NAMES",
     "DEBIAN_FASHION_MNIST",
     "IMAGE_EXTENSIONS",
+    "SKLEARN_TABLES",
     "ArrayDataset",
     "BadImageError",
     "BadImageWarning",
+    "Dataset",
+    "FloatArrayDataset",
     "FolderBatch",
     "FolderLoader",
     "FolderSample",
     "ImageFolderSource",
     "InMemoryLoader",
+    "SizedImages",
+    "aeon_datasets",
+    "as_float_array",
     "as_uint8_images",
     "channel_stats",
     "collate_folder",
@@ -57,7 +82,10 @@ __all__ = [
     "has_splits",
     "is_image_folder",
     "load",
+    "load_arrays",
+    "load_at_size",
     "load_folder",
+    "load_pairs",
     "read_idx",
     "resize_images",
     "scan_folder",

@@ -1,20 +1,38 @@
-"""In-memory datasets: one ``uint8`` tensor ``(N, C, H, W)`` plus optional ``int64`` labels.
+"""In-memory datasets: one tensor of rows plus optional ``int64`` labels, beside each other.
 
-Everything that fits in memory (CIFAR, STL-10 at 96 px, MNIST, Fashion-MNIST, numpy arrays, small image
-folders) ends up as an :class:`ArrayDataset`, which :class:`vicreg.data.InMemoryLoader` batches by indexing.
+* :class:`ArrayDataset`: images as one ``uint8`` tensor ``(N, C, H, W)``. Everything image-like that fits in
+  memory (CIFAR, STL-10 at 96 px, MNIST, Fashion-MNIST, numpy arrays, small image folders) ends up as one.
+* :class:`FloatArrayDataset`: signals ``(N, C, T)`` or table rows ``(N, F)`` as one float32 tensor.
+
+Both expose ``rows`` (the tensor), ``labels``, ``classes``, ``name``, ``channels`` (what an encoder's
+``in_channels`` is), ``mean``/``std`` (per channel or feature: for images of the pixels scaled to ``[0, 1]``) and
+``to``/``subset``; :class:`vicreg.data.InMemoryLoader` batches either by indexing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
+from torchvision.transforms.v2.functional import center_crop, resize
 
-__all__ = ["ArrayDataset", "as_uint8_images", "channel_stats", "resize_images"]
+__all__ = [
+    "ArrayDataset",
+    "Dataset",
+    "FloatArrayDataset",
+    "Kind",
+    "as_float_array",
+    "as_labels",
+    "as_uint8_images",
+    "channel_stats",
+    "resize_images",
+]
+
+Kind = Literal["signal", "table"]
 
 # ITU-R 601-2 luma, the weights PIL uses for RGB -> L.
 _LUMA = (0.299, 0.587, 0.114)
@@ -85,6 +103,11 @@ class ArrayDataset:
         return self.images.shape[0]
 
     @property
+    def rows(self) -> Tensor:
+        """The data tensor (``images``)."""
+        return self.images
+
+    @property
     def channels(self) -> int:
         return self.images.shape[1]
 
@@ -138,16 +161,18 @@ class ArrayDataset:
 
     def subset(self, index: Tensor | Sequence[int]) -> ArrayDataset:
         """The rows ``index`` (tensor or list of ints), e.g. a labelled fraction for a linear probe."""
-        idx = torch.as_tensor(index, dtype=torch.int64, device=self.images.device)
-        labels = None if self.labels is None else self.labels[idx.to(self.labels.device)]
-        return replace(self, images=self.images[idx], labels=labels)
+        images, labels = _take_rows(self.images, self.labels, index)
+        return replace(self, images=images, labels=labels)
+
+
+def _take_rows(x: Tensor, labels: Tensor | None, index: Tensor | Sequence[int]) -> tuple[Tensor, Tensor | None]:
+    idx = torch.as_tensor(index, dtype=torch.int64, device=x.device)
+    return x[idx], None if labels is None else labels[idx.to(labels.device)]
 
 
 def resize_images(images: Tensor, size: int, chunk: int = 4096) -> Tensor:
     """``(N, C, H, W)`` images at ``size x size``: shorter side resized (bilinear, antialiased), then centre
     cropped, like the folder decoder; in chunks to bound memory. Images already at that size are returned."""
-    from torchvision.transforms.v2.functional import center_crop, resize
-
     if images.shape[-2:] == (size, size):
         return images
     return torch.cat([center_crop(resize(c, [size], antialias=True), [size, size]) for c in images.split(chunk)])
@@ -231,3 +256,97 @@ def channel_stats(images: Tensor, chunk_elements: int = 1 << 24) -> tuple[tuple[
         tuple(float(m) / scale for m in mean.cpu()),
         tuple(float(s) / scale for s in var.sqrt().cpu()),
     )
+
+
+# ------------------------------------------------------------------------------------------------ float data
+
+
+def as_float_array(x: Any, kind: Kind, *, name: str = "arrays") -> Tensor:
+    """A contiguous float32 tensor of signals ``(N, C, T)`` (``(N, T)`` is read as one channel) or table rows
+    ``(N, F)``; NaN and infinite values are refused."""
+    t = torch.as_tensor(np.asarray(x)) if not isinstance(x, Tensor) else x
+    if kind == "signal" and t.ndim == 2:
+        t = t[:, None, :]
+    want = {"signal": 3, "table": 2}[kind]
+    layout = {"signal": "(N, C, T) or (N, T)", "table": "(N, F)"}[kind]
+    if t.ndim != want or t.shape[0] == 0 or min(t.shape[1:]) == 0:
+        raise ValueError(f"{name}: {kind} data must be a non-empty array of shape {layout}, got {tuple(t.shape)}")
+    if not (t.is_floating_point() or t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+        raise ValueError(f"{name}: {kind} data must be numeric, got dtype {t.dtype}")
+    t = t.float()
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name}: the {kind} data holds NaN or infinite values; impute or drop them first")
+    return t.contiguous()
+
+
+def as_labels(y: Any, n: int, name: str) -> Tensor | None:
+    """``int64 (n,)`` labels from an array (``None`` stays ``None``); non-integral values are refused."""
+    if y is None:
+        return None
+    t = torch.as_tensor(np.asarray(y)).reshape(-1)
+    if t.is_floating_point() and not bool((t == t.round()).all()):
+        raise ValueError(f"{name}: labels must be integers, got non-integral {t.dtype} values")
+    if t.shape[0] != n:
+        raise ValueError(f"{name}: {n} rows but {t.shape[0]} labels")
+    return t.to(torch.int64)
+
+
+@dataclass(frozen=True)
+class FloatArrayDataset:
+    """Signals ``(N, C, T)`` or table rows ``(N, F)`` as one float32 tensor, with optional ``int64`` labels."""
+
+    x: Tensor
+    labels: Tensor | None = None
+    classes: tuple[str, ...] = ()
+    name: str = "arrays"
+
+    @classmethod
+    def from_arrays(
+        cls, x: Any, labels: Any = None, *, kind: Kind, classes: Sequence[str] = (), name: str = "arrays"
+    ) -> FloatArrayDataset:
+        t = as_float_array(x, kind, name=name)
+        return cls(t, as_labels(labels, t.shape[0], name), tuple(classes), name)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def rows(self) -> Tensor:
+        """The data tensor (``x``)."""
+        return self.x
+
+    @property
+    def kind(self) -> Kind:
+        return "signal" if self.x.ndim == 3 else "table"
+
+    @property
+    def channels(self) -> int:
+        """Signal channels, or table features (what the encoder's ``in_channels`` is)."""
+        return self.x.shape[1]
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        """Per channel (signals) or feature (tables) mean."""
+        return tuple(float(v) for v in self._flat().mean(0))
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        """Per channel / feature population standard deviation; 1 where it is 0."""
+        s = self._flat().std(0, unbiased=False)
+        return tuple(float(v) if v > 0 else 1.0 for v in s)
+
+    def _flat(self) -> Tensor:
+        x = self.x.double()
+        return x.transpose(1, 2).reshape(-1, x.shape[1]) if x.ndim == 3 else x
+
+    def to(self, device: torch.device | str) -> FloatArrayDataset:
+        labels = None if self.labels is None else self.labels.to(device)
+        return replace(self, x=self.x.to(device), labels=labels)
+
+    def subset(self, index: Tensor | Sequence[int]) -> FloatArrayDataset:
+        x, labels = _take_rows(self.x, self.labels, index)
+        return replace(self, x=x, labels=labels)
+
+
+Dataset = ArrayDataset | FloatArrayDataset
+"""Either in-memory dataset."""

@@ -31,7 +31,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
-from vicreg.data.arrays import ArrayDataset
+from vicreg.augment.pairs import TensorPair
+from vicreg.data.arrays import ArrayDataset, Dataset, FloatArrayDataset
 from vicreg.data.folder import BadImageError, FolderSample, ImageFolderSource
 from vicreg.distributed import get_dist_info
 
@@ -161,30 +162,45 @@ class _EpochState:
 
 
 class InMemoryLoader:
-    """Batches of an :class:`ArrayDataset` by indexing: one ``index_select`` per batch, no per-image Python.
+    """Batches of in-memory rows by indexing: one row copy per batch, no per-image Python.
 
-    Batches are made on the device the dataset lives on: ``InMemoryLoader(data.to("cuda"), ...)`` keeps CIFAR
-    or STL-10 on the GPU and costs no host-to-device copy per step.
+    ``data`` is an :class:`ArrayDataset` (uint8 images) or :class:`FloatArrayDataset` (signals, table rows),
+    whose labels come along, or a bare tensor / :class:`~vicreg.augment.TensorPair` of row-aligned tensors
+    (two-modality pairs) with ``labels`` given separately. Yields ``(x, labels_or_None)`` with ``x`` of the same
+    type as the rows. Batches are made on the device the rows live on: ``InMemoryLoader(data.to("cuda"), ...)``
+    keeps CIFAR or STL-10 on the GPU and costs no host-to-device copy per step.
 
     Args:
-        dataset: the images (and labels).
+        data: the rows (and labels).
         batch_size: per process.
+        labels: labels of a bare tensor or pair (a dataset brings its own).
         shuffle, drop_last, seed, rank, world_size: see the module doc.
     """
 
     def __init__(
         self,
-        dataset: ArrayDataset,
+        data: Dataset | Tensor | TensorPair,
         batch_size: int,
         *,
+        labels: Tensor | None = None,
         shuffle: bool = True,
         drop_last: bool = True,
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        self.dataset = dataset
-        self._state = _EpochState(len(dataset), batch_size, shuffle, drop_last, seed, rank, world_size)
+        if isinstance(data, ArrayDataset | FloatArrayDataset):
+            self.dataset: Dataset | None = data
+            x: Tensor | TensorPair = data.rows
+            labels = data.labels
+        else:
+            self.dataset, x = None, data
+        tensors = tuple(x) if isinstance(x, TensorPair) else (x,)
+        n = tensors[0].shape[0]
+        if any(t.shape[0] != n for t in tensors) or (labels is not None and labels.shape[0] != n):
+            raise ValueError("the rows and labels of an InMemoryLoader must have the same number of rows")
+        self.x, self.labels = x, labels
+        self._state = _EpochState(n, batch_size, shuffle, drop_last, seed, rank, world_size)
 
     def __len__(self) -> int:
         """Batches per epoch for this process."""
@@ -194,13 +210,18 @@ class InMemoryLoader:
         """Read epoch ``epoch``'s order from batch ``start_batch`` on, until the next call."""
         self._state.set_epoch(epoch, start_batch)
 
-    def __iter__(self) -> Iterator[Batch]:
-        images, labels = self.dataset.images, self.dataset.labels
-        idx = self._state.indices().to(images.device)  # once per epoch; the batches slice it
+    def __iter__(self) -> Iterator[tuple[Any, Tensor | None]]:
+        first = self.x.a if isinstance(self.x, TensorPair) else self.x
+        idx = self._state.indices().to(first.device)  # once per epoch; the batches slice it
         step = self._state.batch_size
         for start in range(0, idx.shape[0], step):
             sel = idx[start : start + step]
-            yield _take(images, sel), None if labels is None else _take(labels, sel)
+            x = (
+                TensorPair(_take(self.x.a, sel), _take(self.x.b, sel))
+                if isinstance(self.x, TensorPair)
+                else _take(self.x, sel)
+            )
+            yield x, None if self.labels is None else _take(self.labels, sel)
 
 
 def _take(x: Tensor, idx: Tensor) -> Tensor:

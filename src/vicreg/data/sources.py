@@ -14,12 +14,36 @@ The formats are read by :mod:`vicreg.data.readers`; torchvision is used for the 
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
-from vicreg.data.arrays import ArrayDataset
+import numpy as np
+import torchvision.datasets as tvd
+from torch import Tensor
+
+from vicreg.data.arrays import ArrayDataset, FloatArrayDataset, Kind, as_labels
+from vicreg.data.folder import ImageFolderSource
+from vicreg.data.loaders import decode_folder, load_folder
 from vicreg.data.readers import idx_file, read_cifar, read_idx_folder, read_numpy, read_stl10
 
-__all__ = ["DATASET_NAMES", "DEBIAN_FASHION_MNIST", "find_dataset", "is_image_folder", "load", "search_roots"]
+__all__ = [
+    "DATASET_NAMES",
+    "DEBIAN_FASHION_MNIST",
+    "SKLEARN_TABLES",
+    "SizedImages",
+    "aeon_datasets",
+    "find_dataset",
+    "has_splits",
+    "is_image_folder",
+    "load",
+    "load_arrays",
+    "load_at_size",
+    "load_pairs",
+    "search_roots",
+]
+
+SKLEARN_TABLES = ("wine", "breast_cancer", "digits", "iris")
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -56,6 +80,7 @@ _SPLITS = {
     "cifar": ("train", "test"),
     "stl10": ("train", "test", "unlabeled", "train+unlabeled"),
     "idx": ("train", "test"),
+    "arrays": ("train", "test"),  # .npz signals / tables / pairs, aeon:<Name>, sklearn:<name>
 }
 
 
@@ -91,8 +116,6 @@ def _complete(name: str, folder: Path) -> bool:
 
 def _download(name: str, root: Path) -> None:
     """torchvision's standard download into ``root`` (its own layout)."""
-    import torchvision.datasets as tvd
-
     root.mkdir(parents=True, exist_ok=True)
     if name == "cifar10":
         tvd.CIFAR10(str(root), download=True)
@@ -255,8 +278,6 @@ def load(
             if kind_or_none is None:
                 if size is None:
                     raise ValueError(f"{path} is read as an image folder, which needs a size: load(path, size=...)")
-                from vicreg.data.loaders import load_folder
-
                 return load_folder(path, size, channels=channels or 3, strict=strict, num_workers=num_workers)
             _check_split(kind_or_none, split, path)
             reader = {"cifar": read_cifar, "stl10": read_stl10, "idx": read_idx_folder}[kind_or_none]
@@ -264,3 +285,151 @@ def load(
     if size is not None:
         data = data.resized(size)
     return data if channels is None else data.with_channels(channels)
+
+
+class SizedImages(NamedTuple):
+    """A split at the encoder's size, with what evaluation and ``vicreg embed`` report about it."""
+
+    data: ArrayDataset
+    native_size: tuple[int, int] | None
+    """The images' size before resizing (``None`` for image folders, decoded straight to the size)."""
+    paths: list[str] | None
+    """The file of each row for image folders, ``None`` otherwise."""
+
+
+def load_at_size(
+    source: str | os.PathLike[str], split: str, *, size: int, channels: int, download: bool = False
+) -> SizedImages:
+    """One split of images at ``size x size`` and ``channels``: whole images, shorter side resized (bilinear,
+    antialiased) then centre-cropped; image folders are decoded once, in scan order, with their paths."""
+    path = Path(os.fspath(source)).expanduser()
+    if is_image_folder(path):
+        data, paths = decode_folder(ImageFolderSource(path, size, channels=channels))
+        return SizedImages(data, None, paths)
+    data = load(source, split, channels=channels, download=download)
+    return SizedImages(data.resized(size), data.image_size, None)
+
+
+# ------------------------------------------------------------------------------------------------ float data
+# Signals and tables: a ``.npz`` file (``x``, ``y``, ``x_test``, ``y_test``; pairs ``x_a``, ``x_b``, ...),
+# ``aeon:<Name>`` (a time-series set bundled inside aeon) or ``sklearn:<name>`` (a bundled scikit-learn table,
+# split 75 / 25 stratified with a fixed seed: there is no official split).
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.suffix.lower() != ".npz":
+        raise ValueError(f"{path}: signals and tables are read from a .npz file (keys x, y, x_test, y_test)")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):
+                raise ValueError("a single array")
+            return {k: f[k] for k in f.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+        raise ValueError(
+            f"{path} is not a readable .npz archive ({type(err).__name__}: {err}); write it with numpy.savez(path, "
+            "x=..., y=...)"
+        ) from err
+
+
+def _aeon_root() -> Path:
+    try:
+        import aeon.datasets
+    except ImportError as err:
+        raise ImportError(
+            "aeon:<Name> datasets need aeon: pip install aeon (or pip install 'vicreg[timeseries]')"
+        ) from err
+    return Path(aeon.datasets.__file__).parent / "data"
+
+
+def aeon_datasets() -> list[str]:
+    """Names of the classification sets bundled inside the installed aeon package (train and test files)."""
+    root = _aeon_root()
+    return sorted(
+        p.name for p in root.iterdir() if (p / f"{p.name}_TRAIN.ts").is_file() and (p / f"{p.name}_TEST.ts").is_file()
+    )
+
+
+def _load_aeon(name: str, split: str) -> FloatArrayDataset:
+    from aeon.datasets import load_from_ts_file  # optional dependency
+
+    root = _aeon_root()
+    if not (root / name / f"{name}_TRAIN.ts").is_file():
+        raise ValueError(
+            f"aeon:{name} is not bundled with the installed aeon (no download is attempted); bundled: "
+            f"{', '.join(aeon_datasets())}"
+        )
+    parts = {s: load_from_ts_file(str(root / name / f"{name}_{s.upper()}.ts")) for s in _SPLITS["arrays"]}
+    for s, (x, _) in parts.items():
+        if not isinstance(x, np.ndarray):
+            raise ValueError(f"aeon:{name} ({s}) holds series of unequal length; pick an equal-length set")
+    classes = np.unique(np.concatenate([np.asarray(y) for _, y in parts.values()]))
+    x, y = parts[split]
+    codes = np.searchsorted(classes, np.asarray(y))
+    return FloatArrayDataset.from_arrays(
+        x, codes, kind="signal", classes=[str(c) for c in classes], name=f"aeon:{name}:{split}"
+    )
+
+
+def _load_sklearn(name: str, split: str) -> FloatArrayDataset:
+    try:  # optional dependency (vicreg[tables]); imported here because it is slow to import
+        import sklearn.datasets
+        from sklearn.model_selection import train_test_split
+    except ImportError as err:
+        raise ImportError("sklearn:<name> tables need scikit-learn: pip install scikit-learn") from err
+    if name not in SKLEARN_TABLES:
+        raise ValueError(f"unknown scikit-learn table {name!r}; choose one of {', '.join(SKLEARN_TABLES)}")
+    bunch = getattr(sklearn.datasets, f"load_{name}")()
+    x, y = np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+    x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
+    classes = [str(c) for c in getattr(bunch, "target_names", np.unique(bunch.target))]
+    return FloatArrayDataset.from_arrays(x, y, kind="table", classes=classes, name=f"sklearn:{name}:{split}")
+
+
+def load_arrays(source: str | os.PathLike[str], split: str = "train", *, kind: Kind) -> FloatArrayDataset:
+    """Load signals (``kind="signal"``) or table rows (``kind="table"``) into memory; see the module doc."""
+    text = os.fspath(source)
+    _check_split("arrays", split, text)
+    if kind not in ("signal", "table"):
+        raise ValueError(f"kind must be 'signal' or 'table', got {kind!r}")
+    if text.startswith("aeon:"):
+        if kind != "signal":
+            raise ValueError(f"{text} is a time-series set: use it with modality signal")
+        return _load_aeon(text.removeprefix("aeon:"), split)
+    if text.startswith("sklearn:"):
+        if kind != "table":
+            raise ValueError(f"{text} is a table: use it with modality table")
+        return _load_sklearn(text.removeprefix("sklearn:"), split)
+    path = Path(text).expanduser()
+    arrays = _read_npz(path)
+    suffix = "" if split == "train" else "_test"
+    if f"x{suffix}" not in arrays:
+        raise (KeyError if split == "test" else ValueError)(
+            f"{path}: no array 'x{suffix}' for the {split} split (keys: {', '.join(sorted(arrays))})"
+        )
+    return FloatArrayDataset.from_arrays(
+        arrays[f"x{suffix}"], arrays.get(f"y{suffix}"), kind=kind, name=f"{path.name}:{split}"
+    )
+
+
+def load_pairs(path: str | os.PathLike[str], split: str = "train") -> tuple[np.ndarray, np.ndarray, Tensor | None]:
+    """The raw arrays ``x_a``, ``x_b`` and labels (or None) of a pair ``.npz`` file (``_test`` keys for the test
+    split); the caller converts each side for its modality. Rows must correspond."""
+    path = Path(path).expanduser()
+    _check_split("arrays", split, path)
+    arrays = _read_npz(path)
+    suffix = "" if split == "train" else "_test"
+    missing = [k for k in (f"x_a{suffix}", f"x_b{suffix}") if k not in arrays]
+    if missing:
+        raise (KeyError if split == "test" else ValueError)(
+            f"{path}: a pair file needs x_a and x_b (and x_a_test, x_b_test for a test split); missing "
+            f"{', '.join(missing)} (keys: {', '.join(sorted(arrays))})"
+        )
+    a, b = arrays[f"x_a{suffix}"], arrays[f"x_b{suffix}"]
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"{path}: x_a{suffix} has {a.shape[0]} rows but x_b{suffix} has {b.shape[0]}; rows must pair up"
+        )
+    return a, b, as_labels(arrays.get(f"y{suffix}"), a.shape[0], str(path))

@@ -1,28 +1,27 @@
-"""Evaluation of a frozen encoder: features, kNN, linear and label-fraction probes, embeddings export."""
+"""Evaluation of a frozen encoder.
 
-from vicreg.evaluate.arrays import extract_array_features
-from vicreg.evaluate.features import extract_features
+The package root holds the primitives (leaves of the layer graph): features, kNN, linear and label-fraction
+probes, the feature cache, the results table and the online monitors. The runs built on them live in
+:mod:`vicreg.evaluate.runner` (``vicreg eval``) and :mod:`vicreg.evaluate.embed` (``vicreg embed``), one layer up,
+and are imported from there.
+"""
+
+from vicreg.evaluate.features import extract_features, normalize_rows, raw_features
 from vicreg.evaluate.knn import knn_accuracy, knn_evaluate, knn_predict
 from vicreg.evaluate.linear import ProbeResult, balanced_subset, linear_probe, standardize
-from vicreg.evaluate.load import LoadedEncoder, check_backbone_loads, load_encoder, random_init_model
-from vicreg.evaluate.runner import EvalSettings, evaluate_features, format_table, run_eval
+from vicreg.evaluate.table import format_table, markdown_table
 
 __all__ = [
-    "EvalSettings",
-    "LoadedEncoder",
     "ProbeResult",
     "balanced_subset",
-    "check_backbone_loads",
-    "evaluate_features",
-    "extract_array_features",
     "extract_features",
     "format_table",
     "knn_accuracy",
     "knn_evaluate",
     "knn_predict",
     "linear_probe",
-    "load_encoder",
-    "random_init_model",
-    "run_eval",
+    "markdown_table",
+    "normalize_rows",
+    "raw_features",
     "standardize",
 ]

@@ -1,4 +1,5 @@
-"""``vicreg embed``: the frozen representation of a dataset, written to ``.npy``, ``.npz`` or ``.parquet``.
+"""``vicreg embed``: the frozen representation of a dataset (images, signals or table rows, as the run's data kind
+reads them), written to ``.npy``, ``.npz`` or ``.parquet``.
 
 * ``.npy``: the float32 matrix ``(N, feature_dim)``, rows in the data's order;
 * ``.npz``: ``embeddings``, ``labels`` (``-1`` where unlabelled) and ``index``;
@@ -11,36 +12,29 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from vicreg.build import load_encoder, resolve_device, use_data_root
 from vicreg.checkpoint import atomic_write
-from vicreg.data import ArrayDataset
-from vicreg.data.sources import has_splits
 from vicreg.evaluate.features import extract_features
-from vicreg.evaluate.load import load_encoder
 
-__all__ = ["SUFFIXES", "embed_to_file", "load_with_paths", "write_embeddings"]
+__all__ = ["SUFFIXES", "embed_to_file", "write_embeddings"]
 
 SUFFIXES = (".npy", ".npz", ".parquet")
 
 
-def load_with_paths(
-    source: str | os.PathLike[str], split: str, *, size: int, channels: int, download: bool = False
-) -> tuple[ArrayDataset, list[str] | None]:
-    """A dataset at ``size x size`` with its file paths (image folders) or ``None`` paths (arrays, named sets).
-
-    Images whose size differs are resized as :mod:`vicreg.evaluate.data` describes.
-    """
-    path = Path(os.fspath(source)).expanduser()
-    if not (path.is_dir() and not has_splits(source)):
-        from vicreg.data import load
-
-        return load(source, split, channels=channels, download=download).resized(size), None
-    from vicreg.data import ImageFolderSource
-    from vicreg.data.loaders import decode_folder
-
-    return decode_folder(ImageFolderSource(path, size, channels=channels))
+def _pyarrow() -> Any:
+    try:  # optional dependency
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as err:
+        raise ImportError(
+            "writing .parquet needs pyarrow: pip install pyarrow (or pip install 'vicreg[parquet]'), "
+            "or write .npy / .npz instead"
+        ) from err
+    return pa, pq
 
 
 def write_embeddings(
@@ -57,14 +51,7 @@ def write_embeddings(
         return atomic_write(path, lambda f: np.save(f, embeddings))
     if suffix == ".npz":
         return atomic_write(path, lambda f: np.savez(f, embeddings=embeddings, labels=labels, index=index))
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError as err:
-        raise ImportError(
-            "writing .parquet needs pyarrow: pip install pyarrow (or pip install 'vicreg[parquet]'), "
-            "or write .npy / .npz instead"
-        ) from err
+    pa, pq = _pyarrow()
     flat = pa.array(embeddings.reshape(-1), type=pa.float32())
     table = pa.table(
         {
@@ -88,27 +75,19 @@ def embed_to_file(
     download: bool = False,
 ) -> tuple[Path, int, int]:
     """Embed ``data`` (default: the run's training data) with a run's encoder; returns ``(path, rows, dim)``."""
-    from vicreg.distributed import DistInfo
-    from vicreg.train import resolve_device
-
     if Path(out).suffix.lower() not in SUFFIXES:
         raise ValueError(f"unknown output format {Path(out).suffix!r} for {out}: use one of {', '.join(SUFFIXES)}")
     if Path(out).suffix.lower() == ".parquet":
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError as err:
-            raise ImportError(
-                "writing .parquet needs pyarrow: pip install pyarrow (or pip install 'vicreg[parquet]'), "
-                "or write .npy / .npz instead"
-            ) from err
-    dev = resolve_device(device, DistInfo())
+        _pyarrow()  # fail before any work
+    dev = resolve_device(device)
     enc = load_encoder(checkpoint, dev)
-    dataset, paths = load_with_paths(
-        data or enc.config.data, split, size=enc.image_size, channels=enc.channels, download=download
-    )
+    if not data:
+        use_data_root(enc.config.data_root)
+    got = enc.kind_for(data).load_split(data or enc.config.data, split, enc.spec, download=download)
+    rows = got.data
     features = extract_features(
-        enc.model.embed, dataset.images, batch_size=batch_size, device=dev, mean=enc.mean, std=enc.std
+        enc.model.embed, rows.rows, batch_size=batch_size, device=dev, mean=enc.mean, std=enc.std
     )
-    labels = dataset.labels.cpu().numpy() if dataset.labels is not None else np.full(len(dataset), -1, dtype=np.int64)
-    written = write_embeddings(out, features.numpy(), labels, paths)
+    labels = rows.labels.cpu().numpy() if rows.labels is not None else np.full(len(rows), -1, dtype=np.int64)
+    written = write_embeddings(out, features.numpy(), labels, got.paths)
     return written, int(features.shape[0]), int(features.shape[1])

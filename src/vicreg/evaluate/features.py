@@ -1,4 +1,4 @@
-"""Frozen features of a whole dataset, batched, in eval mode."""
+"""Frozen features of a whole dataset, batched, in eval mode: one function for every kind of input."""
 
 from __future__ import annotations
 
@@ -7,38 +7,67 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+__all__ = ["extract_features", "normalize_rows", "raw_features"]
+
+
+def normalize_rows(x: Tensor, mean: Sequence[float], std: Sequence[float], device: torch.device | str) -> Tensor:
+    """``x`` as the encoder sees it: float32 on ``device``, ``(x - mean) / std`` per channel (axis 1).
+
+    ``uint8`` images are first scaled to ``[0, 1]`` (``mean``/``std`` are then those of pixels in ``[0, 1]``);
+    float signals ``(N, C, T)`` and table rows ``(N, F)`` are used as they are. ``mean``/``std`` hold one value
+    or one per channel / feature.
+    """
+    c = x.shape[1]
+    if len(mean) not in (1, c) or len(std) not in (1, c):
+        raise ValueError(f"mean/std need 1 or {c} values, got {len(mean)} and {len(std)}")
+    shape = (1, c) + (1,) * (x.ndim - 2)
+    m = torch.tensor(mean, dtype=torch.float32, device=device).expand(c).view(shape)
+    s = torch.tensor(std, dtype=torch.float32, device=device).expand(c).view(shape)
+    x = x.to(device, non_blocking=True)
+    x = x.float().div_(255) if x.dtype == torch.uint8 else x.to(torch.float32)
+    return (x - m) / s
+
+
+def _check_rows(x: Tensor) -> None:
+    ok = isinstance(x, Tensor) and (
+        (x.dtype == torch.uint8 and x.ndim == 4) or (x.is_floating_point() and x.ndim in (2, 3, 4))
+    )
+    if not ok:
+        desc = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(
+            f"expected uint8 images (N, C, H, W), float signals (N, C, T) or float table rows (N, F), got {desc}"
+        )
+
 
 @torch.no_grad()
 def extract_features(
     embed: Callable[[Tensor], Tensor],
-    images: Tensor,
+    x: Tensor,
     *,
+    mean: Sequence[float] = (0.0,),
+    std: Sequence[float] = (1.0,),
     batch_size: int = 512,
     device: torch.device | str = "cpu",
-    mean: Sequence[float] = (0.5,),
-    std: Sequence[float] = (0.5,),
     autocast_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """``embed`` applied to ``images`` (uint8 ``(N, C, H, W)``), normalised with ``mean``/``std``, in batches.
+    """``embed`` applied to ``x`` normalised by :func:`normalize_rows`, in batches.
 
-    Returns float32 features ``(N, F)`` on the CPU. The caller puts the module in eval mode.
+    ``x``: uint8 images ``(N, C, H, W)``, float signals ``(N, C, T)`` or float table rows ``(N, F)``, with the
+    training data's ``mean``/``std``. Returns float32 features ``(N, D)`` on the CPU. The caller puts the module
+    in eval mode.
     """
-    if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+    _check_rows(x)
     device = torch.device(device)
-    c = images.shape[1]
-    m = (
-        torch.tensor(mean, dtype=torch.float32, device=device).expand(c).view(1, c, 1, 1)
-        if len(mean) in (1, c)
-        else None
-    )
-    s = torch.tensor(std, dtype=torch.float32, device=device).expand(c).view(1, c, 1, 1) if len(std) in (1, c) else None
-    if m is None or s is None:
-        raise ValueError(f"mean/std need 1 or {c} values, got {len(mean)} and {len(std)}")
     out = []
-    for start in range(0, images.shape[0], batch_size):
-        x = images[start : start + batch_size].to(device, non_blocking=True).float().div_(255).sub_(m).div_(s)
+    for start in range(0, x.shape[0], batch_size):
+        batch = normalize_rows(x[start : start + batch_size], mean, std, device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            f = embed(x)
+            f = embed(batch)
         out.append(f.float().flatten(1).cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def raw_features(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """The normalised input itself, flattened (the raw-pixel / raw-feature baseline), float32 on the CPU."""
+    _check_rows(x)
+    return normalize_rows(x, mean, std, "cpu").flatten(1)

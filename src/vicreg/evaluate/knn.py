@@ -62,12 +62,11 @@ def knn_accuracy(
     temperature: float = 0.07,
     topk: tuple[int, ...] = (1, 5),
 ) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (in %) of :func:`knn_predict`; keys ``top1``, ``top5``."""
-    classes = int(max(int(train_labels.max()), int(test_labels.max()))) + 1
-    scores = knn_predict(train_features, train_labels, test_features, k=k, temperature=temperature, num_classes=classes)
-    ranked = scores.topk(min(max(topk), classes), dim=1).indices
-    hits = ranked == test_labels.long().view(-1, 1)
-    return {f"top{t}": 100.0 * float(hits[:, :t].any(dim=1).float().mean()) for t in topk if t <= classes}
+    """Top-1 / top-5 accuracy (in %) of the weighted kNN with one ``k``: :func:`knn_evaluate` with ``ks=(k,)``."""
+    result = knn_evaluate(
+        train_features, train_labels, test_features, test_labels, ks=(k,), temperature=temperature, topk=topk
+    )
+    return result[f"k{k}"]
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ One call evaluates three feature sets on the same data with the same protocols:
 
 * ``vicreg``: the trained backbone's representation (``model.embed``), frozen;
 * ``random_init``: the same architecture freshly initialised (seed fixed), frozen;
-* ``pixels``: the normalised pixels, flattened.
+* ``pixels``: the normalised input itself, flattened (pixels for images, the raw values for signals and tables).
 
 Protocols: weighted kNN (cosine similarity, votes ``exp(sim / T)``, InstDisc / DINO) for each ``k``; a linear
 probe on standardised features (:func:`vicreg.evaluate.linear.linear_probe`); and the same linear probe
@@ -16,7 +16,6 @@ under ``RUN/features/``. The result is written to ``eval.json``.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import time
@@ -27,16 +26,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vicreg.build import (
+    LoadedEncoder,
+    autocast_dtype,
+    labelled_splits,
+    load_encoder,
+    random_init_model,
+    resolve_device,
+    run_dir_of,
+    use_data_root,
+)
 from vicreg.checkpoint import atomic_write
 from vicreg.config import config_to_dict
 from vicreg.evaluate.cache import cached, file_identity, tensor_digest
-from vicreg.evaluate.data import EvalData, load_eval_data
-from vicreg.evaluate.features import extract_features
+from vicreg.evaluate.features import extract_features, raw_features
 from vicreg.evaluate.knn import knn_evaluate
 from vicreg.evaluate.linear import balanced_subset, linear_probe
-from vicreg.evaluate.load import LoadedEncoder, load_encoder, random_init_model, run_dir_of
 
-__all__ = ["EvalSettings", "encoder_features", "evaluate_features", "format_table", "run_eval"]
+__all__ = ["EvalSettings", "encoder_features", "evaluate_features", "run_eval"]
 
 #: Feature sets larger than this many floats are not evaluated as raw pixels (ImageNet-sized data).
 MAX_PIXEL_ELEMENTS = 400_000_000
@@ -66,19 +73,9 @@ class EvalSettings:
             raise ValueError(f"label fractions must be in (0, 1], got {self.fractions}")
 
 
-def _autocast(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32":
-        return None
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
-    if precision not in ("bf16", "fp16"):
-        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
 def encoder_features(
     enc: LoadedEncoder,
-    images: Tensor,
+    rows: Tensor,
     *,
     which: str = "vicreg",
     cache_dir: Path | None = None,
@@ -88,14 +85,16 @@ def encoder_features(
     seed: int = 0,
     labels: Tensor | None = None,
 ) -> tuple[Tensor, bool]:
-    """Frozen features of ``images``; ``which``: ``vicreg`` (representation), ``expander`` (representation
+    """Frozen features of ``rows`` (images, signals or table rows, as the run's data kind loads them).
+
+    ``which``: ``vicreg`` (representation), ``expander`` (representation
     and expander output side by side, ``(N, feature_dim + embedding_dim)``) or ``random_init``.
 
     Cached under ``cache_dir`` (``None``: not cached). Returns ``(features, cache_hit)``.
     """
     device = torch.device(device)
     if which == "random_init":
-        model = random_init_model(enc.config, enc.channels, seed).to(device)
+        model = random_init_model(enc, seed).to(device)
     elif which in ("vicreg", "expander"):
         model = enc.model.to(device).eval()
     else:
@@ -105,7 +104,7 @@ def encoder_features(
         "checkpoint": file_identity(enc.checkpoint),
         "model": config_to_dict(enc.config.model),
         "seed": seed if which == "random_init" else None,
-        "images": tensor_digest(images, labels),
+        "images": tensor_digest(rows, labels),
         "mean": list(enc.mean),
         "std": list(enc.std),
         "precision": precision,
@@ -118,23 +117,15 @@ def encoder_features(
     def compute() -> Tensor:
         return extract_features(
             embed,
-            images,
+            rows,
             batch_size=batch_size,
             device=device,
             mean=enc.mean,
             std=enc.std,
-            autocast_dtype=_autocast(precision, device),
+            autocast_dtype=autocast_dtype(precision, device),
         )
 
     return cached(cache_dir, key, compute)
-
-
-def pixel_features(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """Flattened pixels normalised like the encoder's input (float32, ``(N, C*H*W)``)."""
-    c = images.shape[1]
-    m = torch.tensor(mean).expand(c).view(1, c, 1, 1)
-    s = torch.tensor(std).expand(c).view(1, c, 1, 1)
-    return ((images.cpu().float() / 255 - m) / s).flatten(1)
 
 
 def evaluate_features(
@@ -191,30 +182,22 @@ def run_eval(
 
     Returns the dict that was written (see the module doc). ``out`` defaults to ``RUN/eval.json``.
     """
-    from vicreg.distributed import DistInfo
-    from vicreg.train import resolve_device
-
     settings = settings or EvalSettings()
-    dev = resolve_device(device, DistInfo())
-    _autocast(precision, dev)  # reject a bad precision before any work
+    dev = resolve_device(device)
+    autocast_dtype(precision, dev)  # reject a bad precision before any work
     t_start = time.perf_counter()
     enc = load_encoder(run_or_checkpoint, dev)
     run_dir = run_dir_of(enc.checkpoint)
     source = data or enc.config.data
-    if enc.config.data_root is not None and not data:
-        os.environ["VICREG_DATA"] = os.pathsep.join(
-            p for p in (str(enc.config.data_root), os.environ.get("VICREG_DATA", "")) if p
-        )
-    ev: EvalData = load_eval_data(
-        source,
-        size=enc.image_size,
-        channels=enc.channels,
-        test_source=test_data,
-        seed=settings.seed,
-        download=download,
+    if not data:
+        use_data_root(enc.config.data_root)
+    kind = enc.kind_for(data)
+    train_split, test_split, split_note = labelled_splits(
+        kind, enc.spec, source, test_source=test_data, seed=settings.seed, download=download
     )
-    train_y, test_y = ev.train.labels, ev.test.labels
-    assert train_y is not None and test_y is not None  # load_eval_data guarantees labels
+    train_set, test_set = train_split.data, test_split.data
+    train_y, test_y = train_set.labels, test_set.labels
+    assert train_y is not None and test_y is not None  # labelled_splits guarantees labels
     cache_dir = run_dir / "features" if cache else None
     kw: dict[str, Any] = {"cache_dir": cache_dir, "device": dev, "batch_size": batch_size, "precision": precision}
 
@@ -223,17 +206,17 @@ def run_eval(
     t_feat = time.perf_counter()
     which_list = ["vicreg", "random_init"] if baselines else ["vicreg"]
     for which in which_list:
-        f_train, hit_a = encoder_features(enc, ev.train.images, which=which, seed=settings.seed, labels=train_y, **kw)
-        f_test, hit_b = encoder_features(enc, ev.test.images, which=which, seed=settings.seed, labels=test_y, **kw)
+        f_train, hit_a = encoder_features(enc, train_set.rows, which=which, seed=settings.seed, labels=train_y, **kw)
+        f_test, hit_b = encoder_features(enc, test_set.rows, which=which, seed=settings.seed, labels=test_y, **kw)
         feature_sets[which] = (f_train, f_test)
         hits[which] = hit_a and hit_b
     notes: dict[str, str] = {}
     if baselines:
-        n_pixels = (len(ev.train) + len(ev.test)) * ev.train.images[0].numel()
+        n_pixels = (len(train_set) + len(test_set)) * train_set.rows[0].numel()
         if n_pixels <= MAX_PIXEL_ELEMENTS:
             feature_sets["pixels"] = (
-                pixel_features(ev.train.images, enc.mean, enc.std),
-                pixel_features(ev.test.images, enc.mean, enc.std),
+                raw_features(train_set.rows, enc.mean, enc.std),
+                raw_features(test_set.rows, enc.mean, enc.std),
             )
         else:
             notes["pixels"] = f"skipped: {n_pixels:,} pixel values exceed {MAX_PIXEL_ELEMENTS:,}"
@@ -251,18 +234,20 @@ def run_eval(
         "backbone": enc.config.model.backbone,
         "data": {
             "source": str(source),
-            "train": ev.train.name,
-            "test": ev.test.name,
-            "n_train": len(ev.train),
-            "n_test": len(ev.test),
+            "kind": enc.spec.kind,
+            "train": train_set.name,
+            "test": test_set.name,
+            "n_train": len(train_set),
+            "n_test": len(test_set),
             "num_classes": int(max(int(train_y.max()), int(test_y.max()))) + 1,
-            "classes": list(ev.train.classes),
-            "split": ev.split,
-            "native_size": list(ev.native_size) if ev.native_size else None,
-            "eval_size": enc.image_size,
+            "classes": list(train_set.classes),
+            "split": split_note,
+            "native_size": list(native[-2:]) if (native := train_split.native_shape) else None,
+            "eval_size": enc.image_size or None,
+            "input_shape": list(train_set.rows.shape[1:]),
             "resize": (
                 "none"
-                if ev.native_size == (enc.image_size, enc.image_size)
+                if not enc.image_size or native == (enc.image_size, enc.image_size)
                 else "shorter side to eval_size (bilinear, antialiased), centre crop; whole images, no random crop"
             ),
             "normalize": {"mean": list(enc.mean), "std": list(enc.std)},
@@ -277,8 +262,8 @@ def run_eval(
             "best epoch on the test set and peeks at it",
             "semi": "the same linear probe trained on class-balanced seeded label fractions of the training set "
             "(linear on frozen features, not fine-tuning); tested on the whole test set",
-            "baselines": "random_init: same architecture, seed-fixed fresh weights; pixels: normalised pixels, "
-            "flattened",
+            "baselines": "random_init: same architecture, seed-fixed fresh weights; pixels: the normalised input "
+            "(pixels, series or table rows), flattened",
         },
         "results": results,
         "notes": notes,
@@ -296,43 +281,3 @@ def run_eval(
     atomic_write(target, lambda f: f.write(text.encode()))
     report["path"] = str(target)
     return report
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:5.1f}"
-
-
-def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the results table (one row per feature set)."""
-    results = report["results"]
-    first = next(iter(results.values()))
-    ks = list(first["knn"])
-    fractions = list(first["semi"])
-    header = ["features", "dim"]
-    header += [f"kNN {k.replace('k', 'k=')} top1/top5" for k in ks]
-    header += ["linear last (best)"] + [f"{f} labels last" for f in fractions]
-    rows = []
-    for name, r in results.items():
-        row = [name, str(r["feature_dim"])]
-        row += [f"{_pct(r['knn'][k].get('top1'))} / {_pct(r['knn'][k].get('top5'))}" for k in ks]
-        row.append(f"{_pct(r['linear']['last_top1'])} ({_pct(r['linear']['best_top1'])})")
-        row += [_pct(r["semi"][f]["last_top1"]) for f in fractions]
-        rows.append(row)
-    return header, rows
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """A plain-text table of the accuracies (%) of eval.json, one row per feature set."""
-    header, rows = table_rows(report)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def markdown_table(report: dict[str, Any]) -> str:
-    """The same table in Markdown."""
-    header, rows = table_rows(report)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(c.strip() for c in r) + " |" for r in rows]
-    return "\n".join(lines)

@@ -1,0 +1,172 @@
+"""Every data kind through the real CLI: train, then eval, embed, export and report on image, signal, table and
+two-modality runs; the bundled table presets; checkpoints written before the build layer keep loading."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vicreg.build import load_encoder
+from vicreg.checkpoint import load_backbone
+from vicreg.cli import main
+from vicreg.evaluate import extract_features
+from vicreg.models import EncoderSpec
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "legacy"
+FAST_EVAL = ["--probe-epochs", "2", "--k", "5", "--fractions", "0.5", "--device", "cpu"]
+COMMON = ["--batch-size", "16", "--device", "cpu", "--epochs", "2", "--no-progress", "--log-every", "1"]
+
+
+def _labels(n: int) -> np.ndarray:
+    return np.arange(n) % 3
+
+
+def _image_npz(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    np.savez(path, images=rng.integers(0, 256, (48, 1, 16, 16), dtype=np.uint8), labels=_labels(48))
+    return path
+
+
+def _signal_npz(path: Path) -> Path:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(48, 2, 40)).astype(np.float32) + _labels(48)[:, None, None]
+    xt = rng.normal(size=(24, 2, 40)).astype(np.float32) + _labels(24)[:, None, None]
+    np.savez(path, x=x, y=_labels(48), x_test=xt, y_test=_labels(24))
+    return path
+
+
+def _table_npz(path: Path) -> Path:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(48, 6)).astype(np.float32) + _labels(48)[:, None]
+    np.savez(path, x=x, y=_labels(48), x_test=rng.normal(size=(24, 6)).astype(np.float32), y_test=_labels(24))
+    return path
+
+
+def _pair_npz(path: Path) -> Path:
+    rng = np.random.default_rng(3)
+    np.savez(
+        path,
+        x_a=rng.integers(0, 256, (48, 1, 16, 16), dtype=np.uint8),
+        x_b=rng.normal(size=(48, 5)).astype(np.float32),
+        y=_labels(48),
+        x_a_test=rng.integers(0, 256, (24, 1, 16, 16), dtype=np.uint8),
+        x_b_test=rng.normal(size=(24, 5)).astype(np.float32),
+        y_test=_labels(24),
+    )
+    return path
+
+
+KINDS = {
+    "image": (_image_npz, ["--views.size", "16", "--model.backbone", "small_cnn", "--model.width", "4"]),
+    "signal": (_signal_npz, ["--modality", "signal", "--model.backbone", "resnet1d", "--model.width", "4"]),
+    "table": (_table_npz, ["--modality", "table", "--model.backbone", "mlp", "--model.width", "8"]),
+    "pair": (
+        _pair_npz,
+        [
+            "--modality",
+            "image",
+            "--modality-b",
+            "table",
+            "--views.size",
+            "16",
+            "--model.backbone",
+            "small_cnn",
+            "--model.width",
+            "4",
+            "--model.backbone-b",
+            "mlp",
+        ],
+    ),
+}
+
+
+def _sample_input(spec: EncoderSpec) -> torch.Tensor:
+    shape = spec.input_shape if spec.kind != "signal" else (spec.input_shape[0], 40)
+    return torch.randn(3, *shape, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_command_works_on_every_data_kind(kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make, flags = KINDS[kind]
+    data = make(tmp_path / f"{kind}.npz")
+    run = tmp_path / "run"
+    main(["train", "--data", str(data), "--out", str(run), "--model.expander", "16-16", *COMMON, *flags])
+    assert (run / "backbone.safetensors").is_file()
+
+    main(["eval", str(run), *FAST_EVAL])
+    report = json.loads((run / "eval.json").read_text())
+    assert set(report["results"]) == {"vicreg", "random_init", "pixels"}
+    assert report["data"]["kind"] == ("image" if kind == "pair" else kind)
+    assert report["data"]["n_train"] > 0 and report["data"]["n_test"] > 0
+
+    main(["embed", str(run), "--out", str(tmp_path / "emb.npz"), "--device", "cpu"])
+    emb = np.load(tmp_path / "emb.npz")
+    enc = load_encoder(run)
+    assert emb["embeddings"].shape == (48, enc.model.feature_dim)
+
+    out = tmp_path / "bb.safetensors"
+    main(["export", str(run), "--out", str(out)])
+    assert "loads strictly" in capsys.readouterr().out
+    fresh = enc.spec.build().eval()
+    fresh.load_state_dict(load_backbone(out), strict=True)  # no model config needed: the spec rebuilds it
+    x = _sample_input(enc.spec)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), enc.model.backbone(x), rtol=0, atol=0)
+
+    main(["report", str(run), "--device", "cpu"])
+    text = (run / "report.md").read_text()
+    assert "## Evaluation" in text and "Embedding plots skipped" not in text, text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["wine-mlp", "breast-cancer-mlp"])
+def test_bundled_table_presets_evaluate_embed_export_and_report(preset: str, tmp_path: Path) -> None:
+    run = tmp_path / preset
+    main(["train", "--preset", preset, "--out", str(run), "--max-steps", "6", "--no-progress"])
+    main(["eval", str(run), *FAST_EVAL])
+    assert json.loads((run / "eval.json").read_text())["results"]["vicreg"]["knn"]["k5"]["top1"] > 0
+    main(["embed", str(run), "--out", str(tmp_path / "e.npy"), "--split", "test"])
+    main(["export", str(run), "--out", str(tmp_path / "b.pt")])
+    main(["report", str(run)])
+    assert (run / "report.md").is_file()
+
+
+def test_a_failed_export_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "image"
+    shutil.copytree(FIXTURES / "image", run / "checkpoints")
+    import vicreg.cli as cli
+
+    def broken(state, enc):  # type: ignore[no-untyped-def]
+        raise cli.CheckpointError("the check failed")
+
+    monkeypatch.setattr(cli, "verify_backbone", broken)
+    out = tmp_path / "bb.safetensors"
+    with pytest.raises(SystemExit, match="the check failed"):
+        main(["export", str(run), "--out", str(out)])
+    assert not out.exists() and not list(tmp_path.glob("bb*"))
+
+
+@pytest.mark.parametrize("name", ["image", "table"])
+def test_checkpoints_written_before_the_build_layer_still_load(name: str, tmp_path: Path) -> None:
+    """Fixtures written by vicreg 0.1.0 before checkpoints carried their encoder (tests/fixtures/legacy)."""
+    enc = load_encoder(FIXTURES / name / "last.pt")
+    assert enc.spec.kind == name and enc.step == 2
+    if name == "image":
+        assert enc.spec.input_shape == (1, 16, 16) and enc.image_size == 16
+        x = torch.from_numpy(np.load(FIXTURES / "img.npz")["images"][:8])
+    else:
+        assert enc.spec.input_shape == (5,) and len(enc.mean) == 5
+        x = torch.from_numpy(np.load(FIXTURES / "tab.npz")["x"][:8])
+    f = extract_features(enc.model.embed, x, mean=enc.mean, std=enc.std)
+    assert f.shape == (8, enc.model.feature_dim) and torch.isfinite(f).all()
+    data = FIXTURES / ("img.npz" if name == "image" else "tab.npz")
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURES / name, run / "checkpoints")
+    main(["eval", str(run), "--data", str(data), *FAST_EVAL, "--no-baselines"])
+    assert json.loads((run / "eval.json").read_text())["results"]["vicreg"]["feature_dim"] == enc.model.feature_dim
