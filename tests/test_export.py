@@ -297,3 +297,18 @@ def test_onnx_missing_names_the_extra(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(ImportError, match=r"pip install 'vicreg\[onnx\]'"):
         export_encoder(trained(spec).state_dict(), spec, tmp_path / "enc.onnx")
     no_leftovers(tmp_path)
+
+
+def test_onnx_exporter_failure_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+
+    def unsupported(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Unsupported: aten::weird_op\nlong traceback text")
+
+    monkeypatch.setattr(torch.onnx, "export", unsupported)
+    spec = SPECS["table"]
+    with pytest.raises(ExportCheckError, match=r"could not export mlp .*aten::weird_op\); export it as") as info:
+        export_encoder(trained(spec).state_dict(), spec, tmp_path / "enc.onnx")
+    assert len(str(info.value).splitlines()) == 1
+    no_leftovers(tmp_path)

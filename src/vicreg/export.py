@@ -250,16 +250,22 @@ def _export_onnx(spec: EncoderSpec, reference: nn.Module, out: Path) -> ExportRe
         import onnxscript  # noqa: F401 (torch.onnx.export's exporter needs it)
     except ImportError as err:
         raise ImportError(f"ONNX export needs onnx, onnxscript and onnxruntime: {_ONNX_INSTALL}") from err
-    program = torch.onnx.export(
-        reference,
-        (_check_batch(spec, 2),),
-        None,
-        input_names=["input"],
-        output_names=["features"],
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
-        dynamo=True,
-        verbose=False,
-    )
+    try:
+        program = torch.onnx.export(
+            reference,
+            (_check_batch(spec, 2),),
+            None,
+            input_names=["input"],
+            output_names=["features"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            dynamo=True,
+            verbose=False,
+        )
+    except Exception as err:  # torch.export / onnxscript raise many types; the message is what helps
+        raise ExportCheckError(
+            f"torch.onnx.export could not export {spec.name} ({type(err).__name__}: "
+            f"{(str(err).strip().splitlines() or [''])[0]}); export it as safetensors instead; nothing was written"
+        ) from err
     assert program is not None
     proto = program.model_proto
     for key, value in (("vicreg_version", _version()), (_META_KEY, json.dumps(spec.to_dict()))):
