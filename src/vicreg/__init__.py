@@ -1,6 +1,7 @@
 """VICReg: Variance-Invariance-Covariance Regularization for self-supervised learning."""
 
 from vicreg.augment import PairViews, PaperViews, SignalViews, TabularViews, ViewConfig
+from vicreg.export import export_encoder, load_backbone
 from vicreg.loss import (
     VICRegLoss,
     VICRegOutput,
@@ -23,7 +24,9 @@ __all__ = [
     "VICRegOutput",
     "ViewConfig",
     "covariance_term",
+    "export_encoder",
     "invariance_term",
+    "load_backbone",
     "variance_covariance_loss",
     "variance_term",
     "vicreg_loss",

@@ -17,7 +17,7 @@ import pickle
 import random
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +52,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not belong to this run."""
 
 
-def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Any, check: Callable[[Path], object] | None = None) -> Path:
     """Call ``write(file_object)`` on a temporary file next to ``path``, fsync it, then rename it to ``path``.
 
-    On any error the temporary file is removed and ``path`` is left as it was.
+    ``check(temporary_path)``, when given, runs on the written file before the rename: if it raises, nothing
+    is renamed. On any error the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
     try:
@@ -71,6 +72,8 @@ def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if check is not None:
+            check(Path(tmp))
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
