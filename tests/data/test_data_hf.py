@@ -379,10 +379,12 @@ def test_stream_two_processes_get_disjoint_equal_shards(saved, tmp_path):
 
 def test_stream_a_short_part_starts_again_to_keep_the_count():
     # one process standing in for rank 1 of 2: its part (rows 7..10) holds one batch of 3, but with
-    # num_examples=14 every rank reads 14 // (2 x 3) = 2 batches, so it reads its part again
+    # num_examples=18 every rank reads 18 // (2 x 3) = 3 batches, so it reads its part twice more
     loader = HFStreamLoader(
-        _uneven_stream(), 12, 3, shuffle=False, num_examples=14, rank=1, world_size=2, num_workers=0, label_column="idx"
+        _uneven_stream(), 12, 3, shuffle=False, num_examples=18, rank=1, world_size=2, num_workers=0, label_column="idx"
     )
-    with pytest.warns(UserWarning, match="holds 1 batches, fewer than the 2 every rank reads"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         rows = _rows(loader)
-    assert rows == [[7, 8, 9], [7, 8, 9]] and loader.repeated_batches == 1
+    assert [str(w.message).count("holds 1 batches, fewer than the 3 every rank reads") for w in caught] == [1]
+    assert rows == [[7, 8, 9]] * 3 and loader.repeated_batches == 2

@@ -737,20 +737,23 @@ class HFStreamLoader:
         agree = self.num_batches is None and is_distributed()
         part = self._part()
         new_bad: list[tuple[str, str]] = []
-        done = 0
+        done, restarted = 0, False
         try:
             while self.num_batches is None or done < self.num_batches:
                 batch = next(part, None)
                 if batch is None and self.num_batches is not None:
                     if done == 0:
                         raise ValueError(f"{self.source.root}: rank {self.rank}'s part of the stream is empty")
-                    self._warn_repeat(done)
+                    if not restarted:
+                        self._warn_repeat(done)
+                    restarted = True
                     part = self._part()
                     batch = next(part, None)
                 if agree and not _all_have_batch(batch is not None):
                     break
                 if batch is None:
                     break
+                self.repeated_batches += int(restarted)
                 if done >= self.start_batch:
                     new_bad.extend(batch.bad)
                     yield batch
@@ -767,7 +770,6 @@ class HFStreamLoader:
 
     def _warn_repeat(self, done: int) -> None:
         assert self.num_batches is not None
-        self.repeated_batches += self.num_batches - done
         warnings.warn(
             f"{self.source.root}: rank {self.rank}'s part of the stream holds {done} batches, fewer than the "
             f"{self.num_batches} every rank reads (its shards are smaller); it starts its part again for the "
