@@ -355,4 +355,4 @@ def test_signal_neighbors_figure_renders(tmp_path: Path) -> None:
     assert len(fig.axes[0].lines) == 5 + 1
     assert fig.axes[0].get_title(loc="left").startswith("query 0 (0): nearest 1.000")
     with pytest.raises(ValueError, match="do not match"):
-        signal_neighbors_figure(series[:2], series[idx], sims)
+        signal_neighbors_figure(series[:1], series[idx], sims)
