@@ -14,6 +14,7 @@ from PIL import Image
 from vicreg.evaluate.neighbors import (
     DuplicatePairs,
     find_duplicates,
+    format_neighbors,
     label_agreement,
     nearest_neighbors,
     parse_queries,
@@ -214,6 +215,19 @@ def test_label_agreement_and_random_queries() -> None:
     a, b = random_queries(100, 8, seed=3), random_queries(100, 8, seed=3)
     assert a.tolist() == b.tolist() and len(set(a.tolist())) == 8 and max(a.tolist()) < 100
     assert len(random_queries(5, 8)) == 5
+
+
+def test_format_neighbors_marks_other_classes() -> None:
+    indices, sims = torch.tensor([[4, 1], [0, 2]]), torch.tensor([[1.0, 0.5], [0.25, -0.125]])
+    text = format_neighbors(
+        [7, "cat.png"], indices, sims, labels_bank=torch.tensor([0, 1, 1, 0, 0]), labels_query=torch.tensor([0, 1])
+    )
+    assert text.splitlines() == [
+        "7 [0]: 4 (1.000), 1 (0.500)*",
+        "cat.png [1]: 0 (0.250)*, 2 (-0.125)",
+        "neighbours sharing their query's label: 50.0% (* marks another class)",
+    ]
+    assert format_neighbors([7, 8], indices, sims, show=1) == "7: 4 (1.000)\n8: 0 (0.250)"
 
 
 def test_parse_queries_tells_indices_from_files(tmp_path: Path) -> None:

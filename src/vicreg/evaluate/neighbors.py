@@ -28,6 +28,7 @@ __all__ = [
     "DUPLICATE_TOLERANCE",
     "DuplicatePairs",
     "find_duplicates",
+    "format_neighbors",
     "label_agreement",
     "nearest_neighbors",
     "parse_queries",
@@ -397,3 +398,39 @@ def write_duplicates_csv(
             row += [names[i], names[j]]
         rows.append(row)
     return _write_csv(path, header, rows)
+
+
+def format_neighbors(
+    query_ids: Sequence[object],
+    indices: Tensor,
+    similarities: Tensor,
+    *,
+    labels_bank: Tensor | None = None,
+    labels_query: Tensor | None = None,
+    class_names: Sequence[str] | None = None,
+    show: int = 5,
+) -> str:
+    """A plain-text summary for the terminal: one line per query with its first ``show`` neighbours as
+    ``row (similarity)``, a ``*`` after those of another class, and, with both label sets, the share of all ``k``
+    neighbours that share their query's label.
+    """
+    if indices.ndim != 2 or similarities.shape != indices.shape or len(query_ids) != indices.shape[0]:
+        raise ValueError("need one query id per row of (Q, k) indices and similarities of the same shape")
+
+    def name(label: int) -> str:
+        return class_names[label] if class_names is not None and 0 <= label < len(class_names) else str(label)
+
+    bank = None if labels_bank is None else labels_bank.cpu().long()
+    query = None if labels_query is None else labels_query.cpu().long()
+    lines = []
+    for a, (rows, sims) in enumerate(zip(indices.cpu().tolist(), similarities.cpu().tolist(), strict=True)):
+        head = f"{query_ids[a]}" + (f" [{name(int(query[a]))}]" if query is not None else "")
+        cells = []
+        for j, s in list(zip(rows, sims, strict=True))[:show]:
+            wrong = bank is not None and query is not None and int(bank[j]) != int(query[a])
+            cells.append(f"{j} ({s:.3f}){'*' if wrong else ''}")
+        lines.append(f"{head}: {', '.join(cells)}")
+    if bank is not None and query is not None and indices.numel():
+        share = label_agreement(indices, bank, query)
+        lines.append(f"neighbours sharing their query's label: {100 * share:.1f}% (* marks another class)")
+    return "\n".join(lines)
