@@ -4,6 +4,7 @@ duplicates, the CSV files and the figures (their PNG size is known in advance)."
 from __future__ import annotations
 
 import csv
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -92,13 +93,13 @@ def test_ties_go_to_the_lower_index_across_blocks() -> None:
     pattern = torch.tensor([1, 0, 1, 1, 0, 0, 1, 0, 1, 1, 0, 1, 0, 0, 1, 1, 0, 1, 0, 1])
     bank = torch.stack([pattern.float(), 1.0 - pattern.float()], dim=1) * torch.arange(1, 21).float()[:, None]
     queries = torch.tensor([[3.0, 0.0], [0.0, 0.5]])
-    for block in (1, 3, 7, 64):
-        sim, idx = nearest_neighbors(bank, queries, 12, block=block)
-        ones = pattern.nonzero().flatten()
-        zeros = (1 - pattern).nonzero().flatten()
-        assert idx[0].tolist() == [*ones.tolist(), *zeros.tolist()][:12]
-        assert idx[1].tolist() == [*zeros.tolist(), *ones.tolist()][:12]
-        assert sim[0].tolist() == [1.0] * len(ones) + [0.0] * (12 - len(ones))
+    ones, zeros = pattern.nonzero().flatten().tolist(), (1 - pattern).nonzero().flatten().tolist()
+    # k = 9 and 11: the ties sit inside the top k only (for query 0 and 1); 5 and 12: across the k-th place
+    for k, block in itertools.product((5, 9, 11, 12), (1, 3, 7, 64)):
+        sim, idx = nearest_neighbors(bank, queries, k, block=block)
+        assert idx[0].tolist() == [*ones, *zeros][:k]
+        assert idx[1].tolist() == [*zeros, *ones][:k]
+        assert sim[0].tolist() == ([1.0] * len(ones) + [0.0] * k)[:k]
 
 
 def test_a_query_in_the_bank_is_its_own_nearest_at_similarity_one() -> None:

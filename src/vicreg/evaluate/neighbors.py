@@ -66,10 +66,30 @@ def _unit(x: Tensor) -> Tensor:
 def _topk_low_index(sim: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The ``k`` largest of each row of ``sim``, descending; equal values in increasing column order.
 
-    ``topk`` alone may pick any of several equal values at the k-th place: take every entry at least as large as
-    the k-th value (``nonzero`` lists them row by row, columns ascending), order them by value with a stable sort
-    and keep the first ``k`` of each row.
+    ``topk`` may return equal values in any order and, when several equal the k-th largest, any of them: ask it for
+    ``k + 1`` and the top ``k`` are a unique set wherever the (k+1)-th is strictly smaller, so reordering them by
+    (value, column) is enough; the rare rows with a tie across the k-th place take :func:`_topk_ties`.
     """
+    if k >= sim.shape[1]:
+        vals, idx = torch.sort(sim, dim=1, descending=True, stable=True)
+        return vals[:, :k], idx[:, :k]
+    vals, idx = sim.topk(k + 1, dim=1)
+    tied = vals[:, k] == vals[:, k - 1]
+    vals, idx = vals[:, :k], idx[:, :k]
+    by_column = idx.sort(dim=1).indices
+    vals, idx = vals.gather(1, by_column), idx.gather(1, by_column)
+    by_value = torch.sort(vals, dim=1, descending=True, stable=True).indices
+    vals, idx = vals.gather(1, by_value), idx.gather(1, by_value)
+    if bool(tied.any()):
+        rows = tied.nonzero().flatten()
+        vals[rows], idx[rows] = _topk_ties(sim[rows], k)
+    return vals, idx
+
+
+def _topk_ties(sim: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """:func:`_topk_low_index` for rows with ties at the k-th place: take every entry at least as large as the k-th
+    (``nonzero`` lists them row by row, columns ascending), order them by value with a stable sort and keep the
+    first ``k`` of each row."""
     kth = sim.topk(k, dim=1).values[:, -1:]
     rows, cols = (sim >= kth).nonzero(as_tuple=True)
     vals = sim[rows, cols]
