@@ -16,7 +16,18 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "vicreg"
 
 RUNS = {"vicreg.train", "vicreg.evaluate.runner", "vicreg.evaluate.embed", "vicreg.report", "vicreg.neighbors"}
 LAYER = {"vicreg.__init__": 0, "vicreg.config": 1, "vicreg.build": 2, "vicreg.cli": 4, "vicreg.__main__": 5}
-OPTIONAL = {"timm", "aeon", "sklearn", "pyarrow", "umap", "datasets", "onnx", "onnxruntime", "onnxscript"}
+OPTIONAL = {
+    "timm",
+    "aeon",
+    "sklearn",
+    "pyarrow",
+    "umap",
+    "datasets",
+    "huggingface_hub",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+}
 
 
 def _module_name(path: Path) -> str:
