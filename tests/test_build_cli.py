@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vicreg.build import load_encoder
-from vicreg.checkpoint import load_backbone
+from vicreg.checkpoint import CheckpointError, load_backbone
 from vicreg.cli import main
 from vicreg.evaluate import extract_features
 from vicreg.models import EncoderSpec
@@ -140,14 +140,14 @@ def test_bundled_table_presets_evaluate_embed_export_and_report(preset: str, tmp
 def test_a_failed_export_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = tmp_path / "image"
     shutil.copytree(FIXTURES / "image", run / "checkpoints")
-    import vicreg.cli as cli
+    import vicreg.export
 
-    def broken(state, enc):  # type: ignore[no-untyped-def]
-        raise cli.CheckpointError("the check failed")
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise vicreg.export.ExportCheckError("the check failed")
 
-    monkeypatch.setattr(cli, "verify_backbone", broken)
+    monkeypatch.setattr(vicreg.export, "_compare", broken)
     out = tmp_path / "bb.safetensors"
-    with pytest.raises(SystemExit, match="the check failed"):
+    with pytest.raises((SystemExit, CheckpointError), match="the check failed"):
         main(["export", str(run), "--out", str(out)])
     assert not out.exists() and not list(tmp_path.glob("bb*"))
 
@@ -170,3 +170,39 @@ def test_checkpoints_written_before_the_build_layer_still_load(name: str, tmp_pa
     shutil.copytree(FIXTURES / name, run / "checkpoints")
     main(["eval", str(run), "--data", str(data), *FAST_EVAL, "--no-baselines"])
     assert json.loads((run / "eval.json").read_text())["results"]["vicreg"]["feature_dim"] == enc.model.feature_dim
+
+
+@pytest.mark.slow
+def test_model_init_sets_the_starting_weights_once(tmp_path: Path) -> None:
+    data = _image_npz(tmp_path / "img.npz")
+    flags = ["--data", str(data), *COMMON, *KINDS["image"][1], "--model.expander", "16-16"]
+    main(["train", "--out", str(tmp_path / "a"), "--max-steps", "2", *flags])
+    exported = tmp_path / "a.safetensors"
+    main(["export", str(tmp_path / "a"), "--out", str(exported)])
+    source = load_backbone(exported)
+    # warm-up from lr 0: the first step leaves the initial convolution weights as they were
+    run = tmp_path / "b"
+    init = ["--model.init", str(exported), "--optim.warmup-epochs", "1"]
+    main(["train", "--out", str(run), "--max-steps", "1", *init, *flags])
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert "a.safetensors" in state["init"]
+    key = "features.0.0.weight" if "features.0.0.weight" in source else next(k for k in source if k.endswith("weight"))
+    torch.testing.assert_close(state["model"][f"backbone.{key}"], source[key], rtol=0, atol=0)
+    # a resumed run does not apply it again (the file may even be gone)
+    exported.unlink()
+    main(["train", "--out", str(run), "--max-steps", "3", *init, *flags])
+    after = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert after["step"] == 3 and not torch.equal(after["model"][f"backbone.{key}"], source[key])
+
+
+def test_model_init_with_a_wrong_file_gives_a_short_mismatch_report(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    data = _image_npz(tmp_path / "img.npz")
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"conv.weight": torch.zeros(3, 3), "other": torch.zeros(1)}, wrong)
+    flags = ["--data", str(data), *COMMON, *KINDS["image"][1], "--model.expander", "16-16"]
+    with pytest.raises((SystemExit, ValueError)) as err:
+        main(["train", "--out", str(tmp_path / "r"), "--max-steps", "1", "--model.init", str(wrong), *flags])
+    text = str(err.value)
+    assert "missing" in text and "unexpected" in text and len(text.splitlines()) <= 6, text

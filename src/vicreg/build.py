@@ -52,6 +52,15 @@ from vicreg.data import (
     load_at_size,
     load_pairs,
 )
+from vicreg.data.hf import (
+    HFStreamLoader,
+    hf_loader,
+    hf_splits,
+    hf_stream_loader,
+    is_hf_source,
+    load_hf_arrays,
+    parse_hf_source,
+)
 from vicreg.distributed import DistInfo, get_dist_info
 from vicreg.models import EncoderSpec, VICReg, build_backbone, feature_dim_of
 from vicreg.monitors import KnnMonitor
@@ -77,13 +86,14 @@ __all__ = [
     "model_from_config",
     "random_init_model",
     "resolve_device",
+    "run_data_kind",
     "run_dir_of",
     "setup_distributed",
     "use_data_root",
 ]
 
 Views = Callable[..., tuple[Tensor, Tensor]]
-BatchLoader = InMemoryLoader | FolderLoader
+BatchLoader = InMemoryLoader | FolderLoader | HFStreamLoader
 
 
 # ------------------------------------------------------------------------------------------------ runtime
@@ -287,32 +297,59 @@ class ImageKind(DataKind):
 
     name = "image"
 
+    def __init__(self, data_column: str = "", label_column: str = "") -> None:
+        self.columns: dict[str, Any] = {"data_column": data_column or None, "label_column": label_column or None}
+
+    def _streamed(self, cfg: TrainConfig, info: DistInfo) -> tuple[FolderLoader | HFStreamLoader, str, int]:
+        """The loader of an image folder or a Hugging Face dataset (decoded in workers), its split and size."""
+        per_rank = cfg.batch_size // info.world_size
+        size = cfg.image_size or cfg.views.size
+        common: dict[str, Any] = {"num_workers": cfg.workers, **_shard(cfg, info)}
+        if not is_hf_source(cfg.data):
+            loader = folder_loader(
+                Path(cfg.data).expanduser(),
+                size,
+                per_rank,
+                shuffle=True,
+                drop_last=True,
+                strict=cfg.strict_data,
+                **common,
+            )
+            return loader, "image folder", len(loader.source)
+        hf: dict[str, Any] = {**self.columns, "download": cfg.download, "split": "train"}
+        if parse_hf_source(cfg.data).streaming:
+            stream = hf_stream_loader(cfg.data, size, per_rank, shuffle=True, **hf, **common)
+            try:
+                count = len(stream) * cfg.batch_size
+            except TypeError as err:
+                raise ValueError(
+                    f"{cfg.data}: the stream does not say how many rows it holds, so epochs cannot be counted; use "
+                    "a dataset whose card gives its split sizes, or save it with save_to_disk and use hf:"
+                ) from err
+            return stream, "train (streamed)", count
+        loader = hf_loader(
+            cfg.data, size, per_rank, shuffle=True, drop_last=True, strict=cfg.strict_data, **hf, **common
+        )
+        return loader, "train", len(loader.source)
+
     def training_data(self, cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainingData:
         use_data_root(cfg.data_root)
         per_rank = cfg.batch_size // info.world_size
         path = Path(cfg.data).expanduser()
         loader: BatchLoader
         monitor = None
-        if is_image_folder(path):
-            size = cfg.image_size or cfg.views.size
-            loader = folder_loader(
-                path,
-                size,
-                per_rank,
-                shuffle=True,
-                drop_last=True,
-                num_workers=cfg.workers,
-                strict=cfg.strict_data,
-                **_shard(cfg, info),
-            )
-            loader.set_epoch(0)
-            first = next(iter(loader))[0]
+        if is_image_folder(path) or is_hf_source(cfg.data):
+            streamed, split, count = self._streamed(cfg, info)
+            streamed.set_epoch(0)
+            first = next(iter(streamed))[0]
             mean, std = channel_stats(first)
-            channels, classes = first.shape[1], len(loader.source.classes)
+            channels, classes = first.shape[1], len(streamed.source.classes)
+            loader = streamed
+            size = first.shape[-1]
             summary = {
-                "source": str(path),
-                "split": "image folder",
-                "count": len(loader.source),
+                "source": cfg.data,
+                "split": split,
+                "count": count,
                 "shape": [channels, size, size],
                 "classes": classes,
             }
@@ -325,7 +362,7 @@ class ImageKind(DataKind):
             summary = _summary(train_set, cfg.data, "train")
         views = image_views(cfg.views, mean, std, channels)
         inp = Input(self.name, (channels, cfg.views.size, cfg.views.size), views.mean, views.std)
-        if not isinstance(loader, FolderLoader) and cfg.eval_split and cfg.knn_every > 0:
+        if isinstance(loader, InMemoryLoader) and cfg.eval_split and cfg.knn_every > 0:
             monitor = self._monitor(cfg, train_set, inp)
         return TrainingData(self, loader, views, (inp, inp), classes, monitor, summary)
 
@@ -353,10 +390,17 @@ class ImageKind(DataKind):
         size = spec.input_shape[-1] if len(spec.input_shape) == 3 else 0
         if size < 1:
             raise CheckpointError(f"the encoder's description has no image size ({spec.input_shape}); re-export it")
+        if is_hf_source(source):
+            data = load_hf_arrays(
+                source, split, size=size, channels=spec.in_channels, download=download, **self.columns
+            )
+            return Split(data)
         got = load_at_size(source, split, size=size, channels=spec.in_channels, download=download)
         return Split(got.data, got.native_size, got.paths)
 
     def has_splits(self, source: str) -> bool:
+        if is_hf_source(source):
+            return parse_hf_source(source).split is None and "test" in hf_splits(source)
         return has_splits(source)
 
 
@@ -513,21 +557,27 @@ class PairKind(DataKind):
 KINDS: dict[str, type[DataKind]] = {"image": ImageKind, "signal": SignalKind, "table": TableKind}
 
 
-def data_kind(modality: str, modality_b: str = "") -> DataKind:
-    """The data kind of a run's ``modality`` (and ``modality_b`` for two-modality pairs)."""
+def data_kind(modality: str, modality_b: str = "", **options: str) -> DataKind:
+    """The data kind of a run's ``modality`` (and ``modality_b`` for two-modality pairs); ``options``: the image
+    kind's ``data_column`` / ``label_column`` for Hugging Face sources."""
     if modality_b:
         return PairKind(modality, modality_b)
     if modality not in KINDS:
         raise ValueError(f"unknown modality {modality!r}; choose one of {', '.join(KINDS)}")
-    return KINDS[modality]()
+    return ImageKind(**options) if modality == "image" else KINDS[modality]()
 
 
-def _eval_kind(stored: Mapping[str, Any], spec: EncoderSpec, source: str, own_data: bool) -> DataKind:
+def run_data_kind(cfg: TrainConfig) -> DataKind:
+    """The data kind of a training config."""
+    return data_kind(cfg.modality, cfg.modality_b, data_column=cfg.data_column, label_column=cfg.label_column)
+
+
+def _eval_kind(stored: Mapping[str, Any], spec: EncoderSpec, own_data: bool, options: Mapping[str, str]) -> DataKind:
     """The kind that reads evaluation data for encoder ``spec``: the run's own kind for its own data, else the
     kind of the encoder's input (e.g. an image dataset for the image branch of a pair run)."""
     if stored.get("name") == "pair" and own_data:
         return PairKind(str(stored.get("modality_a", spec.kind)), str(stored.get("modality_b", "")))
-    return data_kind(spec.kind)
+    return data_kind(spec.kind, **options)
 
 
 def labelled_splits(
@@ -626,10 +676,19 @@ class LoadedEncoder:
         """The side of the training views (images); 0 for other kinds."""
         return self.spec.input_shape[-1] if self.spec.kind == "image" and len(self.spec.input_shape) == 3 else 0
 
-    def kind_for(self, source: str | None) -> DataKind:
-        """The data kind that reads ``source`` (``None``: the run's own training data) for this encoder."""
+    def kind_for(self, source: str | None, *, data_column: str = "", label_column: str = "") -> DataKind:
+        """The data kind that reads ``source`` (``None``: the run's own training data) for this encoder;
+        Hugging Face column names default to the training run's."""
         own = source is None or str(source) == str(self.config.data)
-        return _eval_kind(self.data_kind, self.spec, source or self.config.data, own)
+        options = {
+            "data_column": data_column or (self.config.data_column if own else ""),
+            "label_column": label_column or (self.config.label_column if own else ""),
+        }
+        return (
+            _eval_kind(self.data_kind, self.spec, own, options)
+            if self.spec.kind == "image"
+            else _eval_kind(self.data_kind, self.spec, own, {})
+        )
 
 
 def find_checkpoint(run_or_checkpoint: str | os.PathLike[str]) -> Path:
@@ -701,7 +760,7 @@ def _legacy_specs(
 
 def _derive_stats(cfg: TrainConfig, branch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     try:
-        data = data_kind(cfg.modality, cfg.modality_b).training_data(cfg, DistInfo(), torch.device("cpu"))
+        data = run_data_kind(cfg).training_data(cfg, DistInfo(), torch.device("cpu"))
     except (FileNotFoundError, ValueError) as err:
         raise CheckpointError(
             f"this checkpoint does not store its normalisation and its training data {cfg.data!r} cannot be read to "

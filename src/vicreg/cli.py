@@ -6,6 +6,7 @@ YAML file overrides it, the flags override both. The resolved configuration is w
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
 from collections.abc import Callable
@@ -18,12 +19,14 @@ import tyro
 import yaml
 
 import vicreg
-from vicreg.build import load_encoder
-from vicreg.checkpoint import CheckpointError, export_backbone
+from vicreg.build import load_encoder, run_dir_of
+from vicreg.checkpoint import CheckpointError
 from vicreg.config import PRESETS, TrainConfig, config_to_dict, load_config_file
 from vicreg.evaluate.embed import embed_to_file
 from vicreg.evaluate.runner import EvalSettings, run_eval
 from vicreg.evaluate.table import format_table
+from vicreg.export import export_encoder
+from vicreg.neighbors import run_neighbors
 from vicreg.report import make_report
 from vicreg.train import train as run_training
 
@@ -100,41 +103,108 @@ def _train_help_only(
 def export(
     checkpoint: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_OR_CHECKPOINT")],
     out: Path = Path("backbone.safetensors"),
+    format: Literal["safetensors", "pt", "hf", "onnx"] | None = None,
+    branch: Literal["a", "b"] = "a",
 ) -> None:
-    """Write the backbone (branch A's encoder) of a run folder or checkpoint as .safetensors or .pt.
+    """Write a run's backbone (encoder) in a format other tools load; checked before anything is written.
 
-    Checked before anything is written: the backbone's weights are loaded with strict=True into a freshly built
-    backbone of the architecture the checkpoint describes (for ResNets: torchvision's resnetXX with fc = Identity
-    and, for small images, the 3x3 stem without max-pool), and both must give the same features on a batch. A
-    failed check leaves nothing at --out.
+    Formats: safetensors (a state dict; our description of the encoder in its metadata), pt (a plain tensor dict
+    for torch.load(weights_only=True)), hf (a folder: model.safetensors, config.json in timm's layout with the
+    input size, channels, normalisation, feature size, vicreg version, training summary and eval numbers, and a
+    README.md model card; vicreg.load_backbone(DIR) and timm load it) or onnx (dynamic batch; checked with
+    onnxruntime against torch; pip install 'vicreg[onnx]').
+
+    The check: the weights are loaded with strict=True into a freshly built backbone of the architecture the
+    checkpoint describes and must give identical features (onnx: onnxruntime within 1e-4 of torch); a failed
+    check leaves nothing at --out.
+
+    Args:
+        checkpoint: run folder or checkpoint file.
+        out: the file (or folder for hf) to write.
+        format: safetensors, pt, hf or onnx (default: from the suffix of --out; a folder name means hf).
+        branch: which encoder of a two-encoder run (b: branch B's own backbone).
     """
-    try:
-        enc = load_encoder(checkpoint)
-        state = enc.model.backbone.state_dict()
-        described = verify_backbone(state, enc)
-        written = export_backbone(state, out)
-    except (CheckpointError, ValueError) as err:
-        raise SystemExit(f"vicreg export: {err}") from err
-    print(f"wrote {written} ({len(state)} tensors; loads strictly into {described})")
+    enc = load_encoder(checkpoint)
+    backbone, spec = enc.model.backbone, enc.spec
+    if branch == "b":
+        if enc.model.backbone_b is None or enc.spec_b is None:
+            raise ValueError(f"{checkpoint} has one shared encoder; drop --branch b")
+        backbone, spec = enc.model.backbone_b, enc.spec_b
+    result = export_encoder(backbone.state_dict(), spec, out, format, summary=_run_summary(enc))
+    print(f"wrote {result.path} ({result.format}): {result.check}")
 
 
-def verify_backbone(state: dict[str, torch.Tensor], enc: Any) -> str:
-    """Load ``state`` strictly into a fresh backbone of ``enc.spec`` and compare features on a random batch."""
-    spec = enc.spec
-    fresh = spec.build().eval()
-    try:
-        fresh.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"the backbone does not load strictly into {spec.name}: {err}") from err
-    shape = spec.input_shape if spec.kind != "signal" else (*spec.input_shape[:1], 64)
-    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        if not torch.equal(fresh(x), enc.model.backbone.eval()(x)):
-            raise CheckpointError(f"the rebuilt {spec.name} backbone gives other features than the checkpoint's")
-    if spec.name.startswith("resnet") and spec.name != "resnet1d":
-        stem = "3x3 stem, no max-pool" if spec.kwargs.get("small_images") else "standard stem"
-        return f"torchvision.models.{spec.name}() with fc = Identity, {stem}, {spec.in_channels} input channels"
-    return f"{spec.name} ({type(fresh).__name__}, input {list(spec.input_shape)})"
+def _run_summary(enc: Any) -> dict[str, Any]:
+    """What the model card and config.json say about the run: data, steps, and eval.json's numbers if any."""
+    summary: dict[str, Any] = {"data": enc.config.data, "steps": enc.step, "backbone": enc.spec.name}
+    summary["expander"] = enc.config.model.expander
+    summary["batch_size"] = enc.config.batch_size
+    eval_json = run_dir_of(enc.checkpoint) / "eval.json"
+    if eval_json.is_file():
+        results = json.loads(eval_json.read_text()).get("results", {}).get("vicreg", {})
+        knn = {k: v.get("top1") for k, v in results.get("knn", {}).items()}
+        summary["eval"] = {"knn_top1": knn, "linear_top1": results.get("linear", {}).get("last_top1")}
+    return summary
+
+
+def neighbors(
+    run: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_OR_CHECKPOINT")],
+    out: Path = Path("neighbors.png"),
+    data: str | None = None,
+    split: str = "train",
+    query: tuple[str, ...] = (),
+    k: int = 8,
+    duplicates: float | None = None,
+    device: str = "auto",
+    batch_size: int = 512,
+    cache: bool = True,
+    seed: int = 0,
+    data_column: str = "",
+    label_column: str = "",
+    download: bool = False,
+) -> None:
+    """Look at what the encoder learned: each query's nearest rows in the data, and near-duplicate pairs.
+
+    Cosine similarity of the frozen representation (cached in RUN/features/ like vicreg eval). Images: --out is a
+    grid (each query, then its k nearest rows with their similarity; neighbours of another class framed red);
+    signals: a plot of each query with its nearest series; tables: the CSV only. Always writes <out>.csv.
+
+    Args:
+        run: run folder or checkpoint file.
+        out: the picture to write (PNG); the CSV goes next to it.
+        data: the rows to search (default: the run's training data).
+        split: split of a named dataset or dataset file.
+        query: row numbers of the data and/or image files (default: 8 random rows).
+        k: neighbours per query.
+        duplicates: also list every pair with cosine similarity >= this (e.g. 0.98) in <out>_duplicates.csv,
+            and draw the most similar pairs (images).
+        device: cpu, cuda, cuda:N, mps or auto.
+        batch_size: rows per forward pass.
+        cache: read/write features under RUN/features/.
+        seed: seed of the random queries.
+        data_column: Hugging Face sources: the image column.
+        label_column: Hugging Face sources: the label column.
+        download: allow downloading a named dataset.
+    """
+    result = run_neighbors(
+        run,
+        out,
+        data,
+        split=split,
+        queries=query,
+        k=k,
+        duplicates=duplicates,
+        device=device,
+        batch_size=batch_size,
+        cache=cache,
+        seed=seed,
+        data_column=data_column,
+        label_column=label_column,
+        download=download,
+    )
+    print(result.summary)
+    for path in result.files:
+        print(f"wrote {path}")
 
 
 def evaluate(
@@ -156,6 +226,8 @@ def evaluate(
     precision: Literal["fp32", "bf16", "fp16"] = "fp32",
     batch_size: int = 512,
     download: bool = False,
+    data_column: str = "",
+    label_column: str = "",
 ) -> None:
     """Evaluate a run folder or checkpoint: kNN, linear probe and 1%/10% label probes, with baselines.
 
@@ -187,6 +259,8 @@ def evaluate(
         precision: autocast precision of the feature extraction.
         batch_size: images per forward pass.
         download: allow downloading a named dataset.
+        data_column: Hugging Face sources (hf:...): the image column (default: found from the features).
+        label_column: Hugging Face sources: the label column (default: the ClassLabel feature).
     """
     try:
         settings = EvalSettings(
@@ -211,6 +285,8 @@ def evaluate(
             precision=precision,
             batch_size=batch_size,
             download=download,
+            data_column=data_column,
+            label_column=label_column,
         )
     except (CheckpointError, ValueError, FileNotFoundError) as err:
         raise SystemExit(f"vicreg eval: {err}") from err
@@ -230,6 +306,8 @@ def embed(
     device: str = "auto",
     batch_size: int = 512,
     download: bool = False,
+    data_column: str = "",
+    label_column: str = "",
 ) -> None:
     """Write the frozen representation (backbone output) of every image of a dataset.
 
@@ -245,10 +323,20 @@ def embed(
         device: cpu, cuda, cuda:N, mps or auto.
         batch_size: images per forward pass.
         download: allow downloading a named dataset.
+        data_column: Hugging Face sources (hf:...): the image column.
+        label_column: Hugging Face sources: the label column.
     """
     try:
         path, rows, dim = embed_to_file(
-            checkpoint, data, out, split=split, device=device, batch_size=batch_size, download=download
+            checkpoint,
+            data,
+            out,
+            split=split,
+            device=device,
+            batch_size=batch_size,
+            download=download,
+            data_column=data_column,
+            label_column=label_column,
         )
     except (CheckpointError, ValueError, FileNotFoundError, ImportError) as err:
         raise SystemExit(f"vicreg embed: {err}") from err
@@ -300,6 +388,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "embed": embed,
     "report": report,
     "export": export,
+    "neighbors": neighbors,
     "info": info,
 }
 

@@ -75,6 +75,11 @@ class ModelConfig:
     Needed when the two branches see different modalities (--modality-b)."""
     width_b: int = 0
     """width of backbone_b (0: the same as width)."""
+    init: str = ""
+    """Starting weights of the backbone (empty: random): a .safetensors/.pt backbone state dict (vicreg export, or
+    a torchvision/timm one), an exported folder, torchvision:<WeightsName> (e.g.
+    torchvision:ResNet50_Weights.IMAGENET1K_V2, from the torch hub cache; --download fetches it) or timm (timm's
+    pretrained weights of a timm:<name> backbone, from its cache). Applied once, when a run starts."""
     expander_b: str = ""
     """Widths of branch B's own expander (empty: a separate expander of the same widths when backbone_b is
     set, else shared). Must end at the same width as expander."""
@@ -187,11 +192,16 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar on rank 0 when writing to a terminal."""
     data: str = "fashion-mnist"
-    """A dataset name (fashion-mnist, mnist, cifar10, cifar100, stl10) or a path (image folder, .npy/.npz)."""
+    """A dataset name (fashion-mnist, mnist, cifar10, cifar100, stl10), a path (image folder, .npy/.npz), or a
+    Hugging Face dataset: hf:<save_to_disk folder or cached name>[:<split>], hf-stream:... (streamed)."""
     data_root: Path | None = None
     """Folder that holds (or receives) named datasets; default: $VICREG_DATA, then the user cache."""
     download: bool = False
-    """Download a named dataset when it is not found locally (needs the network)."""
+    """Download a named dataset (or --model.init weights) when it is not found locally (needs the network)."""
+    data_column: str = ""
+    """Hugging Face sources (hf:...): the image column (default: the one Image feature)."""
+    label_column: str = ""
+    """Hugging Face sources (hf:...): the label column (default: the ClassLabel feature, if any)."""
     image_size: int = 0
     """Size that images of a folder are decoded to before the views (0: the views' size)."""
     workers: int = 2

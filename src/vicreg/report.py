@@ -10,7 +10,9 @@ Plots (in ``RUN/report/``):
 * ``embedding_map.png``: a 2-D map of test representations coloured by label (UMAP when installed, else
   scikit-learn's t-SNE);
 * ``knn.png``: the online kNN accuracy over epochs (from ``metrics.jsonl``);
-* ``diagnostics.png``: the collapse diagnostics logged during training, when there are any.
+* ``diagnostics.png``: the collapse diagnostics logged during training, when there are any;
+* ``neighbors.png``: 8 random test rows and their 8 nearest training rows, for the trained encoder beside the raw
+  input (images; signals show the encoder's neighbours; tables get a line in the notes).
 
 The plotting functions live in :mod:`vicreg.plots`; this module reads the run, computes what they need and
 writes the page.
@@ -29,10 +31,11 @@ import torch
 import yaml
 from torch import Tensor
 
-from vicreg.build import labelled_splits, load_encoder, resolve_device, use_data_root
+from vicreg.build import LoadedEncoder, Split, labelled_splits, load_encoder, resolve_device, use_data_root
 from vicreg.diagnostics import covariance_spectrum, spectral_effective_rank
 from vicreg.evaluate.runner import encoder_features
 from vicreg.evaluate.table import markdown_table
+from vicreg.neighbors import report_neighbors
 from vicreg.plots import (
     embedding_map,
     plot_diagnostics,
@@ -69,24 +72,29 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def _test_embeddings(
-    run_dir: Path, data: str | None, device: str, max_points: int, seed: int
+    enc: LoadedEncoder, test_split: Split, run_dir: Path, max_points: int, seed: int
 ) -> tuple[Tensor, Tensor, Tensor, tuple[str, ...], str, float]:
     """Representation, expander output and labels of (a seeded subset of) the test rows."""
-    dev = resolve_device(device)
-    enc = load_encoder(run_dir, dev)
-    if not data:
-        use_data_root(enc.config.data_root)
-    _, test_split, _ = labelled_splits(enc.kind_for(data), enc.spec, data or enc.config.data, seed=seed)
     test = test_split.data
     if len(test) > max_points:
         idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:max_points].sort().values
         test = test.subset(idx)
     assert test.labels is not None
+    device = next(enc.model.parameters()).device
     both, _ = encoder_features(
-        enc, test.rows, which="expander", cache_dir=run_dir / "features", device=dev, labels=test.labels
+        enc, test.rows, which="expander", cache_dir=run_dir / "features", device=device, labels=test.labels
     )
     dim = enc.model.feature_dim
     return both[:, :dim], both[:, dim:], test.labels.cpu(), test.classes, test.name, enc.config.loss.gamma
+
+
+def _neighbours(enc: LoadedEncoder, train: Split, test: Split, run_dir: Path, seed: int) -> tuple[Path | None, str]:
+    """The "Nearest neighbours" figure (features cached as vicreg eval caches them)."""
+    device = next(enc.model.parameters()).device
+    kw: dict[str, Any] = {"cache_dir": run_dir / "features", "device": device}
+    f_train, _ = encoder_features(enc, train.data.rows, labels=train.data.labels, **kw)
+    f_test, _ = encoder_features(enc, test.data.rows, labels=test.data.labels, **kw)
+    return report_neighbors(enc, train, test, f_train, f_test, run_dir / "report" / "neighbors.png", seed=seed)
 
 
 def make_report(
@@ -136,18 +144,30 @@ def make_report(
     eval_data = data or (eval_report["data"]["source"] if eval_report else None)
     ranks: dict[str, float] = {}
     try:
-        h, z, labels, classes, name, gamma = _test_embeddings(run, eval_data, device, max_points, seed)
+        enc = load_encoder(run, resolve_device(device))
+        if not eval_data:
+            use_data_root(enc.config.data_root)
+        own = eval_data is None or str(eval_data) == str(enc.config.data)
+        train, test, _ = labelled_splits(
+            enc.kind_for(None if own else eval_data), enc.spec, eval_data or enc.config.data, seed=seed
+        )
+        h, z, labels, classes, name, gamma = _test_embeddings(enc, test, run, max_points, seed)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         notes.append(f"Embedding plots skipped: {err}")
     else:
         parts = {"representation": h, "expander output": z}
         plot_std_hist(parts, gamma, out / "std_hist.png")
-        plots.append(("Per-dimension standard deviation", "std_hist.png", f"{len(labels)} images of {name}."))
+        plots.append(("Per-dimension standard deviation", "std_hist.png", f"{len(labels)} rows of {name}."))
         _, ranks = plot_spectrum(parts, out / "spectrum.png")
-        plots.append(("Covariance spectrum", "spectrum.png", f"{len(labels)} images of {name}."))
+        plots.append(("Covariance spectrum", "spectrum.png", f"{len(labels)} rows of {name}."))
         coords, method = embedding_map(h, seed)
         plot_embedding_map(coords, labels.numpy(), classes, method, out / "embedding_map.png")
-        plots.append((f"{method} map of the representation", "embedding_map.png", f"{len(labels)} images of {name}."))
+        plots.append((f"{method} map of the representation", "embedding_map.png", f"{len(labels)} rows of {name}."))
+        figure, caption = _neighbours(enc, train, test, run, seed)
+        if figure is not None:
+            plots.append(("Nearest neighbours", figure.name, caption))
+        else:
+            notes.append(f"Nearest neighbours: {caption}")
 
     md = _markdown(run, rows, config, eval_report, plots, ranks, notes)
     target = run / "report.md"

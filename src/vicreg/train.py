@@ -32,8 +32,8 @@ from vicreg.build import (
     TrainingData,
     autocast_dtype,
     checkpoint_meta,
-    data_kind,
     resolve_device,
+    run_data_kind,
     setup_distributed,
 )
 from vicreg.checkpoint import (
@@ -52,6 +52,7 @@ from vicreg.loss import VICRegOutput, vicreg_loss
 from vicreg.monitors import OnlineProbe
 from vicreg.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
 from vicreg.runlog import RunLog
+from vicreg.weights import load_initial_weights
 
 __all__ = ["NonFiniteLossError", "Objective", "TrainResult", "train"]
 
@@ -133,10 +134,16 @@ def train(cfg: TrainConfig, *, objective: Objective | None = None) -> TrainResul
         remove_partial_writes(run_dir)
     torch.manual_seed(cfg.seed)
 
-    data: TrainingData = data_kind(cfg.modality, cfg.modality_b).training_data(cfg, info, device)
+    data: TrainingData = run_data_kind(cfg).training_data(cfg, info, device)
     views = data.views
     model, spec, spec_b = data.model(cfg)
     meta = checkpoint_meta(data, spec, spec_b)
+    if cfg.model.init and not (ckpt_dir / "last.pt").is_file():  # a resumed run has its own weights
+        meta["init"] = load_initial_weights(
+            model.backbone, cfg.model.init, backbone_name=spec.name, backbone_kwargs=spec.kwargs, download=cfg.download
+        )
+        if info.is_main:
+            print(f"initial weights: {meta['init']}", file=sys.stderr)
     if cfg.sync_bn and info.world_size > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format

@@ -73,6 +73,8 @@ def embed_to_file(
     device: str = "auto",
     batch_size: int = 512,
     download: bool = False,
+    data_column: str = "",
+    label_column: str = "",
 ) -> tuple[Path, int, int]:
     """Embed ``data`` (default: the run's training data) with a run's encoder; returns ``(path, rows, dim)``."""
     if Path(out).suffix.lower() not in SUFFIXES:
@@ -83,7 +85,9 @@ def embed_to_file(
     enc = load_encoder(checkpoint, dev)
     if not data:
         use_data_root(enc.config.data_root)
-    got = enc.kind_for(data).load_split(data or enc.config.data, split, enc.spec, download=download)
+    got = enc.kind_for(data, data_column=data_column, label_column=label_column).load_split(
+        data or enc.config.data, split, enc.spec, download=download
+    )
     rows = got.data
     features = extract_features(
         enc.model.embed, rows.rows, batch_size=batch_size, device=dev, mean=enc.mean, std=enc.std

@@ -177,6 +177,8 @@ def run_eval(
     precision: str = "fp32",
     batch_size: int = 512,
     download: bool = False,
+    data_column: str = "",
+    label_column: str = "",
 ) -> dict[str, Any]:
     """Evaluate a run folder or checkpoint on ``data`` (default: the run's training data); write eval.json.
 
@@ -191,7 +193,7 @@ def run_eval(
     source = data or enc.config.data
     if not data:
         use_data_root(enc.config.data_root)
-    kind = enc.kind_for(data)
+    kind = enc.kind_for(data, data_column=data_column, label_column=label_column)
     train_split, test_split, split_note = labelled_splits(
         kind, enc.spec, source, test_source=test_data, seed=settings.seed, download=download
     )

@@ -1,9 +1,5 @@
-"""DRAFT (skipped until the lead wires ``hf:`` into the CLI): train, resume, eval and embed on a saved dataset.
-
-The commands are the intended interface of issue 16 §1; flag names follow the existing CLI (``--data``,
-``--download``) plus the new ``--data-column`` / ``--label-column``. Un-skip after wiring and adjust the flags
-to what the CLI really exposes.
-"""
+"""Hugging Face datasets through the real CLI: train, resume, eval and embed on a dataset saved with
+``save_to_disk``; streaming under torchrun; the offline error."""
 
 from __future__ import annotations
 
@@ -21,7 +17,7 @@ from vicreg.checkpoint import load_checkpoint
 datasets = pytest.importorskip("datasets")
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = [pytest.mark.skip(reason="wired by the lead"), pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 TINY = [
     "--device", "cpu", "--batch-size", "8", "--views.size", "16", "--model.backbone", "small_cnn",
