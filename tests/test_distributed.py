@@ -182,8 +182,8 @@ def _sharded_worker(rank: int, world: int, port: int, out_dir: str) -> None:
             results[(b, d, "vc")] = (reg.detach(), z.grad)
             for form in ("gram", "square"):
                 z = z_all[rows].clone().requires_grad_()
-                var, cov = _sharded_variance_covariance(z, 1.0, 1e-4, form=form)
-                (3 * var + cov).backward()
+                var, cov = _sharded_variance_covariance(torch.stack([z, 2 * z]), 1.0, 1e-4, form=form)
+                (3 * var[0] + cov[0] + var[1] / 5 + cov[1] / 7).backward()
                 results[(b, d, form)] = (torch.stack([var.detach(), cov.detach()]), z.grad)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
@@ -213,10 +213,13 @@ def test_sharded_loss_and_ddp_gradients_equal_single_process_float64(tmp_path: P
         reg_1p = variance_covariance_loss(z_all)
         reg_1p.backward()
         assert z_all.grad is not None
+        # two stacked branches (z and 2z) with different weights: each branch's terms and the summed gradient
         z_all2 = z_all.detach().clone().requires_grad_()
-        (3 * variance_term(z_all2) + covariance_term(z_all2)).backward()
+        var_1p = torch.stack([variance_term(z_all2), variance_term(2 * z_all2)])
+        cov_1p = torch.stack([covariance_term(z_all2), covariance_term(2 * z_all2)])
+        (3 * var_1p[0] + cov_1p[0] + var_1p[1] / 5 + cov_1p[1] / 7).backward()
         assert z_all2.grad is not None
-        forms_1p = torch.stack([variance_term(z_all2), covariance_term(z_all2)]).detach()
+        forms_1p = torch.stack([var_1p, cov_1p]).detach()
 
         for r, res in enumerate(ranks):
             rows = slice(r * b, (r + 1) * b)

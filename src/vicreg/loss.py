@@ -214,21 +214,25 @@ def _sharded_uses_gram(n: int, world: int, d: int, flop_per_byte: float = 100.0)
 class _ShardedGramSqSum(torch.autograd.Function):
     """``||Zc^T Zc||_F^2 - ||s||^2`` of the global centred batch from this process's row block ``Zc_k Zc^T``.
 
-    ``s`` (given, global, detached) is the per-column sum of squares of ``Zc``, i.e. the diagonal of
-    ``Zc^T Zc``. Forward: ``2 n N D`` flops and a scalar all-reduce; backward, by hand as in
-    :class:`_OffDiagSqSum`: the rows of ``4 (G Zc - Zc * s)`` this process owns are ``4 (G_k Zc - Zc_k * s)``,
-    which needs only the saved row block ``G_k`` (another ``2 n N D`` flops) and an all-reduce of the scalar
-    upstream gradient, not the reduce-scatter of an ``N x D`` gradient that autograd's form would need.
+    Batched over branches: ``zc_local`` is ``(B, n, D)`` and the result ``(B,)``. ``s`` (given, global,
+    detached, ``(B, D)``) is the per-column sum of squares of ``Zc``, i.e. the diagonal of ``Zc^T Zc``.
+    Forward: an all-gather of the centred rows, ``2 n N D`` flops per branch and an all-reduce of ``B`` scalars;
+    backward, by hand as in :class:`_OffDiagSqSum`: the rows of ``4 (G Zc - Zc * s)`` this process owns are
+    ``4 (G_k Zc - Zc_k * s)``, which needs only the saved row block ``G_k`` (another ``2 n N D``) and an
+    all-reduce of the ``B`` upstream scalars, not the reduce-scatter of an ``N x D`` gradient that autograd's
+    form would need.
     """
 
     @staticmethod
     def forward(ctx, zc_local: Tensor, col_sq: Tensor) -> Tensor:
-        zc = all_gather_no_grad(zc_local)
-        g = zc_local @ zc.T
-        total = g.square().sum()
+        b, n, d = zc_local.shape
+        # (world * B, n, D) in rank order -> (B, N, D) with each branch's rows in rank order
+        zc = all_gather_no_grad(zc_local).view(-1, b, n, d).transpose(0, 1).reshape(b, -1, d)
+        g = torch.bmm(zc_local, zc.transpose(1, 2))
+        total = g.square().sum(dim=(1, 2))
         dist.all_reduce(total)
         ctx.save_for_backward(zc_local, zc, g, col_sq)
-        return (total - col_sq.square().sum()).clamp_min(0)
+        return (total - col_sq.square().sum(dim=1)).clamp_min(0)
 
     @staticmethod
     @once_differentiable
@@ -236,24 +240,25 @@ class _ShardedGramSqSum(torch.autograd.Function):
         zc_local, zc, g, col_sq = ctx.saved_tensors
         upstream = grad_out.clone()
         dist.all_reduce(upstream)  # the exact adjoint: every process's use of the global value
-        grad = torch.addcmul(g @ zc, zc_local, col_sq, value=-1.0)
-        return grad.mul_(4 * upstream), None
+        grad = torch.addcmul(torch.bmm(g, zc), zc_local, col_sq[:, None, :], value=-1.0)
+        return grad.mul_(4 * upstream[:, None, None]), None
 
 
 class _ShardedCovSqSum(torch.autograd.Function):
     """``sum_{i != j} (Zc^T Zc)_ij^2`` of the global centred batch from the all-reduced partial ``Zc_k^T Zc_k``.
 
-    Forward: ``2 n D^2`` flops and an all-reduce of the ``D x D`` matrix; backward: ``4 Zc_k M_offdiag`` (another
-    ``2 n D^2``) and a scalar all-reduce.
+    Batched over branches (``(B, n, D)`` in, ``(B,)`` out). Forward: ``2 n D^2`` flops per branch and an
+    all-reduce of the ``B x D x D`` matrices; backward: ``4 Zc_k M_offdiag`` (another ``2 n D^2``) and an
+    all-reduce of ``B`` scalars.
     """
 
     @staticmethod
     def forward(ctx, zc_local: Tensor) -> Tensor:
-        m = zc_local.T @ zc_local
+        m = torch.bmm(zc_local.transpose(1, 2), zc_local)
         dist.all_reduce(m)
-        m.diagonal().zero_()
+        m.diagonal(dim1=1, dim2=2).zero_()
         ctx.save_for_backward(zc_local, m)
-        return m.square().sum()
+        return m.square().sum(dim=(1, 2))
 
     @staticmethod
     @once_differentiable
@@ -261,23 +266,24 @@ class _ShardedCovSqSum(torch.autograd.Function):
         zc_local, m = ctx.saved_tensors
         upstream = grad_out.clone()
         dist.all_reduce(upstream)
-        return (zc_local @ m).mul_(4 * upstream)
+        return torch.bmm(zc_local, m).mul_(4 * upstream[:, None, None])
 
 
 def _sharded_variance_covariance(
     z: Tensor, gamma: float, eps: float, form: Literal["auto", "gram", "square"] = "auto"
 ) -> tuple[Tensor, Tensor]:
-    """:func:`variance_term` and :func:`covariance_term` of the global batch, from this process's rows ``z``.
+    """Per branch :func:`variance_term` and :func:`covariance_term` of the global batch, from this process's
+    rows ``z`` of shape ``(B, n, D)`` (the branches stacked, so that each collective serves all of them).
 
-    ``form`` forces the covariance's row-block Gram or all-reduced ``D x D`` form (tests); ``auto`` picks the
-    cheaper (:func:`_sharded_uses_gram`).
+    Returns two ``(B,)`` tensors. ``form`` forces the covariance's row-block Gram or all-reduced ``D x D`` form
+    (tests); ``auto`` picks the cheaper (:func:`_sharded_uses_gram`).
     """
-    n, d = z.shape
+    _, n, d = z.shape
     world = dist.get_world_size()
     big_n = n * world
-    zc = z - all_reduce_with_grad(z.sum(dim=0)) / big_n  # centred on the global mean
-    col_sq = all_reduce_with_grad(zc.square().sum(dim=0))  # (N - 1) * global variance, the diagonal of Zc^T Zc
-    variance = F.relu(gamma - torch.sqrt(col_sq / (big_n - 1) + eps)).mean()
+    zc = z - (all_reduce_with_grad(z.sum(dim=1)) / big_n)[:, None, :]  # centred on the global mean
+    col_sq = all_reduce_with_grad(zc.square().sum(dim=1))  # (N - 1) * global variance: the diagonal of Zc^T Zc
+    variance = F.relu(gamma - torch.sqrt(col_sq / (big_n - 1) + eps)).mean(dim=1)
     if form == "gram" or (form == "auto" and _sharded_uses_gram(n, world, d)):
         offdiag = _ShardedGramSqSum.apply(zc, col_sq.detach())
     else:
@@ -343,9 +349,8 @@ def vicreg_loss(
         invariance = invariance_term(z_a, z_b)
         if gather == "sharded" and is_distributed():
             invariance = _global_mean_value(invariance)
-            var_a, cov_a = _sharded_variance_covariance(z_a, gamma, eps)
-            var_b, cov_b = _sharded_variance_covariance(z_b, gamma, eps)
-            variance, covariance = (var_a + var_b) / 2, cov_a + cov_b
+            variances, covariances = _sharded_variance_covariance(torch.stack([z_a, z_b]), gamma, eps)
+            variance, covariance = variances.mean(), covariances.sum()
         else:
             if gather:
                 z_a, z_b = gather_with_grad(z_a), gather_with_grad(z_b)
@@ -377,8 +382,8 @@ def variance_covariance_loss(
     with torch.autocast(device_type=z.device.type, enabled=False):
         z = _float32(z)
         if gather == "sharded" and is_distributed():
-            variance, covariance = _sharded_variance_covariance(z, gamma, eps)
-            return std_coeff * variance + cov_coeff * covariance
+            variance, covariance = _sharded_variance_covariance(z[None], gamma, eps)
+            return (std_coeff * variance + cov_coeff * covariance)[0]
         if gather:
             z = gather_with_grad(z)
         return std_coeff * variance_term(z, gamma, eps) + cov_coeff * covariance_term(z)
