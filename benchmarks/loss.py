@@ -336,6 +336,8 @@ def main() -> None:
     parser.add_argument("--world", type=int, default=2, help="--distributed: gloo processes for the timing")
     parser.add_argument("--worker", nargs=3, metavar=("IMPL", "N", "D"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device here: run this on a GPU machine, or leave --device at cpu")
     if args.distributed:
         args.sizes = args.sizes or DEFAULT_DIST_SIZES
         args.repeats = max(args.repeats, 5)
