@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--download", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--workers", type=int, default=-1, help="-1: the recipe's")
+    parser.add_argument("--rows", type=int, default=SYNTHETIC_ROWS, help="synthetic images to write")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: run this on a GPU machine, or pass --device cpu for a dry run")
@@ -93,7 +94,7 @@ def main() -> None:
     if args.workers >= 0:
         overrides["workers"] = args.workers
     with tempfile.TemporaryDirectory() as tmp:
-        data = args.data or str(synthetic_npz(Path(tmp) / "synthetic.npz", shape, SYNTHETIC_ROWS))
+        data = args.data or str(synthetic_npz(Path(tmp) / "synthetic.npz", shape, args.rows))
         cfg = replace(merge(preset, overrides), data=data, out=Path(tmp) / "run")
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()

@@ -16,6 +16,7 @@ medians, so the ratios compare methods under the same load.
 
     PYTHONPATH=src python benchmarks/views.py                      # sizes 32 96 224
     PYTHONPATH=src python benchmarks/views.py --sizes 32 --reps 7 --workers 2
+    PYTHONPATH=src python benchmarks/views.py --device cuda --batch 1024 512 256   # on a GPU
 """
 
 from __future__ import annotations
@@ -103,23 +104,31 @@ def kornia_pipelines(size: int, kernel_size: int) -> tuple[torch.nn.Module, torc
     return view(1.0, 0.0), view(0.1, 0.2)
 
 
-def methods(size: int, n: int, workers: int) -> dict[str, Callable[[], object]]:
+def methods(size: int, n: int, workers: int, device: str = "cpu") -> dict[str, Callable[[], object]]:
+    """The timed callables; ``vicreg`` and ``kornia`` run on ``device``, PIL on the CPU (as in a DataLoader)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
     images = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in x]
     views = PaperViews(size)
-    kornia_a, kornia_b = kornia_pipelines(size, views.blur_kernel_size)
     pairs = _PilPairs(images, size)
+    x_dev = x.to(device)
 
     def pil() -> object:
         out = [pairs[i] for i in range(n)]
         return torch.stack([a for a, _ in out]), torch.stack([b for _, b in out])
 
-    def kornia() -> object:
-        xf = x.float().div_(255)
-        return kornia_a(xf), kornia_b(xf)
+    found: dict[str, Callable[[], object]] = {"vicreg": lambda: views(x_dev)}
+    try:
+        kornia_a, kornia_b = (m.to(device) for m in kornia_pipelines(size, views.blur_kernel_size))
 
-    found: dict[str, Callable[[], object]] = {"vicreg": lambda: views(x), "kornia": kornia, "pil": pil}
+        def kornia() -> object:
+            xf = x_dev.float().div_(255)
+            return kornia_a(xf), kornia_b(xf)
+
+        found["kornia"] = kornia
+    except ImportError:
+        print("(kornia is not installed: pip install kornia to compare with it)")
+    found["pil"] = pil
     if workers > 0:
         # Several batches per worker, so that all workers are busy; one pass over the n images.
         batch = max(1, n // (4 * workers))
@@ -135,24 +144,30 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--workers", type=int, default=0, help="also time PIL in a DataLoader with N workers")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--device", default="cpu", help="where vicreg and kornia run (cpu, cuda); PIL stays on CPU")
     args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device here: run this on a GPU machine, or leave --device at cpu")
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     batches = dict(zip(args.sizes, args.batch + [args.batch[-1]] * len(args.sizes), strict=False))
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, device {args.device}")
     print("| size | batch | method | median images/s (two views each) | vicreg speed-up |")
     print("|---:|---:|---|---:|---:|")
     for size in args.sizes:
         n = batches[size]
-        timed = methods(size, n, args.workers)
+        timed = methods(size, n, args.workers, args.device)
         seconds: dict[str, list[float]] = {name: [] for name in timed}
-        for fn in timed.values():  # warm-up (and DataLoader worker start)
+        for fn in timed.values():  # warm-up (and DataLoader worker start, CUDA kernels' first launch)
             fn()
+        sync()
         for _ in range(args.reps):
             for name, fn in timed.items():
                 start = time.perf_counter()
                 fn()
+                sync()
                 seconds[name].append(time.perf_counter() - start)
         rate = {name: n / statistics.median(s) for name, s in seconds.items()}
         for name, r in rate.items():

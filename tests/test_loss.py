@@ -24,6 +24,7 @@ from vicreg import (
     variance_term,
     vicreg_loss,
 )
+from vicreg.loss import _sharded_uses_gram
 
 # (N, D): N < D (Gram path), N = D, N > D (D x D path).
 SHAPES = [(8, 32), (16, 16), (64, 12), (3, 5), (2, 1)]
@@ -291,3 +292,29 @@ def test_offdiagonal_backward_passes_gradcheck(n: int, d: int) -> None:
     z = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(n * 10 + d))
     zc = (z - z.mean(0)).requires_grad_()
     assert torch.autograd.gradcheck(_OffDiagSqSum.apply, (zc,))
+
+
+def test_sharded_is_the_plain_loss_in_one_process() -> None:
+    z_a, z_b = _pair(8, 32)
+    plain, sharded = vicreg_loss(z_a, z_b), vicreg_loss(z_a, z_b, gather="sharded")
+    for a, b in zip(plain, sharded, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(variance_covariance_loss(z_a, gather="sharded"), variance_covariance_loss(z_a))
+    assert VICRegLoss(gather="sharded")(z_a, z_b).loss == plain.loss
+
+
+@pytest.mark.parametrize("gather", ["gather", "Sharded", 1, None, 0.5])
+def test_bad_gather_raises(gather) -> None:
+    z_a, z_b = _pair(4, 8)
+    with pytest.raises(ValueError, match="gather must be True"):
+        vicreg_loss(z_a, z_b, gather=gather)
+    with pytest.raises(ValueError, match="gather must be True"):
+        variance_covariance_loss(z_a, gather=gather)
+    with pytest.raises(ValueError, match="gather must be True"):
+        VICRegLoss(gather=gather)
+
+
+@pytest.mark.parametrize(("n", "world", "d", "gram"), [(64, 32, 8192, True), (4096, 2, 512, False), (8, 2, 4, False)])
+def test_sharded_form_choice(n: int, world: int, d: int, gram: bool) -> None:
+    """Paper shapes (N = 2048 < D = 8192) take the row-block Gram; many rows and a narrow D the D x D form."""
+    assert _sharded_uses_gram(n, world, d) is gram

@@ -406,7 +406,7 @@ def test_reused_scratch_memory_never_leaks_into_returned_views():
     assert torch.equal(clone(x, generator=torch.Generator().manual_seed(2))[0], a1)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_cpu_generator_gives_the_same_views_on_cuda():
     x = torch.randint(0, 256, (8, 3, 24, 24), dtype=torch.uint8)
     views = PaperViews(16)

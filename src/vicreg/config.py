@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import yaml
 from vicreg.augment.images import ImageViewsConfig
 from vicreg.augment.signals import SignalViewsConfig
 from vicreg.augment.tabular import TableViewsConfig
+from vicreg.loss import Gather
 from vicreg.models import parse_expander_spec
 
 ViewsConfig = ImageViewsConfig
@@ -115,8 +117,10 @@ class LossConfig:
     """Target standard deviation per dimension."""
     eps: float = 1e-4
     """Added to the variance under the square root."""
-    gather: bool = True
-    """Variance and covariance on the global batch under torchrun (the official behaviour)."""
+    gather: Gather = True
+    """Variance and covariance under torchrun: True, the global batch gathered on every process (the official
+    behaviour); sharded, the same values with each process computing only its share of the covariance (exact
+    gradients; fewer FLOPs per process); False, per-process statistics."""
 
     def __post_init__(self) -> None:
         for name in ("sim_coeff", "std_coeff", "cov_coeff", "gamma"):
@@ -376,7 +380,22 @@ def _coerce(path: str, hint: Any, value: Any) -> Any:
     if args and type(None) in args:  # Optional[X]
         if value is None:
             return None
-        (hint,) = [a for a in args if a is not type(None)]
+        rest = [a for a in args if a is not type(None)]
+        hint = rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]  # noqa: UP007
+        args = typing.get_args(hint)
+    if args and typing.get_origin(hint) in (typing.Union, types.UnionType):  # e.g. bool | Literal["sharded"]
+        for member in args:
+            try:
+                return _coerce(path, member, value)
+            except ValueError:
+                continue
+        allowed = ", ".join(
+            ", ".join(map(repr, typing.get_args(a)))
+            if typing.get_origin(a) is Literal
+            else getattr(a, "__name__", str(a))
+            for a in args
+        )
+        raise ValueError(f"config key {path!r} must be one of {allowed}, got {value!r}")
     if hint is bool and isinstance(value, bool):
         return value
     if hint is int and isinstance(value, int) and not isinstance(value, bool):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.distributed.nn.functional import all_gather
 
 try:  # recent torch: the functional collective, whose backward is a reduce-scatter
@@ -18,7 +19,14 @@ try:  # recent torch: the functional collective, whose backward is a reduce-scat
 except ImportError:  # older torch
     all_gather_single_autograd = None  # type: ignore[assignment]
 
-__all__ = ["DistInfo", "gather_with_grad", "get_dist_info", "is_distributed"]
+__all__ = [
+    "DistInfo",
+    "all_gather_no_grad",
+    "all_reduce_with_grad",
+    "gather_with_grad",
+    "get_dist_info",
+    "is_distributed",
+]
 
 
 @dataclass(frozen=True)
@@ -68,3 +76,46 @@ def gather_with_grad(x: Tensor) -> Tensor:
     group = dist.group.WORLD
     assert group is not None
     return all_gather_single_autograd(x.contiguous(), 0, group)
+
+
+# torch >= 2.10 names it all_gather_single and deprecates the older name
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; the adjoint of a sum that every process receives is again a sum over processes."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        out = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:
+        out = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+
+def all_reduce_with_grad(x: Tensor) -> Tensor:
+    """The sum of ``x`` over every process, differentiably (same as ``torch.distributed.nn.all_reduce``).
+
+    The backward pass all-reduces the incoming gradient: if every process computes the same loss ``L`` of the
+    sum, each one gets ``world_size * dL/dx``, which DDP's averaging turns back into ``dL/dx``. Returns ``x``
+    unchanged outside ``torch.distributed`` or with one process.
+    """
+    if not is_distributed():
+        return x
+    return _AllReduceSum.apply(x)
+
+
+def all_gather_no_grad(x: Tensor) -> Tensor:
+    """Concatenate ``x`` from every process along dim 0, outside autograd (every rank passes the same shape)."""
+    if not is_distributed():
+        return x
+    x = x.detach().contiguous()
+    out = x.new_empty((dist.get_world_size() * x.shape[0], *x.shape[1:]))
+    _all_gather_single(out, x)
+    return out

@@ -13,6 +13,13 @@ Faithfulness to the official implementation (facebookresearch/vicreg ``main_vicr
 * under ``torch.distributed`` the variance and covariance terms see the global batch through an all-gather
   whose backward sums gradients back to the owning rank (see :mod:`vicreg.distributed`).
 
+``gather="sharded"`` computes the same global statistics without every process repeating them: the variance
+from two all-reduced ``D``-vectors (column sums, then column sums of squares of the globally centred rows), and
+the covariance with each process computing only its share of the product (its row block of the Gram matrix
+against the gathered batch, or its partial ``Zc_k^T Zc_k`` all-reduced, whichever is cheaper), so the
+``O(N^2 D)`` work is divided by the world size. Loss, terms and (after DDP's averaging) gradients equal the
+single-process full-batch ones; tests/test_distributed.py checks it with 2 and 3 processes in float64.
+
 Where we differ is only in *how* the covariance term is computed: never with a ``D x D`` mask or an
 off-diagonal copy. We use ``sum_{i != j} C_ij^2 = ||C||_F^2 - sum_d C_dd^2`` and, when ``N < D``, compute
 ``||C||_F^2`` through the ``N x N`` Gram matrix (``||Z^T Z||_F = ||Z Z^T||_F``), which is what makes the loss
@@ -22,16 +29,23 @@ fast and small at the paper's 8192-wide expander. ``benchmarks/loss.py`` measure
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from vicreg.distributed import gather_with_grad
+from vicreg.distributed import all_gather_no_grad, all_reduce_with_grad, gather_with_grad, is_distributed
+
+Gather = bool | Literal["sharded"]
+"""How variance and covariance see the batch under ``torch.distributed``: ``True`` every process gathers the
+global batch and computes them (official), ``"sharded"`` the global statistics with the work shared out,
+``False`` per-process statistics."""
 
 __all__ = [
+    "Gather",
     "VICRegLoss",
     "VICRegOutput",
     "covariance_term",
@@ -86,6 +100,14 @@ def _check_coefficients(**values: float) -> None:
                 raise ValueError(f"eps must be a finite number > 0 (it keeps sqrt differentiable), got {value}")
         elif not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+
+
+def _check_gather(gather: object) -> None:
+    if not (isinstance(gather, bool) or gather == "sharded"):
+        raise ValueError(
+            f"gather must be True (global batch, gathered), 'sharded' (global batch, work shared out) or False "
+            f"(per-process statistics), got {gather!r}"
+        )
 
 
 def _float32(z: Tensor) -> Tensor:
@@ -168,6 +190,118 @@ def covariance_term(z: Tensor) -> Tensor:
     return _offdiag_sq_sum(z) / ((n - 1) ** 2 * d)
 
 
+# ---------------------------------------------------------------------------------------- sharded statistics
+# Under ``gather="sharded"`` process k holds the rows ``Z_k`` (n x D) of the global batch ``Z`` (N = world * n
+# rows). Every collective below is summed over processes and every process ends up with the same loss, so the
+# exact adjoint of each collective (a sum of the incoming gradients over processes) hands process k
+# ``world * dL/dZ_k``; DDP's averaging divides by ``world``: the full-batch gradient, as with the all-gather.
+
+
+def _sharded_uses_gram(n: int, world: int, d: int, flop_per_byte: float = 100.0) -> bool:
+    """Whether the row-block Gram form is cheaper than the all-reduced ``D x D`` form for these shapes.
+
+    Per process and branch (forward + backward, float32): Gram ``4 n N D`` flops and an all-gather of
+    ``(world - 1) n D`` floats; ``D x D`` ``4 n D^2`` flops and a ring all-reduce of ``2 (world - 1) / world D^2``
+    floats. Bytes are weighed as ``flop_per_byte`` flops (fp32 matmul rate over interconnect bandwidth, ~100 on
+    an NVLink GPU node). ``benchmarks/loss.py --distributed`` tabulates both.
+    """
+    big_n = n * world
+    gram = 4 * n * big_n * d + flop_per_byte * 4 * (world - 1) * n * d
+    square = 4 * n * d * d + flop_per_byte * 4 * 2 * (world - 1) / world * d * d
+    return gram <= square
+
+
+class _ShardedGramSqSum(torch.autograd.Function):
+    """``||Zc^T Zc||_F^2 - ||s||^2`` of the global centred batch from this process's row block ``Zc_k Zc^T``.
+
+    Batched over branches: ``zc_local`` is ``(B, n, D)`` and the result ``(B,)``. ``s`` (given, global,
+    detached, ``(B, D)``) is the per-column sum of squares of ``Zc``, i.e. the diagonal of ``Zc^T Zc``.
+    Forward: an all-gather of the centred rows, ``2 n N D`` flops per branch and an all-reduce of ``B`` scalars;
+    backward, by hand as in :class:`_OffDiagSqSum`: the rows of ``4 (G Zc - Zc * s)`` this process owns are
+    ``4 (G_k Zc - Zc_k * s)``, which needs only the saved row block ``G_k`` (another ``2 n N D``) and an
+    all-reduce of the ``B`` upstream scalars, not the reduce-scatter of an ``N x D`` gradient that autograd's
+    form would need.
+    """
+
+    @staticmethod
+    def forward(ctx, zc_local: Tensor, col_sq: Tensor) -> Tensor:
+        b, n, d = zc_local.shape
+        # (world * B, n, D) in rank order -> (B, N, D) with each branch's rows in rank order
+        zc = all_gather_no_grad(zc_local).view(-1, b, n, d).transpose(0, 1).reshape(b, -1, d)
+        g = torch.bmm(zc_local, zc.transpose(1, 2))
+        total = g.square().sum(dim=(1, 2))
+        dist.all_reduce(total)
+        ctx.save_for_backward(zc_local, zc, g, col_sq)
+        return (total - col_sq.square().sum(dim=1)).clamp_min(0)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None]:
+        zc_local, zc, g, col_sq = ctx.saved_tensors
+        upstream = grad_out.clone()
+        dist.all_reduce(upstream)  # the exact adjoint: every process's use of the global value
+        grad = torch.addcmul(torch.bmm(g, zc), zc_local, col_sq[:, None, :], value=-1.0)
+        return grad.mul_(4 * upstream[:, None, None]), None
+
+
+class _ShardedCovSqSum(torch.autograd.Function):
+    """``sum_{i != j} (Zc^T Zc)_ij^2`` of the global centred batch from the all-reduced partial ``Zc_k^T Zc_k``.
+
+    Batched over branches (``(B, n, D)`` in, ``(B,)`` out). Forward: ``2 n D^2`` flops per branch and an
+    all-reduce of the ``B x D x D`` matrices; backward: ``4 Zc_k M_offdiag`` (another ``2 n D^2``) and an
+    all-reduce of ``B`` scalars.
+    """
+
+    @staticmethod
+    def forward(ctx, zc_local: Tensor) -> Tensor:
+        m = torch.bmm(zc_local.transpose(1, 2), zc_local)
+        dist.all_reduce(m)
+        m.diagonal(dim1=1, dim2=2).zero_()
+        ctx.save_for_backward(zc_local, m)
+        return m.square().sum(dim=(1, 2))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor) -> Tensor:
+        zc_local, m = ctx.saved_tensors
+        upstream = grad_out.clone()
+        dist.all_reduce(upstream)
+        return torch.bmm(zc_local, m).mul_(4 * upstream[:, None, None])
+
+
+def _sharded_variance_covariance(
+    z: Tensor, gamma: float, eps: float, form: Literal["auto", "gram", "square"] = "auto"
+) -> tuple[Tensor, Tensor]:
+    """Per branch :func:`variance_term` and :func:`covariance_term` of the global batch, from this process's
+    rows ``z`` of shape ``(B, n, D)`` (the branches stacked, so that each collective serves all of them).
+
+    Returns two ``(B,)`` tensors. ``form`` forces the covariance's row-block Gram or all-reduced ``D x D`` form
+    (tests); ``auto`` picks the cheaper (:func:`_sharded_uses_gram`).
+    """
+    _, n, d = z.shape
+    world = dist.get_world_size()
+    big_n = n * world
+    zc = z - (all_reduce_with_grad(z.sum(dim=1)) / big_n)[:, None, :]  # centred on the global mean
+    col_sq = all_reduce_with_grad(zc.square().sum(dim=1))  # (N - 1) * global variance: the diagonal of Zc^T Zc
+    variance = F.relu(gamma - torch.sqrt(col_sq / (big_n - 1) + eps)).mean(dim=1)
+    if form == "gram" or (form == "auto" and _sharded_uses_gram(n, world, d)):
+        offdiag = _ShardedGramSqSum.apply(zc, col_sq.detach())
+    else:
+        offdiag = _ShardedCovSqSum.apply(zc)
+    return variance, offdiag / ((big_n - 1) ** 2 * d)
+
+
+def _global_mean_value(x: Tensor) -> Tensor:
+    """``x`` with the value of its mean over processes and the gradient of the local ``x``.
+
+    For the invariance term: the local MSE's gradient, averaged by DDP, is already the full-batch one; only the
+    value (for logging, and the total) is made the full batch's.
+    """
+    mean = x.detach().clone()
+    dist.all_reduce(mean)
+    return x + (mean / dist.get_world_size() - x.detach())
+
+
 def vicreg_loss(
     z_a: Tensor,
     z_b: Tensor,
@@ -177,7 +311,7 @@ def vicreg_loss(
     cov_coeff: float = 1.0,
     gamma: float = 1.0,
     eps: float = 1e-4,
-    gather: bool = True,
+    gather: Gather = True,
     check_finite: bool = True,
 ) -> VICRegOutput:
     """The VICReg loss of two batches of embeddings ``z_a``, ``z_b`` of shape ``(N, D)``.
@@ -188,8 +322,11 @@ def vicreg_loss(
         sim_coeff, std_coeff, cov_coeff: weights of invariance, variance and covariance (paper: 25, 25, 1).
         gamma: target standard deviation of each dimension.
         eps: added to the variance before the square root.
-        gather: under ``torch.distributed``, compute variance and covariance on the global batch (the
-            official behaviour). ``False`` keeps per-process statistics. Ignored in a single process.
+        gather: under ``torch.distributed``, compute variance and covariance on the global batch (``True``,
+            the official behaviour: every process gathers it and repeats the whole computation);
+            ``"sharded"``: the same statistics with the work divided among the processes, and every term
+            (invariance included) returned with the full batch's value on every process; ``False`` keeps
+            per-process statistics. Ignored in a single process.
         check_finite: raise ``ValueError`` on NaN/inf embeddings. This reads one flag back from the device
             (a host sync); a training loop that guards the loss itself may turn it off.
 
@@ -205,14 +342,20 @@ def vicreg_loss(
             "both branches must embed the same samples into the same dimension"
         )
     _check_coefficients(sim_coeff=sim_coeff, std_coeff=std_coeff, cov_coeff=cov_coeff, gamma=gamma, eps=eps)
+    _check_gather(gather)
 
     with torch.autocast(device_type=z_a.device.type, enabled=False):
         z_a, z_b = _float32(z_a), _float32(z_b)
         invariance = invariance_term(z_a, z_b)
-        if gather:
-            z_a, z_b = gather_with_grad(z_a), gather_with_grad(z_b)
-        variance = (variance_term(z_a, gamma, eps) + variance_term(z_b, gamma, eps)) / 2
-        covariance = covariance_term(z_a) + covariance_term(z_b)
+        if gather == "sharded" and is_distributed():
+            invariance = _global_mean_value(invariance)
+            variances, covariances = _sharded_variance_covariance(torch.stack([z_a, z_b]), gamma, eps)
+            variance, covariance = variances.mean(), covariances.sum()
+        else:
+            if gather:
+                z_a, z_b = gather_with_grad(z_a), gather_with_grad(z_b)
+            variance = (variance_term(z_a, gamma, eps) + variance_term(z_b, gamma, eps)) / 2
+            covariance = covariance_term(z_a) + covariance_term(z_b)
         loss = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
     return VICRegOutput(loss, invariance, variance, covariance)
 
@@ -224,18 +367,23 @@ def variance_covariance_loss(
     cov_coeff: float = 1.0,
     gamma: float = 1.0,
     eps: float = 1e-4,
-    gather: bool = True,
+    gather: Gather = True,
     check_finite: bool = True,
 ) -> Tensor:
     """The VC regulariser alone, for one branch: ``std_coeff * variance + cov_coeff * covariance``.
 
     Add it to another method's loss (the paper's Table 4 adds it to BYOL and SimSiam) to prevent collapse.
-    Statistics are computed in float32 on the global batch when ``gather`` and running distributed.
+    Statistics are computed in float32 on the global batch when ``gather`` (``True`` or ``"sharded"``, as in
+    :func:`vicreg_loss`) and running distributed.
     """
     _check_embeddings(z, "z", check_finite=check_finite)
     _check_coefficients(std_coeff=std_coeff, cov_coeff=cov_coeff, gamma=gamma, eps=eps)
+    _check_gather(gather)
     with torch.autocast(device_type=z.device.type, enabled=False):
         z = _float32(z)
+        if gather == "sharded" and is_distributed():
+            variance, covariance = _sharded_variance_covariance(z[None], gamma, eps)
+            return (std_coeff * variance + cov_coeff * covariance)[0]
         if gather:
             z = gather_with_grad(z)
         return std_coeff * variance_term(z, gamma, eps) + cov_coeff * covariance_term(z)
@@ -257,11 +405,12 @@ class VICRegLoss(nn.Module):
         cov_coeff: float = 1.0,
         gamma: float = 1.0,
         eps: float = 1e-4,
-        gather: bool = True,
+        gather: Gather = True,
         check_finite: bool = True,
     ) -> None:
         super().__init__()
         _check_coefficients(sim_coeff=sim_coeff, std_coeff=std_coeff, cov_coeff=cov_coeff, gamma=gamma, eps=eps)
+        _check_gather(gather)
         self.sim_coeff = sim_coeff
         self.std_coeff = std_coeff
         self.cov_coeff = cov_coeff
