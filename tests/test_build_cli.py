@@ -206,3 +206,37 @@ def test_model_init_with_a_wrong_file_gives_a_short_mismatch_report(tmp_path: Pa
         main(["train", "--out", str(tmp_path / "r"), "--max-steps", "1", "--model.init", str(wrong), *flags])
     text = str(err.value)
     assert "missing" in text and "unexpected" in text and len(text.splitlines()) <= 6, text
+
+
+@pytest.mark.slow
+def test_neighbors_finds_planted_duplicates_and_draws_the_grid(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from vicreg.plots import grid_size
+
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(folder / f"img{i:02d}.png")
+    planted = {("img03.png", "img03_copy.png"), ("img07.png", "img07_copy.png")}
+    for a, b in planted:
+        (folder / b).write_bytes((folder / a).read_bytes())
+    data = _image_npz(tmp_path / "img.npz")
+    run = tmp_path / "run"
+    main(["train", "--data", str(data), "--out", str(run), "--max-steps", "2", *COMMON, *KINDS["image"][1]])
+    out = tmp_path / "grid.png"
+    main(["neighbors", str(run), "--data", str(folder), "--query", "0", "3", "--k", "4", "--out", str(out)])
+    main(["neighbors", str(run), "--data", str(folder), "--duplicates", "0.9999", "--out", str(out), "--k", "2"])
+    from PIL import Image as PILImage
+
+    assert PILImage.open(out).size == grid_size(8, 2)  # 8 random queries, k = 2
+    rows = (tmp_path / "grid_duplicates.csv").read_text().splitlines()
+    found = {tuple(sorted((Path(r.split(",")[4]).name, Path(r.split(",")[5]).name))) for r in rows[1:]}
+    assert found == {tuple(sorted(p)) for p in planted}
+    neighbours = (tmp_path / "grid.csv").read_text().splitlines()
+    assert neighbours[0].startswith("query,rank,neighbor,similarity")
+    cells = [r.split(",") for r in neighbours[1:]]
+    for query in {c[0] for c in cells}:  # a query in the bank finds itself at similarity 1 (ties: a planted copy)
+        own = [c for c in cells if c[0] == query]
+        assert float(own[0][3]) > 0.9999 and any(c[2] == query and float(c[3]) > 0.9999 for c in own), own
