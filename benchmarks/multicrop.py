@@ -79,7 +79,8 @@ def main() -> None:
                 per_step.append(time.perf_counter() - t0)
             times[m].append(statistics.median(per_step))
     base = statistics.median(times[args.crops[0]])
-    print(f"| local crops ({args.local_size} px) | step ms | rounds' range ms | ratio to M = {args.crops[0]} | images/s |")
+    head = f"| local crops ({args.local_size} px) | step ms | rounds' range ms | ratio to M = {args.crops[0]}"
+    print(head + " | images/s |")
     print("|---:|---:|---:|---:|---:|")
     for m in args.crops:
         t = statistics.median(times[m])

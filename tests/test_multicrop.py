@@ -395,6 +395,7 @@ def test_every_parameter_receives_a_gradient_with_local_views() -> None:
 
 def test_frozen_running_stats_in_eval_mode_and_restored_on_error() -> None:
     bn = nn.BatchNorm1d(4)
+    assert bn.running_mean is not None
     bn.running_mean.fill_(0.5)
     bn.eval()
     x = torch.randn(6, 4)
