@@ -10,6 +10,7 @@ from vicreg.loss import (
     variance_covariance_loss,
     variance_term,
     vicreg_loss,
+    vicreg_multiview_loss,
 )
 from vicreg.models import Expander, VICReg
 
@@ -30,5 +31,6 @@ __all__ = [
     "variance_covariance_loss",
     "variance_term",
     "vicreg_loss",
+    "vicreg_multiview_loss",
 ]
 __version__ = "0.1.0"

@@ -53,6 +53,7 @@ __all__ = [
     "variance_covariance_loss",
     "variance_term",
     "vicreg_loss",
+    "vicreg_multiview_loss",
 ]
 
 
@@ -437,3 +438,98 @@ class VICRegLoss(nn.Module):
             f"sim_coeff={self.sim_coeff}, std_coeff={self.std_coeff}, cov_coeff={self.cov_coeff}, "
             f"gamma={self.gamma}, eps={self.eps}, gather={self.gather}"
         )
+
+
+# --------------------------------------------------------------------------------------------- multi-crop
+
+MULTIVIEW_WEIGHTINGS = ("mean", "vicregl")
+"""The weightings of :func:`vicreg_multiview_loss`; they differ only in the scale of the covariance term."""
+
+
+def _fold_sum(terms: list[Tensor]) -> Tensor:
+    """``t0 + t1 + ...`` left to right (the exact order :func:`vicreg_loss` adds its two branches in)."""
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
+
+
+def vicreg_multiview_loss(
+    global_embeddings: list[Tensor] | tuple[Tensor, ...],
+    local_embeddings: list[Tensor] | tuple[Tensor, ...] = (),
+    *,
+    sim_coeff: float = 25.0,
+    std_coeff: float = 25.0,
+    cov_coeff: float = 1.0,
+    gamma: float = 1.0,
+    eps: float = 1e-4,
+    gather: bool = True,
+    weighting: str = "mean",
+    check_finite: bool = True,
+) -> VICRegOutput:
+    """The VICReg loss of several views of one batch: global views and (multi-crop) local views.
+
+    Every view is an ``(N, D)`` batch of expander outputs of the same ``N`` samples (row ``n`` of each view
+    comes from image ``n``). With ``G`` global and ``L`` local views, ``V = G + L``:
+
+    * invariance: the mean of :func:`invariance_term` over the ``G * (V - 1)`` ordered pairs (global view
+      ``i``, any other view ``j``), as VICRegL's global loss (facebookresearch/VICRegL ``main_vicregl.py``
+      ``global_loss``, commit 803ae4c, l. 421-446; lightly ``VICRegLLoss._global_invariance_loss``): a pair of
+      global views counts twice (both orders), a global-local pair once, and two local views are never
+      compared;
+    * variance: the mean over the ``V`` views of :func:`variance_term`, each on its global batch;
+    * covariance: :func:`covariance_term` of each view on its global batch, summed and scaled by ``2 / V``
+      (``weighting="mean"``: the mean over views times 2, the official loss's sum over its two branches) or by
+      ``1 / V`` (``weighting="vicregl"``: the mean over views, as VICRegL's global loss).
+
+    With two global views and no local ones, ``weighting="mean"`` is :func:`vicreg_loss` of the pair (same
+    values and gradients: the official code averages the variance of its two branches and adds their
+    covariances). ``weighting="vicregl"`` is VICRegL's global criterion; on a pair it is :func:`vicreg_loss`
+    with ``cov_coeff / 2``, i.e. it halves the covariance weight of the paper's recipe. Any number ``G >= 1`` of
+    global views is accepted, with at least two views in all.
+
+    Args:
+        global_embeddings: the ``G`` global views' embeddings, ``(N, D)`` each (view A's first).
+        local_embeddings: the ``L`` local views' embeddings, ``(N, D)`` each (may be empty).
+        sim_coeff, std_coeff, cov_coeff, gamma, eps, gather, check_finite: as :func:`vicreg_loss`; with
+            ``gather`` each view's variance and covariance see the global batch of that view.
+        weighting: ``"mean"`` (default) or ``"vicregl"``, see above.
+
+    Returns:
+        :class:`VICRegOutput`: the weighted ``loss`` and the unweighted ``invariance`` (mean over pairs),
+        ``variance`` (mean over views) and ``covariance`` (as weighted above).
+    """
+    if weighting not in MULTIVIEW_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {MULTIVIEW_WEIGHTINGS}, got {weighting!r}")
+    globals_, locals_ = list(global_embeddings), list(local_embeddings)
+    if not globals_ or len(globals_) + len(locals_) < 2:
+        raise ValueError(
+            f"vicreg_multiview_loss needs at least one global view and two views in all, got {len(globals_)} "
+            f"global and {len(locals_)} local"
+        )
+    names = [f"global_embeddings[{i}]" for i in range(len(globals_))]
+    names += [f"local_embeddings[{i}]" for i in range(len(locals_))]
+    views = globals_ + locals_
+    for z, name in zip(views, names, strict=True):
+        _check_embeddings(z, name, check_finite=check_finite)
+        if z.shape != views[0].shape:
+            raise ValueError(
+                f"{name} has shape {tuple(z.shape)} but {names[0]} has {tuple(views[0].shape)}; every view "
+                "must embed the same samples into the same dimension (local crops: batch them per crop)"
+            )
+    _check_coefficients(sim_coeff=sim_coeff, std_coeff=std_coeff, cov_coeff=cov_coeff, gamma=gamma, eps=eps)
+
+    g, v = len(globals_), len(views)
+    with torch.autocast(device_type=views[0].device.type, enabled=False):
+        views = [_float32(z) for z in views]
+        # Each unordered pair once; a pair of global views stands for its two orders (MSE is symmetric).
+        pairs = [
+            invariance_term(views[i], views[j]) * (2.0 if j < g else 1.0) for i in range(g) for j in range(i + 1, v)
+        ]
+        invariance = _fold_sum(pairs) / (g * (v - 1))
+        if gather:
+            views = [gather_with_grad(z) for z in views]
+        variance = _fold_sum([variance_term(z, gamma, eps) for z in views]) / v
+        covariance = _fold_sum([covariance_term(z) for z in views]) * ((2.0 if weighting == "mean" else 1.0) / v)
+        loss = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
+    return VICRegOutput(loss, invariance, variance, covariance)

@@ -8,6 +8,9 @@ Faithfulness to the official implementation (facebookresearch/vicreg ``main_vicr
   is the 512 (ResNet-18/34) or 2048 (ResNet-50) global-average-pooled features;
 * the two views go through the encoder in two separate calls, so BatchNorm statistics are per view.
 
+Multi-crop (:meth:`VICReg.forward_multi`): the small local crops run as one batch through branch b without
+updating any running statistics, so the statistics used at evaluation come from the global views alone.
+
 A backbone is a torchvision ResNet by name (``"resnet18"``, ``"resnet34"``, ``"resnet50"``), the small
 CPU-friendly :class:`SmallCNN` (``"small_cnn"``), a timm model (``"timm:<name>"``, needs ``pip install timm``)
 or any ``nn.Module`` that maps a batch to ``(N, feature_dim)`` features.
@@ -17,7 +20,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, overload
 
@@ -35,6 +39,7 @@ __all__ = [
     "VICReg",
     "build_backbone",
     "feature_dim_of",
+    "frozen_running_stats",
     "infer_feature_dim",
     "parse_expander_spec",
 ]
@@ -349,6 +354,31 @@ def _resolve_backbone(
     return module, infer_feature_dim(module, sample_input)
 
 
+@contextmanager
+def frozen_running_stats(*modules: nn.Module) -> Iterator[None]:
+    """Inside the block, normalisation layers of ``modules`` in training mode use the batch's statistics but
+    update no running statistics (``running_mean``, ``running_var``, ``num_batches_tracked``).
+
+    Done by clearing ``track_running_stats`` of every BatchNorm/InstanceNorm layer (torch's ``_NormBase``:
+    ``BatchNorm1d/2d/3d``, ``SyncBatchNorm``, timm's ``BatchNormAct2d``) that tracks them, and restoring it on
+    exit; in training mode such a layer then normalises with the batch statistics and passes no buffers to
+    ``F.batch_norm``. Layers in eval mode are unaffected (they keep using their running statistics).
+    """
+    norms = [
+        m
+        for module in modules
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats
+    ]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+
+
 # --------------------------------------------------------------------------------------------- model
 
 
@@ -459,3 +489,39 @@ class VICReg(nn.Module):
         if x_b is None:
             return z_a
         return z_a, self.expand(x_b, "b")
+
+    def forward_multi(
+        self, global_views: Sequence[Tensor], local_views: Sequence[Tensor] = ()
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Expander outputs of the two global views and of any number of local views (multi-crop).
+
+        The global views ``[x_a, x_b]`` go exactly as ``model(x_a, x_b)`` (view A through branch a, view B
+        through branch b, separate calls: BatchNorm statistics per view), so without local views this is the
+        pair form. The local views, all of one shape, run as ONE concatenated batch through branch b (the
+        shared encoder when the branches are shared; branch b's own encoder and expander otherwise, which must
+        then accept the local crops), as DINO's multi-crop wrapper batches the crops of one resolution; they are
+        normalised with that batch's statistics but update no running statistics
+        (:func:`frozen_running_stats`), so evaluation uses statistics of the global views only.
+
+        Under DistributedDataParallel only ``forward`` is wrapped: call this through a ``forward`` (a
+        ``forward_multi`` call on ``ddp.module`` skips DDP's gradient synchronisation set-up).
+
+        Returns:
+            ``([z_a, z_b], [z_local_1, ..., z_local_M])``, each ``(N, embedding_dim)``.
+        """
+        if len(global_views) != 2:
+            raise ValueError(f"forward_multi takes the two global views [x_a, x_b], got {len(global_views)}")
+        local_views = list(local_views)
+        for i, x in enumerate(local_views):
+            if x.shape != local_views[0].shape:
+                raise ValueError(
+                    f"local view {i} has shape {tuple(x.shape)} but local view 0 has {tuple(local_views[0].shape)}; "
+                    "the local views run as one batch and need one shape"
+                )
+        z_a, z_b = self.forward(global_views[0], global_views[1])
+        if not local_views:
+            return [z_a, z_b], []
+        backbone, expander = self._modules_of("b")
+        with frozen_running_stats(backbone, expander):
+            z_local = expander(backbone(torch.cat(local_views)))
+        return [z_a, z_b], list(z_local.chunk(len(local_views)))

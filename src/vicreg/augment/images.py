@@ -4,7 +4,9 @@
 the official recipe (facebookresearch/vicreg ``augmentations.py``, the paper's appendix); every probability
 and strength is a field of :class:`ViewConfig` and can be overridden per view. Each sample draws its own
 parameters (:func:`sample_view_params`), then :func:`apply_view` applies them with the batched operations of
-:mod:`vicreg.augment.functional`.
+:mod:`vicreg.augment.functional`. ``PaperViews(..., local_crops=M).multi(x)`` adds ``M`` small local crops per
+image (multi-crop, as SwAV, DINO and VICRegL), all ``M * N`` of them drawn and applied as one batch
+(:func:`apply_local_views`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from vicreg.augment import functional as AF
@@ -29,6 +32,7 @@ __all__ = [
     "PaperViews",
     "ViewConfig",
     "ViewParams",
+    "apply_local_views",
     "apply_view",
     "default_blur_kernel_size",
     "image_views",
@@ -242,6 +246,66 @@ def apply_view(
     return AF._solarize_(x, p.solarize, 0.5, scratch)
 
 
+def _local_crops(
+    x: Tensor, boxes: Tensor, flip: Tensor, crops: int, size: tuple[int, int], interpolation: str, scratch: AF.Scratch
+) -> Tensor:
+    """The ``crops`` resized crops of every sample of ``x`` in one ``grid_sample``, without copying ``x``.
+
+    ``boxes`` ``(crops * N, 4)`` and ``flip`` ``(crops * N,)`` are crop-major (row ``m * N + n`` is crop ``m`` of
+    sample ``n``). The sampling grids of one sample's crops are stacked along the output height, so the
+    input keeps its ``N`` rows; the result is reordered to ``(crops * N, C, h, w)``, crop-major. Each output
+    pixel is sampled from its own grid point alone, so this equals :func:`vicreg.augment.functional.
+    resized_crop` of ``x`` repeated ``crops`` times, value for value.
+    """
+    n, c, in_h, in_w = x.shape
+    out_h, out_w = size
+    bilinear = interpolation == "bilinear"
+    top, left, height, width = boxes.unbind(1)
+    ys = AF._axis_coords(top, height, out_h, in_h, clamp=bilinear)
+    xs = AF._axis_coords(left, width, out_w, in_w, clamp=bilinear)
+    xs = torch.where(flip[:, None], xs.flip(1), xs)
+    grid = scratch.get("grid", (n, crops, out_h, out_w, 2), x)
+    grid[..., 0] = xs.view(crops, n, 1, out_w).transpose(0, 1)
+    grid[..., 1] = ys.view(crops, n, out_h, 1).transpose(0, 1)
+    grid = grid.view(n, crops * out_h, out_w, 2)
+    out = F.grid_sample(x, grid, mode=interpolation, padding_mode="border", align_corners=False)
+    out = out.view(n, c, crops, out_h, out_w).permute(2, 0, 1, 3, 4).reshape(crops * n, c, out_h, out_w)
+    return out if bilinear else out.clamp_(0, 1)
+
+
+def apply_local_views(
+    x: Tensor,
+    params: ViewParams,
+    crops: int,
+    size: tuple[int, int],
+    *,
+    blur_kernel_size: int,
+    interpolation: str = "bilinear",
+    scratch: AF.Scratch | None = None,
+) -> Tensor:
+    """:func:`apply_view` for ``crops`` views of every sample at once: ``(crops * N, C, h, w)``, crop-major.
+
+    ``params`` has ``crops * N`` rows, row ``m * N + n`` being crop ``m`` of sample ``n`` of ``x``
+    (``(N, C, H, W)`` float in ``[0, 1]``). Equals ``apply_view(x.repeat(crops, 1, 1, 1), params, size, ...)``
+    without materialising the repeated input.
+    """
+    if interpolation not in ("bilinear", "bicubic"):
+        raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
+    n = x.shape[0]
+    if crops < 1 or params.boxes.shape[0] != crops * n:
+        raise ValueError(
+            f"apply_local_views needs crops >= 1 and crops * N = {crops} * {n} parameter rows, "
+            f"got {params.boxes.shape[0]}"
+        )
+    scratch = AF.Scratch() if scratch is None else scratch
+    p = ViewParams(*(t.to(x.device, non_blocking=x.device.type != "cpu") for t in params))
+    v = _local_crops(x, p.boxes, p.flip, crops, size, interpolation, scratch)
+    v = AF._color_jitter_(v, p.jitter, p.brightness, p.contrast, p.saturation, p.hue, p.order, p.hue_position, scratch)
+    v = AF._grayscale_(v, p.grayscale, scratch)
+    v = AF._gaussian_blur_(v, p.sigma, p.blur, blur_kernel_size, scratch)
+    return AF._solarize_(v, p.solarize, 0.5, scratch)
+
+
 def _view_config(base: ViewConfig, shared: Mapping[str, Any], own: ViewConfig | Mapping[str, Any] | None) -> ViewConfig:
     if isinstance(own, ViewConfig):
         base, own = own, None
@@ -294,6 +358,14 @@ class PaperViews:
     ``symmetric=True`` uses one pipeline for both views, as lightly and solo-learn do (blur p = 0.5, solarize
     p = 0.1 on both), for comparison; it is not the paper's recipe.
 
+    Multi-crop (SwAV, DINO, the global loss of VICRegL): ``local_crops = M > 0`` adds ``M`` small crops per
+    image, returned by :meth:`multi` next to the two global views (``views(x)`` still returns the pair). Each
+    local crop has its own random parameters: by default view B's augmentations (after ``view_b`` and the
+    shared overrides) with the crop scale ``local_crop_scale``; ``view_local`` overrides fields as ``view_b``
+    does. VICRegL's own code alternates view A's and view B's colour pipelines over its local crops; pass
+    ``view_local=PAPER_VIEW_A`` (or ``{"blur_p": 1.0, "solarize_p": 0.0}``) for A's. All ``M * N`` crops are
+    drawn, resized and augmented as one batch; ``M = 0`` draws nothing more than the pair.
+
     One-channel input works: brightness and contrast act on the one channel (contrast blends with its mean),
     saturation, hue and grayscale are the identity, and the normalisation statistics are averaged to one value
     (ImageNet: mean 0.449, std 0.226) unless given with one value each.
@@ -312,6 +384,15 @@ class PaperViews:
         interpolation: ``"bilinear"`` or ``"bicubic"``.
         blur_kernel_size: odd number of blur taps; default :func:`default_blur_kernel_size` of the smaller
             side.
+        local_crops: number ``M`` of local crops per image made by :meth:`multi` (0: the pair only).
+        local_size: their output size, ``int`` or ``(height, width)``; default half of ``size`` per side,
+            at least 8 (and at most ``size``).
+        local_crop_scale: their crop area range as a fraction of the image (DINO's (0.05, 0.4)); it always
+            replaces the ``crop_scale`` of the local crops' configuration.
+        view_local: a :class:`ViewConfig` or a mapping of fields overriding view B's configuration for the
+            local crops (``crop_scale`` excepted: see ``local_crop_scale``).
+        local_blur_kernel_size: blur taps of the local crops; default :func:`default_blur_kernel_size` of
+            their smaller side.
         **overrides: :class:`ViewConfig` fields applied to both views, e.g. ``hue=0.0``; ``view_a``/``view_b``
             mappings are applied after them.
     """
@@ -328,6 +409,11 @@ class PaperViews:
         normalize: bool = True,
         interpolation: str = "bilinear",
         blur_kernel_size: int | None = None,
+        local_crops: int = 0,
+        local_size: int | tuple[int, int] | None = None,
+        local_crop_scale: tuple[float, float] = (0.05, 0.4),
+        view_local: ViewConfig | Mapping[str, Any] | None = None,
+        local_blur_kernel_size: int | None = None,
         **overrides: Any,
     ) -> None:
         self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
@@ -350,6 +436,41 @@ class PaperViews:
             raise ValueError(f"mean and std need 1 or 3 values each and std > 0, got mean={mean!r}, std={std!r}")
         self.normalize = normalize
         self._scratch = AF.Scratch()
+        self._init_local(local_crops, local_size, local_crop_scale, view_local, local_blur_kernel_size)
+
+    def _init_local(
+        self,
+        crops: int,
+        size: int | tuple[int, int] | None,
+        crop_scale: tuple[float, float],
+        view: ViewConfig | Mapping[str, Any] | None,
+        blur_kernel_size: int | None,
+    ) -> None:
+        if isinstance(crops, bool) or not isinstance(crops, int) or crops < 0:
+            raise ValueError(f"local_crops must be an int >= 0 (0: only the two global views), got {crops!r}")
+        self.local_crops = crops
+        if size is None:
+            h, w = self.size
+            self.local_size = (min(h, max(8, h // 2)), min(w, max(8, w // 2)))
+        elif isinstance(size, int) and not isinstance(size, bool):
+            self.local_size = (size, size)
+        elif isinstance(size, Sequence) and len(size) == 2 and all(isinstance(s, int) for s in size):
+            self.local_size = (int(size[0]), int(size[1]))
+        else:
+            raise ValueError(f"local_size must be an int or (height, width), got {size!r}")
+        if min(self.local_size) < 1:
+            raise ValueError(f"local_size must be positive, got {size!r}")
+        if isinstance(view, Mapping) and "crop_scale" in view:
+            raise ValueError("set the local crops' scale with local_crop_scale=(min, max), not in view_local")
+        self.view_local = replace(_view_config(self.view_b, {}, view), crop_scale=crop_scale)
+        k = default_blur_kernel_size(min(self.local_size)) if blur_kernel_size is None else int(blur_kernel_size)
+        if k < 1 or k % 2 == 0 or k // 2 >= min(self.local_size):
+            raise ValueError(
+                f"local_blur_kernel_size must be odd, >= 1 and less than twice the smaller local side "
+                f"{min(self.local_size)}, got {k}"
+            )
+        self.local_blur_kernel_size = k
+        self._scratch_local = AF.Scratch()  # own buffers: the local shapes differ from the global ones
 
     def _to_float(self, x: Tensor, keep: bool = False) -> Tensor:
         """Check ``x`` and bring it to float in [0, 1] (``keep``: in this instance's CPU scratch memory)."""
@@ -402,11 +523,53 @@ class PaperViews:
         x = self._to_float(x, keep=True)
         return self.view(x, self.view_a, generator), self.view(x, self.view_b, generator)
 
+    def local_views(self, x: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
+        """The ``local_crops`` local views of ``x``: a list of ``M`` batches ``(N, C, *local_size)``.
+
+        Crop ``m`` of every sample is in the ``m``-th batch. The ``M * N`` parameter rows are drawn at once
+        (crop-major) from ``generator``, then cropped and augmented as one batch. Empty when ``M = 0``.
+        """
+        if self.local_crops == 0:
+            return []
+        x = self._to_float(x)
+        m, n = self.local_crops, x.shape[0]
+        device = generator.device if generator is not None else x.device
+        params = sample_view_params(self.view_local, m * n, (x.shape[2], x.shape[3]), generator, device)
+        scratch = self._scratch_local if x.device.type == "cpu" else AF.Scratch()
+        v = apply_local_views(
+            x,
+            params,
+            m,
+            self.local_size,
+            blur_kernel_size=self.local_blur_kernel_size,
+            interpolation=self.interpolation,
+            scratch=scratch,
+        )
+        v = self._normalize(v) if self.normalize else v
+        return list(v.view(m, n, *v.shape[1:]).unbind(0))
+
+    def multi(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[list[Tensor], list[Tensor]]:
+        """The global views ``[v_a, v_b]`` and the ``M`` local views (:meth:`local_views`) of a batch.
+
+        The global views are drawn first, exactly as ``views(x, generator)`` draws them, so they are the
+        same tensors (bit for bit) as the pair and ``M = 0`` gives ``([v_a, v_b], [])``.
+        """
+        x = self._to_float(x, keep=True)
+        v_a, v_b = self.view(x, self.view_a, generator), self.view(x, self.view_b, generator)
+        return [v_a, v_b], self.local_views(x, generator)
+
     def __repr__(self) -> str:
         return (
             f"PaperViews(size={self.size}, interpolation={self.interpolation!r}, "
             f"blur_kernel_size={self.blur_kernel_size}, normalize={self.normalize}, mean={self.mean}, "
-            f"std={self.std},\n  view_a={self.view_a},\n  view_b={self.view_b})"
+            f"std={self.std},\n  view_a={self.view_a},\n  view_b={self.view_b}"
+            + (
+                f",\n  local_crops={self.local_crops}, local_size={self.local_size}, "
+                f"local_blur_kernel_size={self.local_blur_kernel_size},\n  view_local={self.view_local}"
+                if self.local_crops
+                else ""
+            )
+            + ")"
         )
 
 
