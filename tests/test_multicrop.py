@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import os
 import socket
 from pathlib import Path
@@ -493,3 +494,30 @@ def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path: Path) -> N
         torch.testing.assert_close(terms_pair, terms_ref, rtol=1e-6, atol=0)
         for g, g1 in zip(grads_pair, grads_ref, strict=True):
             torch.testing.assert_close(g, g1, rtol=1e-6, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+@pytest.mark.slow
+def test_training_with_local_crops_resumes_exactly(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """views.local_crops through the real trainer: finite loss, resume == uninterrupted, bf16."""
+    from dataclasses import replace
+
+    from tests.test_train import _tiny
+    from vicreg.checkpoint import load_checkpoint
+    from vicreg.config import ViewsConfig
+    from vicreg.train import train
+
+    views = ViewsConfig(size=16, local_crops=2, local_size=8)
+    full = train(_tiny(tmp_path / "a", max_steps=6, knn_every=0, views=views, precision="bf16"))
+    assert all(math.isfinite(v) for v in full.metrics.values())
+    half = _tiny(tmp_path / "b", max_steps=3, knn_every=0, views=views, precision="bf16")
+    train(half)
+    resumed = train(replace(half, max_steps=6))
+    wa = load_checkpoint(full.run_dir / "checkpoints" / "last.pt")["model"]
+    wb = load_checkpoint(resumed.run_dir / "checkpoints" / "last.pt")["model"]
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0, msg=key)
+    pair = train(_tiny(tmp_path / "c", max_steps=6, knn_every=0, precision="bf16"))
+    assert pair.metrics["loss"] != full.metrics["loss"]  # the local crops really take part

@@ -92,7 +92,7 @@ __all__ = [
     "use_data_root",
 ]
 
-Views = Callable[..., tuple[Tensor, Tensor]]
+Views = Any  # a views object: views(x, generator=g) -> (v_a, v_b); PaperViews also has .multi (local crops)
 BatchLoader = InMemoryLoader | FolderLoader | HFStreamLoader
 
 

@@ -122,6 +122,10 @@ class LossConfig:
     behaviour); sharded, the same values with each process computing only its share of the covariance (exact
     gradients; fewer FLOPs per process); False, per-process statistics."""
 
+    multiview_weighting: Literal["mean", "vicregl"] = "mean"
+    """With local crops (views.local_crops > 0): how the views' terms are combined (vicreg_multiview_loss); mean
+    equals the paper's loss on a pair, vicregl is VICRegL's global loss (half the covariance weight on a pair)."""
+
     def __post_init__(self) -> None:
         for name in ("sim_coeff", "std_coeff", "cov_coeff", "gamma"):
             _non_negative(f"loss.{name}", getattr(self, name))

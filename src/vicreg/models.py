@@ -477,14 +477,23 @@ class VICReg(nn.Module):
     def forward(self, x_a: Tensor, x_b: None = None) -> Tensor: ...
     @overload
     def forward(self, x_a: Tensor, x_b: Tensor) -> tuple[Tensor, Tensor]: ...
+    @overload
+    def forward(self, x_a: Tensor, x_b: Tensor, local_views: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]: ...
 
-    def forward(self, x_a: Tensor, x_b: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
-        """``model(x)`` -> expander output of branch a; ``model(x_a, x_b)`` -> ``(z_a, z_b)``.
+    def forward(
+        self, x_a: Tensor, x_b: Tensor | None = None, local_views: Sequence[Tensor] | None = None
+    ) -> Tensor | tuple[Tensor, Tensor] | tuple[list[Tensor], list[Tensor]]:
+        """``model(x)`` -> expander output of branch a; ``model(x_a, x_b)`` -> ``(z_a, z_b)``;
+        ``model(x_a, x_b, local_views=[...])`` -> :meth:`forward_multi` (multi-crop).
 
         The pair form runs each view through its own branch in separate calls (BatchNorm statistics per
         view, as the official code). Call the pair form in training: under DistributedDataParallel both
-        views must go through one ``forward``.
+        views (and the local views) must go through one ``forward``.
         """
+        if local_views is not None:
+            if x_b is None:
+                raise ValueError("local views come with the two global views: model(x_a, x_b, local_views=...)")
+            return self.forward_multi([x_a, x_b], local_views)
         z_a = self.expand(x_a, "a")
         if x_b is None:
             return z_a
@@ -518,7 +527,7 @@ class VICReg(nn.Module):
                     f"local view {i} has shape {tuple(x.shape)} but local view 0 has {tuple(local_views[0].shape)}; "
                     "the local views run as one batch and need one shape"
                 )
-        z_a, z_b = self.forward(global_views[0], global_views[1])
+        z_a, z_b = self.expand(global_views[0], "a"), self.expand(global_views[1], "b")
         if not local_views:
             return [z_a, z_b], []
         backbone, expander = self._modules_of("b")

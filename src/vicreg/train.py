@@ -48,7 +48,7 @@ from vicreg.checkpoint import (
 )
 from vicreg.config import TrainConfig, config_to_dict
 from vicreg.diagnostics import collapse_stats
-from vicreg.loss import VICRegOutput, vicreg_loss
+from vicreg.loss import VICRegOutput, vicreg_loss, vicreg_multiview_loss
 from vicreg.monitors import OnlineProbe
 from vicreg.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
 from vicreg.runlog import RunLog
@@ -177,6 +177,9 @@ def train(cfg: TrainConfig, *, objective: Objective | None = None) -> TrainResul
     elif info.is_main:
         _write_config(run_dir, cfg)
 
+    multi_crop = getattr(views, "local_crops", 0) > 0
+    if multi_crop and objective is not None:
+        raise ValueError("an objective hook sees the pair only; train without local crops (views.local_crops 0)")
     ddp_model: nn.Module = model
     if info.world_size > 1:
         ddp_model = nn.parallel.DistributedDataParallel(
@@ -230,10 +233,15 @@ def train(cfg: TrainConfig, *, objective: Objective | None = None) -> TrainResul
                 images, labels = next(batches)
                 images = images.to(device, non_blocking=True)
                 generator.manual_seed(_view_seed(cfg.seed, step, info.rank))
-                v_a, v_b = views(images, generator=generator)
+                local_views: list[Tensor] = []
+                if multi_crop:  # the pair is the same as without local crops; the crops draw afterwards
+                    (v_a, v_b), local_views = views.multi(images, generator=generator)
+                else:
+                    v_a, v_b = views(images, generator=generator)
                 if cfg.channels_last:
                     v_a = v_a.contiguous(memory_format=torch.channels_last)
                     v_b = v_b.contiguous(memory_format=torch.channels_last)
+                    local_views = [v.contiguous(memory_format=torch.channels_last) for v in local_views]
                 set_lr(
                     optimizer,
                     warmup_cosine(step, schedule_steps, warmup_steps, peak_lr, cfg.optim.final_lr_ratio),
@@ -241,21 +249,12 @@ def train(cfg: TrainConfig, *, objective: Objective | None = None) -> TrainResul
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     if probe is not None:
                         probe.arm()
-                    z_a, z_b = forward(v_a, v_b)
-                if objective is not None:
-                    out = objective(z_a, z_b)
-                else:
-                    out = vicreg_loss(
-                        z_a,
-                        z_b,
-                        sim_coeff=cfg.loss.sim_coeff,
-                        std_coeff=cfg.loss.std_coeff,
-                        cov_coeff=cfg.loss.cov_coeff,
-                        gamma=cfg.loss.gamma,
-                        eps=cfg.loss.eps,
-                        gather=cfg.loss.gather,
-                        check_finite=False,
-                    )
+                    if multi_crop:  # through forward, so that DDP sees every view
+                        (z_a, z_b), z_local = forward(v_a, v_b, local_views=local_views)
+                    else:
+                        z_a, z_b = forward(v_a, v_b)
+                        z_local = []
+                out = objective(z_a, z_b) if objective is not None else _vicreg_objective(cfg, [z_a, z_b], z_local)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(out.loss).backward()
                 scaler.step(optimizer)
@@ -311,6 +310,22 @@ def train(cfg: TrainConfig, *, objective: Objective | None = None) -> TrainResul
     if interrupted and info.is_main:
         print(f"stopped by signal at step {step}; checkpoint saved to {resume_path}", file=sys.stderr)
     return TrainResult(run_dir, step, metrics, interrupted, info.is_main)
+
+
+def _vicreg_objective(cfg: TrainConfig, z_globals: list[Tensor], z_locals: list[Tensor]) -> VICRegOutput:
+    """The VICReg loss of ``cfg.loss`` on the pair, or on the pair and the local crops (multi-crop)."""
+    coeffs: dict[str, Any] = {
+        "sim_coeff": cfg.loss.sim_coeff,
+        "std_coeff": cfg.loss.std_coeff,
+        "cov_coeff": cfg.loss.cov_coeff,
+        "gamma": cfg.loss.gamma,
+        "eps": cfg.loss.eps,
+        "gather": cfg.loss.gather,
+        "check_finite": False,
+    }
+    if not z_locals:
+        return vicreg_loss(*z_globals, **coeffs)
+    return vicreg_multiview_loss(z_globals, z_locals, weighting=cfg.loss.multiview_weighting, **coeffs)
 
 
 def _view_seed(seed: int, step: int, rank: int) -> int:

@@ -601,6 +601,15 @@ class ImageViewsConfig:
     symmetric_solarize_prob: float = 0.1
     """Solarization probability of both views when ``symmetric`` (lightly and solo-learn: 0.1)."""
 
+    local_crops: int = 0
+    """Multi-crop: small extra crops per image (0: the paper's pair). They take view B's augmentations."""
+    local_size: int = 0
+    """Side of the local crops in pixels (0: half of size, at least 8)."""
+    local_crop_scale_min: float = 0.05
+    """Smallest local crop area as a fraction of the image."""
+    local_crop_scale_max: float = 0.4
+    """Largest local crop area as a fraction of the image."""
+
     def __post_init__(self) -> None:
         if self.size < 8:
             raise ValueError(f"views.size must be at least 8 pixels, got {self.size}")
@@ -611,6 +620,15 @@ class ImageViewsConfig:
             if not 0 <= p <= 1:
                 raise ValueError(f"views.{name} is a probability and must be in [0, 1], got {p}")
         _non_negative("views.jitter_strength", self.jitter_strength)
+        if self.local_crops < 0 or self.local_size < 0:
+            raise ValueError(
+                f"views.local_crops and views.local_size must be >= 0, got {self.local_crops} and {self.local_size}"
+            )
+        if not 0 < self.local_crop_scale_min <= self.local_crop_scale_max <= 1:
+            raise ValueError(
+                "views.local_crop_scale_min and _max must satisfy 0 < min <= max <= 1, got "
+                f"{self.local_crop_scale_min} and {self.local_crop_scale_max}"
+            )
 
 
 def image_views(
@@ -652,6 +670,9 @@ def image_views(
         view_a=view_a,
         view_b=view_b,
         crop_scale=(cfg.crop_scale_min, 1.0),
+        local_crops=cfg.local_crops,
+        local_size=cfg.local_size or None,
+        local_crop_scale=(cfg.local_crop_scale_min, cfg.local_crop_scale_max),
         **jitter,
     )
 
