@@ -94,6 +94,11 @@ ROWS: list[Row] = [
         for b, p in ((64, ""), (128, "67.3"), (256, "67.9"), (512, "68.2"), (1024, "68.3"))
     ),
     Row("views", "symmetric views (blur 0.5, solarize 0.1 on both)", {"views": {"symmetric": True}}),
+    # multi-crop (not in the paper; VICRegL's global loss): M local 14 px crops, scale 0.05-0.4, view B's augmentations
+    *(
+        Row("multicrop", f"{m} local crops (14 px)", {"views": {"local_crops": m, "local_size": 14}})
+        for m in (0, 2, 4, 6)
+    ),
     Row(
         "simsiam",
         "SimSiam-style: cosine + stop-grad, no predictor",

@@ -26,19 +26,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
+import yaml
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import ceiling_rate  # noqa: E402
-
-from vicreg.config import PRESETS, merge  # noqa: E402
-from vicreg.evaluate.runner import EvalSettings, run_eval  # noqa: E402
-from vicreg.train import train  # noqa: E402
+from vicreg.config import PRESETS, merge
+from vicreg.evaluate.runner import EvalSettings, run_eval
+from vicreg.train import train
 
 METHODS: dict[str, dict[str, Any]] = {
     "two-view": {},
@@ -62,6 +56,9 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 
 def reference_rate(steps: int = 8, rounds: int = 3) -> float:
     """images/s of the preset's bare forward+backward (both views, model only): the machine's speed."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from train import ceiling_rate  # benchmarks/train.py
+
     cfg = PRESETS["fashion-mnist-cpu"]
     return statistics.median(ceiling_rate(cfg, 1, steps, backbone_only=False) for _ in range(rounds))
 
@@ -107,7 +104,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, 2)
     for ax, key, title in ((axes[0], "knn_top1", "kNN (k = 20)"), (axes[1], "linear_top1", "linear probe (last)")):
         for method in sorted({r["method"] for r in rows}):
             mine = [r for r in rows if r["method"] == method]
