@@ -112,7 +112,7 @@ def test_every_command_works_on_every_data_kind(kind: str, tmp_path: Path, capsy
 
     out = tmp_path / "bb.safetensors"
     main(["export", str(run), "--out", str(out)])
-    assert "loads strictly" in capsys.readouterr().out
+    assert "loaded strictly" in capsys.readouterr().out
     fresh = enc.spec.build().eval()
     fresh.load_state_dict(load_backbone(out), strict=True)  # no model config needed: the spec rebuilds it
     x = _sample_input(enc.spec)

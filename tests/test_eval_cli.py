@@ -209,7 +209,7 @@ def test_embed_rejects_an_unknown_format(run: Path, tmp_path: Path) -> None:
 def test_export_loads_strictly(run: Path, tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / f"backbone{suffix}"
     main(["export", str(run), "--out", str(out)])
-    assert "loads strictly into small_cnn" in capsys.readouterr().out
+    assert "loaded strictly into a new small_cnn" in capsys.readouterr().out
     from vicreg.models import build_backbone
 
     module = build_backbone("small_cnn", in_channels=1, width=4)
