@@ -90,8 +90,8 @@ def test_tiny_run_writes_the_run_folder(tmp_path: Path) -> None:
         assert np.isfinite(r["loss"])
     assert any("diag.effective_rank" in r for r in steps)
     assert all(0 <= r["probe.acc"] <= 100 and r["probe.loss"] > 0 for r in steps)  # the online linear probe
-    knn = [r for r in rows if "knn.top1" in r]
-    assert len(knn) == 2 and all(0 <= r["knn.top1"] <= 100 for r in knn)
+    knn = [r for r in rows if "online_knn.top1" in r]
+    assert len(knn) == 2 and all(0 <= r["online_knn.top1"] <= 100 and "k=20" in r["online_knn.protocol"] for r in knn)
     assert list((run / "tb").iterdir()), "TensorBoard events are written"
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 12
     backbone = load_backbone(run / "backbone.safetensors")
