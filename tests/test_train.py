@@ -306,14 +306,12 @@ def test_bad_config_files(tmp_path: Path, text: str, match: str) -> None:
 def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit, match="unknown preset 'nope'"):
         parse_train_args(["--preset", "nope"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="vicreg train: batch_size must be at least 2"):  # one line, no box
         parse_train_args(["--batch-size", "1"])
-    assert "batch_size must be at least 2" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="does not exist"):
         parse_train_args(["--config", str(tmp_path / "missing.yaml")])
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="--epochs: invalid literal for int"):
         parse_train_args(["--epochs", "many"])
-    assert "epochs" in capsys.readouterr().err
 
 
 def test_help_is_complete(capsys: pytest.CaptureFixture[str]) -> None:

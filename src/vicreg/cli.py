@@ -96,7 +96,9 @@ def _config_errors_as_value_errors() -> Iterator[None]:
 
     def reraise(event: Any) -> None:
         if isinstance(event, hooks.InstantiationFailure):
-            raise _RejectedValue(event.message)
+            flag = getattr(event.argument, "display_name", None)
+            name = flag() if callable(flag) else None
+            raise _RejectedValue(f"{name}: {event.message}" if name and name not in event.message else event.message)
 
     with hooks.on_parse_error(reraise):
         yield
