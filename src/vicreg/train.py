@@ -390,6 +390,8 @@ def train(cfg: TrainConfig, *, objective: Objective | None = None) -> TrainResul
         timing = {"steps_per_epoch": steps_per_epoch, "knn_every": cfg.knn_every if data.monitor else 0}
         timing |= {"ckpt_every": cfg.ckpt_every}
         guess = budget_total(at, clock.left_s(), step_s, **timing, monitor_s=0.0, ckpt_s=0.0)
+        if cfg.max_steps is not None:
+            guess = min(guess, cfg.max_steps)
         if clock.monitor_s is None and data.monitor is not None and cfg.knn_every > 0:
             every = steps_per_epoch * cfg.knn_every
             if guess // every > at // every:  # a monitor will run: time one now
