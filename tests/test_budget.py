@@ -3,9 +3,13 @@ resumed run that keeps its total."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_train import _npz
+from tests.test_train import REPO, _free_port, _npz
 from vicreg.checkpoint import load_checkpoint
 from vicreg.config import ModelConfig, OptimConfig, TrainConfig, ViewsConfig
 from vicreg.optim import scaled_lr, warmup_cosine
@@ -130,6 +134,23 @@ def test_a_budgeted_run_ends_on_time_and_its_resume_keeps_the_total(
 
 
 def _rows(run: Path) -> list[dict]:
-    import json
-
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_a_budget_under_torchrun_is_decided_once_for_every_rank(tmp_path: Path) -> None:
+    """Two gloo processes time their steps differently; rank 0's decision is everyone's (else one would hang)."""
+    data = _npz(tmp_path / "d.npz", n=64)
+    out = tmp_path / "run"
+    args = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+        "-m", "vicreg", "train", "--data", str(data), "--out", str(out), "--device", "cpu", "--batch-size", "16",
+        "--views.size", "16", "--model.backbone", "small_cnn", "--model.width", "4", "--model.expander", "32-32",
+        "--log-every", "5", "--budget-minutes", "0.1", "--optim.warmup-epochs", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run(args, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert state["world_size"] == 2 and state["step"] == state["schedule"]["total"] > 10
+    assert done.stdout.count("budget: 0.1 minutes buy") == 1  # rank 0 alone speaks

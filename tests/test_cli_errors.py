@@ -19,6 +19,7 @@ import pytest
 import vicreg.cli as cli
 from vicreg.checkpoint import CheckpointError
 from vicreg.cli import describe_error, is_expected, main
+from vicreg.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--device", "cpu", "--batch-size", "16", "--views.size", "16", "--model.backbone", "small_cnn"]
@@ -173,8 +174,6 @@ def test_expected_errors_and_their_words(err: BaseException, expected: bool, wor
 
 
 def test_a_value_error_of_vicreg_is_expected() -> None:
-    from vicreg.config import TrainConfig
-
     with pytest.raises(ValueError) as info:
         TrainConfig(epochs=0)
     assert is_expected(info.value) and "epochs must be >= 1" in describe_error(info.value)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import vicreg.runlog as runlog
-from tests.test_train import _tiny
+from tests.test_train import _npz, _tiny
 from vicreg.build import find_checkpoint
 from vicreg.checkpoint import (
     CheckpointError,
@@ -26,6 +26,8 @@ from vicreg.checkpoint import (
     save_checkpoint,
     save_keeping,
 )
+from vicreg.plots import plot_knn
+from vicreg.report import make_report
 from vicreg.runlog import RunLog, format_duration, progress_line
 from vicreg.train import train
 
@@ -81,8 +83,6 @@ def test_no_progress_prints_only_messages(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_header_progress_and_resume_line_through_the_cli(tmp_path: Path) -> None:
     """stdout and stderr are pipes (not terminals): the header, then progress lines, then the resume line."""
-    from tests.test_train import _npz
-
     data = _npz(tmp_path / "d.npz")
     out = tmp_path / "run"
     args = [
@@ -190,3 +190,26 @@ def test_every_checkpoint_damaged_is_an_error(tmp_path: Path) -> None:
         _damage(path)
     with pytest.raises(CheckpointError, match=r"no readable checkpoint .*2 damaged"):
         train(replace(cfg, max_steps=6))
+
+
+# ------------------------------------------------------------------------------------------------ online kNN
+
+
+def test_the_report_reads_online_knn_and_the_old_knn_keys(tmp_path: Path) -> None:
+    new = [{"step": 6 * e, "epoch": float(e), "online_knn.top1": 50.0 + e, "online_knn.top5": 90.0} for e in (1, 2)]
+    old = [{"step": r["step"], "epoch": r["epoch"], "knn.top1": r["online_knn.top1"], "knn.top5": 90.0} for r in new]
+    a = plot_knn(new, tmp_path / "new.png").read_bytes()
+    b = plot_knn(old, tmp_path / "old.png").read_bytes()
+    empty = plot_knn([], tmp_path / "empty.png").read_bytes()
+    assert a == b != empty
+
+
+@pytest.mark.slow
+def test_the_report_captions_the_online_knn_with_its_protocol(tmp_path: Path) -> None:
+    cfg = _tiny(tmp_path, epochs=1)
+    train(cfg)
+    rows = (cfg.out / "metrics.jsonl").read_text()
+    assert '"online_knn.protocol": "online kNN (k=20, cosine, T=0.07): 77 training rows as neighbours' in rows
+    make_report(cfg.out, device="cpu")
+    text = (cfg.out / "report.md").read_text()
+    assert "The online kNN (k=20, cosine, T=0.07): 77 training rows as neighbours, 19 queries" in text
