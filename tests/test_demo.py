@@ -54,7 +54,10 @@ def test_quick_demo_pipeline(tmp_path: Path) -> None:
         )
         assert proc.returncode == 0, f"vicreg {args[0]} failed:\n{proc.stderr[-3000:]}"
         if args[0] == "train":  # stdout is a pipe, as in `make demo > demo.log`: the header and progress lines
-            assert "starting a new run" in proc.stdout and "1200 samples of 1x28x28, 2 classes" in proc.stdout
+            assert (
+                "starting a new run" in proc.stdout
+                and "fashion-mnist (train): 1200 samples of 1x28x28, 10 classes" in proc.stdout
+            )
             assert "step 4/4 (100%) | loss" in proc.stdout, proc.stdout
     result = json.loads((out / "eval.json").read_text())
     assert {"vicreg", "random_init", "pixels"} <= set(json.dumps(result).split('"'))

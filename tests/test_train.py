@@ -416,5 +416,5 @@ def test_two_process_torchrun(tmp_path: Path) -> None:
     assert state["world_size"] == 2 and state["step"] == 64 // 16
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]  # rank 0 alone writes
-    assert proc.stdout.count("run folder") == 1  # and prints
+    assert proc.stdout.count("run folder:") == proc.stdout.count("starting a new run") == 1  # and prints
     assert "deprecated" not in proc.stderr
