@@ -126,7 +126,7 @@ Objective = Callable[[Tensor, Tensor], VICRegOutput]
 WARM_STEPS = 2
 MEASURED_STEPS = 5
 MEASURE_MAX_S = 30.0
-MEASURE_FRACTION = 0.02
+MEASURE_FRACTION = 0.05
 BUDGET_MARGIN = 0.03
 """The budgeted run is planned to end this fraction of the budget early (step rates drift on shared machines)."""
 
