@@ -44,7 +44,7 @@ def test_quick_demo_pipeline(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     # the same commands and flags as `make demo-quick`
     steps = [
-        ["train", "--preset", "fashion-mnist-cpu", "--out", str(out), "--epochs", "1", "--max-steps", "4"],
+        ["train", "--preset", "fashion-mnist-cpu", "--out", str(out), "--budget-minutes", "10", "--max-steps", "4"],
         ["eval", str(out), "--data", "fashion-mnist", "--probe-epochs", "10", "--fractions", "0.1"],
         ["report", str(out)],
     ]
@@ -53,6 +53,12 @@ def test_quick_demo_pipeline(tmp_path: Path) -> None:
             [sys.executable, "-m", "vicreg", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
         )
         assert proc.returncode == 0, f"vicreg {args[0]} failed:\n{proc.stderr[-3000:]}"
+        if args[0] == "train":  # stdout is a pipe, as in `make demo > demo.log`: the header and progress lines
+            assert (
+                "starting a new run" in proc.stdout
+                and "fashion-mnist (train): 1200 samples of 1x28x28, 10 classes" in proc.stdout
+            )
+            assert "step 4/4 (100%) | loss" in proc.stdout, proc.stdout
     result = json.loads((out / "eval.json").read_text())
     assert {"vicreg", "random_init", "pixels"} <= set(json.dumps(result).split('"'))
     report = (out / "report.md").read_text()

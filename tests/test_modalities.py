@@ -298,7 +298,7 @@ def test_tiny_signal_run_via_cli_args(tmp_path: Path) -> None:
     args += ["--signal-views.length", "20", "--signal-views.channel-drop-p", "0.3", "--optim.name", "adamw"]
     cfg = parse_train_args(args)
     result = train(cfg)
-    assert result.step == 8 and "knn.top1" in result.metrics
+    assert result.step == 8 and "online_knn.top1" in result.metrics
     state = load_backbone(cfg.out / "backbone.safetensors")
     ResNet1d(2, width=4).load_state_dict(state, strict=True)
     assert not (cfg.out / "backbone_b.safetensors").exists()
@@ -317,7 +317,7 @@ def test_tiny_table_run_resumes_exactly(tmp_path: Path) -> None:
     assert full.step == resumed.step == 6
     a, b = (load_backbone(r.run_dir / "backbone.safetensors") for r in (full, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert "knn.top1" not in full.metrics  # no test split in the file: no monitor
+    assert "online_knn.top1" not in full.metrics  # no test split in the file: no monitor
 
 
 def test_tiny_two_modality_run_image_and_table(tmp_path: Path) -> None:
@@ -335,7 +335,7 @@ def test_tiny_two_modality_run_image_and_table(tmp_path: Path) -> None:
     args += ["--model.expander-b", "64-32", "--optim.name", "adamw"]
     cfg = parse_train_args(args)
     result = train(cfg)
-    assert result.step == 6 and "knn.top1" in result.metrics
+    assert result.step == 6 and "online_knn.top1" in result.metrics
     b = load_backbone(cfg.out / "backbone_b.safetensors")
     MLPEncoder(3, width=8, depth=2).load_state_dict(b, strict=True)
     assert load_backbone(cfg.out / "backbone.safetensors")["features.0.0.weight"].shape[1] == 1

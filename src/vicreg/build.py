@@ -35,7 +35,7 @@ from vicreg.augment.images import image_views
 from vicreg.augment.pairs import PairViews, TensorPair
 from vicreg.augment.signals import signal_views
 from vicreg.augment.tabular import table_views
-from vicreg.checkpoint import CheckpointError, load_checkpoint
+from vicreg.checkpoint import CheckpointError, load_checkpoint, newest_good_checkpoint
 from vicreg.config import ModelConfig, TrainConfig, config_from_dict
 from vicreg.data import (
     ArrayDataset,
@@ -692,11 +692,12 @@ class LoadedEncoder:
 
 
 def find_checkpoint(run_or_checkpoint: str | os.PathLike[str]) -> Path:
-    """``RUN/checkpoints/last.pt`` for a run folder, the path itself for a file."""
+    """The newest intact checkpoint of a run folder (``RUN/checkpoints/last.pt`` unless it is damaged), the
+    path itself for a file."""
     path = Path(run_or_checkpoint).expanduser()
     if path.is_dir():
-        ckpt = path / "checkpoints" / "last.pt"
-        if not ckpt.is_file():
+        ckpt = newest_good_checkpoint(path / "checkpoints")
+        if ckpt is None:
             raise CheckpointError(
                 f"{path} is a folder without checkpoints/last.pt; pass a run folder of vicreg train or a .pt file"
             )

@@ -8,14 +8,20 @@
 * A truncated, garbage or foreign file raises :class:`CheckpointError` naming the path and what to do; so
   does a damaged one: the CRC-32 of every archive member is checked first (``torch.load`` does not), so a
   flipped bit never loads as silently different weights.
+* A run keeps its last few checkpoints (:func:`save_keeping`): ``last.pt`` is the newest, and each save first
+  keeps the previous ``last.pt`` as ``step_NNNNNNNN.pt`` (a hard link: no copy). :func:`checkpoint_candidates`
+  lists them newest first and :func:`newest_good_checkpoint` skips damaged ones.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
+import shutil
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,15 +34,20 @@ from torch import Tensor
 __all__ = [
     "FORMAT",
     "CheckpointError",
+    "CheckpointWarning",
     "atomic_write",
     "capture_rng_state",
+    "check_checkpoint",
+    "checkpoint_candidates",
     "export_backbone",
     "latest_checkpoint",
     "load_backbone",
     "load_checkpoint",
+    "newest_good_checkpoint",
     "remove_partial_writes",
     "restore_rng_state",
     "save_checkpoint",
+    "save_keeping",
 ]
 
 FORMAT = "vicreg-checkpoint-v1"
@@ -50,6 +61,10 @@ os.umask(_UMASK)
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not belong to this run."""
+
+
+class CheckpointWarning(UserWarning):
+    """A damaged checkpoint was skipped in favour of an earlier one."""
 
 
 def atomic_write(path: str | os.PathLike[str], write: Any, check: Callable[[Path], object] | None = None) -> Path:
@@ -134,8 +149,9 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike[str]) -> P
     return atomic_write(path, lambda f: torch.save(payload, f))
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`, safely (``weights_only=True``)."""
+def check_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """Raise :class:`CheckpointError` unless ``path`` is a complete archive whose every part has the checksum it
+    was written with (reads the whole file, unpickles nothing); returns the path."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: check the path (a run folder holds checkpoints/last.pt)")
@@ -145,6 +161,12 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
             "delete it to resume from an earlier checkpoint, or start a new run"
         )
     _check_crc(path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`, safely (``weights_only=True``)."""
+    path = check_checkpoint(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -194,6 +216,104 @@ def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
         return last
     steps = sorted(folder.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]) if p.stem[5:].isdigit() else -1)
     return steps[-1] if steps else None
+
+
+def _step_of(path: Path) -> int:
+    digits = path.stem.removeprefix("step_")
+    return int(digits) if path.stem.startswith("step_") and digits.isdigit() else -1
+
+
+def _step_files(folder: Path) -> list[Path]:
+    """``folder/step_*.pt``, newest (highest step) first."""
+    found = [p for p in folder.glob("step_*.pt") if _step_of(p) >= 0 and p.is_file()]
+    return sorted(found, key=_step_of, reverse=True)
+
+
+def checkpoint_candidates(folder: str | os.PathLike[str]) -> list[Path]:
+    """The checkpoints of a run's ``checkpoints`` folder in the order a resume tries them: ``last.pt``, then
+    ``step_*.pt`` from the newest; a file that is a hard link of one already listed is listed once."""
+    folder = Path(folder)
+    listed: list[Path] = []
+    for path in [folder / "last.pt", *_step_files(folder)] if folder.is_dir() else []:
+        if path.is_file() and not any(_same_file(path, seen) for seen in listed):
+            listed.append(path)
+    return listed
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def newest_good_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
+    """The first intact checkpoint of :func:`checkpoint_candidates` (checked with :func:`check_checkpoint`);
+    ``None`` when the folder holds none at all. Each damaged one skipped is reported as a
+    :class:`CheckpointWarning`; when every one is damaged, :class:`CheckpointError` lists them."""
+    candidates = checkpoint_candidates(folder)
+    errors: list[CheckpointError] = []
+    for path in candidates:
+        try:
+            return check_checkpoint(path)
+        except CheckpointError as err:
+            errors.append(err)
+            if path is not candidates[-1]:
+                warnings.warn(f"skipped a damaged checkpoint: {err}", CheckpointWarning, stacklevel=2)
+    if errors:
+        raise CheckpointError(no_readable_checkpoint(Path(folder), errors))
+    return None
+
+
+def no_readable_checkpoint(folder: Path, errors: list[CheckpointError]) -> str:
+    """The message when every checkpoint of ``folder`` is damaged (one line per file)."""
+    lines = "\n".join(f"  {err}" for err in errors)
+    return (
+        f"no readable checkpoint in {folder} ({len(errors)} damaged); restore one from a backup, or delete the "
+        f"folder to start a new run:\n{lines}"
+    )
+
+
+def save_keeping(
+    state: Mapping[str, Any], folder: str | os.PathLike[str], *, keep: int, previous_step: int | None
+) -> Path:
+    """Save ``state`` (with its ``step``) as ``folder/last.pt`` and keep the ``keep`` newest checkpoints.
+
+    ``previous_step`` is the step of the intact checkpoint now at ``last.pt`` (``None``: none, or it is
+    damaged): before the new one replaces it, it is kept as ``step_NNNNNNNN.pt`` (a hard link, or a copy where
+    links are not supported). Then older ``step_*.pt`` files beyond ``keep - 1`` are removed, as are any of
+    this step or later (left by a run that went further before it was resumed from an earlier checkpoint).
+    Every write is atomic: a crash at any point leaves ``last.pt`` or its kept predecessor intact.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    folder = Path(folder)
+    last = folder / "last.pt"
+    step = int(state["step"])
+    if keep > 1 and previous_step is not None and previous_step != step and last.is_file():
+        _keep_as(last, folder / f"step_{previous_step:08d}.pt")
+    path = save_checkpoint(state, last)
+    older = [p for p in _step_files(folder) if _step_of(p) < step]
+    for stale in [p for p in _step_files(folder) if _step_of(p) >= step] + older[keep - 1 :]:
+        stale.unlink(missing_ok=True)
+    return path
+
+
+def _keep_as(last: Path, kept: Path) -> None:
+    if kept.is_file() and _same_file(kept, last):
+        return
+    tmp = kept.with_name(f".{kept.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(last, tmp)
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise CheckpointError(f"could not keep {last} as {kept}: {err.strerror or err}") from err
+        with open(last, "rb") as src:  # no hard links on this file system: a copy
+            atomic_write(kept, lambda f: shutil.copyfileobj(src, f))
+        return
+    os.replace(tmp, kept)
+    _fsync_dir(kept.parent)
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -6,10 +6,14 @@ YAML file overrides it, the flags override both. The resolved configuration is w
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 import platform
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,14 +24,16 @@ import yaml
 
 import vicreg
 from vicreg.build import load_encoder, run_dir_of
-from vicreg.checkpoint import CheckpointError
+from vicreg.checkpoint import CheckpointError, CheckpointWarning
 from vicreg.config import PRESETS, TrainConfig, config_to_dict, load_config_file
+from vicreg.data.folder import BadImageError
 from vicreg.evaluate.embed import embed_to_file
 from vicreg.evaluate.runner import EvalSettings, run_eval
 from vicreg.evaluate.table import format_table
 from vicreg.export import export_encoder
 from vicreg.neighbors import run_neighbors
 from vicreg.report import make_report
+from vicreg.train import NonFiniteLossError
 from vicreg.train import train as run_training
 
 TRAIN_HELP = (
@@ -71,9 +77,34 @@ def parse_train_args(args: list[str]) -> TrainConfig:
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"vicreg train: {err}") from err
     try:
-        return tyro.cli(TrainConfig, default=base, args=args, prog="vicreg train", description=TRAIN_HELP)
+        with _config_errors_as_value_errors():
+            return tyro.cli(TrainConfig, default=base, args=args, prog="vicreg train", description=TRAIN_HELP)
     except ValueError as err:  # a validation error of the dataclasses
         raise SystemExit(f"vicreg train: {err}") from err
+
+
+class _RejectedValue(ValueError):
+    """A value the configuration's validation refused while tyro built it."""
+
+
+@contextlib.contextmanager
+def _config_errors_as_value_errors() -> Iterator[None]:
+    """Make tyro hand the dataclasses' validation errors (e.g. ``optim.base_lr must be a positive number``) back
+    as ValueError, for the one-line error, instead of drawing them in a box. Uses tyro's parse-error hook where
+    this tyro version has it (1.0+); otherwise tyro reports them itself."""
+    hooks = getattr(tyro, "_errors", None)
+    if hooks is None or not hasattr(hooks, "on_parse_error") or not hasattr(hooks, "InstantiationFailure"):
+        yield
+        return
+
+    def reraise(event: Any) -> None:
+        if isinstance(event, hooks.InstantiationFailure):
+            flag = getattr(event.argument, "display_name", None)
+            name = flag() if callable(flag) else None
+            raise _RejectedValue(f"{name}: {event.message}" if name and name not in event.message else event.message)
+
+    with hooks.on_parse_error(reraise):
+        yield
 
 
 def train(args: list[str]) -> None:
@@ -292,6 +323,7 @@ def evaluate(
         raise SystemExit(f"vicreg eval: {err}") from err
     d = report["data"]
     print(f"{d['train']} ({d['n_train']}) -> {d['test']} ({d['n_test']}): {d['split']}")
+    print(eval_knn_protocol(d["n_train"], d["n_test"], settings.ks, settings.temperature))
     print(format_table(report))
     for name, note in report["notes"].items():
         print(f"{name}: {note}")
@@ -394,13 +426,111 @@ COMMANDS: dict[str, Callable[..., Any]] = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``vicreg`` console script."""
+    """Entry point of the ``vicreg`` console script: every sub-command runs inside :func:`error_boundary`."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if args and args[0] == "train":
-        train(args[1:])
-        return
-    tyro.extras.subcommand_cli_from_dict(
-        COMMANDS, args=args, prog="vicreg", description="VICReg self-supervised pretraining, evaluation and export."
+    command = args[0] if args and args[0] in {"train", *COMMANDS} else ""
+    with error_boundary(command):
+        if command == "train":
+            train(args[1:])
+            return
+        tyro.extras.subcommand_cli_from_dict(
+            COMMANDS, args=args, prog="vicreg", description="VICReg self-supervised pretraining, evaluation and export."
+        )
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+DEBUG_VARIABLE = "VICREG_DEBUG"
+
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full; free some space or choose another folder",
+    errno.EDQUOT: "the disk quota is exceeded; free some space or choose another folder",
+    errno.EACCES: "check its permissions, or choose another path (e.g. another --out)",
+    errno.EPERM: "check its permissions, or choose another path (e.g. another --out)",
+    errno.EROFS: "the file system is read-only; choose another path (e.g. another --out)",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; check the path",
+    errno.EISDIR: "it is a folder; give a file",
+    errno.EFBIG: "the file is larger than this system allows; choose another folder",
+}
+
+
+def is_expected(err: BaseException) -> bool:
+    """Whether ``err`` is a problem of the input or the machine that one line can explain (a bad value, key,
+    path or file, a damaged checkpoint, a missing optional dependency, a full or read-only disk, a diverged
+    run), rather than a bug, whose traceback is kept. A ValueError counts only when vicreg raised it."""
+    if isinstance(err, CheckpointError | BadImageError | NonFiniteLossError | ImportError | OSError | yaml.YAMLError):
+        return True
+    return isinstance(err, ValueError) and _raised_by_vicreg(err)
+
+
+def _raised_by_vicreg(err: BaseException) -> bool:
+    tb = err.__traceback__
+    if tb is None:
+        return True
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
+
+
+_PACKAGE = Path(vicreg.__file__).resolve().parent
+
+
+def describe_error(err: BaseException) -> str:
+    """The message of an expected error for the person at the terminal: ours as written (they name the problem
+    and, after a ';', the fix); an operating-system error as what failed, on which path, and what to do."""
+    if isinstance(err, OSError) and err.errno in _OS_HINTS and err.strerror:
+        where = f": {err.filename}" if err.filename is not None else ""
+        also = f" -> {err.filename2}" if err.filename2 is not None else ""
+        return f"{err.strerror}{where}{also}; {_OS_HINTS[err.errno]}"
+    if isinstance(err, ModuleNotFoundError) and err.name and str(err).startswith("No module named"):
+        return f"{err} (an optional dependency); install it: pip install {err.name.split('.')[0]}"
+    if isinstance(err, yaml.YAMLError):
+        return f"not valid YAML: {err}"
+    text = str(err).strip()
+    return text or type(err).__name__
+
+
+@contextlib.contextmanager
+def error_boundary(command: str) -> Iterator[None]:
+    """Turn an expected error (:func:`is_expected`) into ``vicreg <command>: <message>`` on stderr and exit
+    status 1, without a traceback (``VICREG_DEBUG=1`` keeps it); anything else propagates with its traceback.
+    Damaged checkpoints skipped for an earlier one are reported as one line too."""
+    prefix = f"vicreg {command}" if command else "vicreg"
+    default_show = warnings.showwarning
+
+    def show(
+        message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+    ) -> None:
+        if issubclass(category, CheckpointWarning):
+            print(f"{prefix}: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            default_show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    except SystemExit as done:  # a one-line error of a sub-command: with VICREG_DEBUG, the error behind it
+        if _debug() and isinstance(done.__cause__, Exception):
+            raise done.__cause__ from None
+        raise
+    except Exception as err:
+        if not is_expected(err) or _debug():
+            raise
+        raise SystemExit(f"{prefix}: {describe_error(err)}") from None
+    finally:
+        warnings.showwarning = default_show
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+
+
+def eval_knn_protocol(n_train: int, n_test: int, ks: tuple[int, ...], temperature: float) -> str:
+    """How ``vicreg eval`` computes its kNN numbers, printed above its table (the online monitor differs)."""
+    return (
+        f"kNN (vicreg eval): k = {', '.join(map(str, ks))}, cosine, T = {temperature:g}; all {n_train} training rows "
+        f"as neighbours, all {n_test} test rows as queries (the online kNN during training uses seeded subsets)"
     )
 
 

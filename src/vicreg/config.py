@@ -174,7 +174,13 @@ class TrainConfig:
     epochs: int = 100
     """Passes over the training data."""
     max_steps: int | None = None
-    """Stop after this many optimiser steps (the schedule still spans --epochs unless fewer)."""
+    """Stop after this many optimiser steps (the schedule still spans --epochs unless fewer; with
+    --budget-minutes it caps the budgeted total)."""
+    budget_minutes: float | None = None
+    """Train for this many minutes of wall-clock time: the step rate is measured over the first steps and the
+    number of steps (the schedule's length) is fixed so that the run, monitors and checkpoints included, ends
+    within the budget; --epochs is then ignored. The total is stored in the checkpoints, so a resumed run keeps
+    it."""
     batch_size: int = 256
     """Global batch size (split evenly over processes under torchrun)."""
     device: str = "auto"
@@ -189,6 +195,9 @@ class TrainConfig:
     """Steps between collapse diagnostics (std, correlation, effective rank) of the embeddings."""
     ckpt_every: int = 500
     """Steps between checkpoints (one is also written at the end and on SIGTERM/SIGINT)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept in RUN/checkpoints: last.pt and the newest earlier ones (step_NNNNNNNN.pt); resuming
+    skips a damaged newest one and uses the previous."""
     knn_every: int = 1
     """Epochs between online kNN evaluations on the held-out split (0: never)."""
     compile: bool = False
@@ -198,7 +207,7 @@ class TrainConfig:
     sync_bn: bool = False
     """Convert BatchNorm to SyncBatchNorm under torchrun."""
     progress: bool = True
-    """Show a progress bar on rank 0 when writing to a terminal."""
+    """Show progress on rank 0: a bar on a terminal, otherwise a plain line per log window on stdout."""
     data: str = "fashion-mnist"
     """A dataset name (fashion-mnist, mnist, cifar10, cifar100, stl10), a path (image folder, .npy/.npz), or a
     Hugging Face dataset: hf:<save_to_disk folder or cached name>[:<split>], hf-stream:... (streamed)."""
@@ -236,6 +245,9 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 (or omitted), got {self.max_steps}")
+        _positive("budget_minutes", self.budget_minutes, allow_none=True)
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.batch_size < 2:
             raise ValueError(
                 f"batch_size must be at least 2 (the variance term needs 2 samples per batch), got {self.batch_size}"

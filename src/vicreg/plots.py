@@ -107,7 +107,9 @@ def plot_knn(rows: Sequence[dict[str, Any]], path: Path, final: tuple[float, flo
     fig = _figure(6, 3.5)
     ax = fig.subplots()
     drawn = False
-    for key, label in (("knn.top1", "top-1"), ("knn.top5", "top-5")):
+    # online_knn.*: runs before it was renamed logged knn.*
+    online = "online_knn" if any("online_knn.top1" in r for r in rows) else "knn"
+    for key, label in ((f"{online}.top1", "top-1"), (f"{online}.top5", "top-5")):
         x, y = _series(rows, key, x="epoch")
         if len(x):
             ax.plot(x, y, marker="o", ms=4, lw=1.5, label=f"online monitor (subset), {label}")
@@ -115,7 +117,7 @@ def plot_knn(rows: Sequence[dict[str, Any]], path: Path, final: tuple[float, flo
     if final is not None:
         ax.plot([final[0]], [final[1]], marker="*", ms=12, ls="none", color="tab:red", label=final[2])
     if drawn or final is not None:
-        epochs = [*_series(rows, "knn.top1", x="epoch")[0].tolist(), *([final[0]] if final else [])]
+        epochs = [*_series(rows, f"{online}.top1", x="epoch")[0].tolist(), *([final[0]] if final else [])]
         ax.set_xlim(0, max(1.0, *epochs) * 1.05)
         ax.set_xlabel("epoch")
         ax.set_ylabel("kNN accuracy (%)")

@@ -97,6 +97,14 @@ def _neighbours(enc: LoadedEncoder, train: Split, test: Split, run_dir: Path, se
     return report_neighbors(enc, train, test, f_train, f_test, run_dir / "report" / "neighbors.png", seed=seed)
 
 
+def _online_knn_caption(rows: list[dict[str, Any]]) -> str:
+    """The online monitor's protocol as its rows name it (runs before it was logged: what it was then)."""
+    protocols = [r["online_knn.protocol"] for r in rows if isinstance(r.get("online_knn.protocol"), str)]
+    if protocols:
+        return f"The {protocols[-1][0].lower()}{protocols[-1][1:]}."
+    return "Online kNN monitor (k=20): at most 10k training rows as neighbours and 2k test queries (seeded subsets)."
+
+
 def make_report(
     run_dir: str | os.PathLike[str],
     *,
@@ -113,6 +121,10 @@ def make_report(
     run = Path(run_dir).expanduser()
     if not run.is_dir():
         raise FileNotFoundError(f"{run} is not a run folder (the --out of vicreg train)")
+    if not (run / "metrics.jsonl").is_file() and not (run / "checkpoints").is_dir():
+        raise FileNotFoundError(
+            f"{run} holds neither metrics.jsonl nor checkpoints/; pass a run folder (the --out of vicreg train)"
+        )
     out = run / "report"
     out.mkdir(exist_ok=True)
     rows = read_metrics(run / "metrics.jsonl")
@@ -137,7 +149,7 @@ def make_report(
         epochs = [r["epoch"] for r in train_rows if isinstance(r.get("epoch"), int | float)]
         final_knn = (max(epochs) if epochs else 0.0, top1, f"vicreg eval (all images): {top1:.1f}%")
     plot_knn(rows, out / "knn.png", final_knn)
-    plots.append(("kNN accuracy over epochs", "knn.png", "Online monitor: at most 10k train / 2k test images."))
+    plots.append(("kNN accuracy over epochs", "knn.png", _online_knn_caption(rows)))
     if plot_diagnostics(rows, out / "diagnostics.png") is not None:
         plots.append(("Collapse diagnostics during training", "diagnostics.png", ""))
 

@@ -162,10 +162,43 @@ def read_idx_folder(folder: Path, split: str, classes: tuple[str, ...] = ()) -> 
     return ArrayDataset(torch.from_numpy(images.copy()).unsqueeze(1), labels, classes, f"{folder}:{split}")
 
 
+_MAGIC = (
+    (b"\x93NUMPY", "a NumPy .npy array"),
+    (b"PK\x03\x04", "a zip archive (.npz)"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x1f\x8b", "gzip-compressed data"),
+    (b"\x80", "a Python pickle"),
+)
+
+
+def file_content(path: Path) -> str:
+    """What the first bytes of ``path`` say it holds, in words (``a PNG image``, ``text``, ...)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        return "nothing (an empty file)"
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unrecognised binary data"
+    return "text"
+
+
 def read_numpy(path: Path) -> ArrayDataset:
     try:
         content = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
+        expected = "a NumPy .npy array" if path.suffix.lower() == ".npy" else "a zip archive (.npz)"
+        found = file_content(path)
+        if found != expected:
+            raise ValueError(
+                f"{path} is not a {path.suffix} file: it holds {found}; write it with numpy.save(path, images) or "
+                "numpy.savez(path, images=..., labels=...), or give it the suffix of what it is"
+            ) from e
         raise ValueError(f"{path} is not a readable numpy file: {e}") from e
     if isinstance(content, np.ndarray):
         return ArrayDataset.from_arrays(content, name=str(path))
