@@ -626,7 +626,7 @@ class ImageViewsConfig:
             )
         if not 0 < self.local_crop_scale_min <= self.local_crop_scale_max <= 1:
             raise ValueError(
-                "views.local_crop_scale_min and _max must satisfy 0 < min <= max <= 1, got "
+                "views.local_crop_scale_min and views.local_crop_scale_max must satisfy 0 < min <= max <= 1, got "
                 f"{self.local_crop_scale_min} and {self.local_crop_scale_max}"
             )
 
