@@ -106,7 +106,12 @@ def table(rows: list[dict[str, Any]]) -> str:
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig = Figure(figsize=(10, 4), layout="constrained")
     axes = fig.subplots(1, 2)
+    # references: normalised pixels (kNN 85.7, linear 84.2: benchmarks/README.md, Quality) and issue 18's targets
+    refs = {"knn_top1": (85.7, 89.0), "linear_top1": (84.2, 91.0)}
     for ax, key, title in ((axes[0], "knn_top1", "kNN (k = 20)"), (axes[1], "linear_top1", "linear probe (last)")):
+        pixels, target = refs[key]
+        ax.axhline(pixels, color="grey", linestyle=":", label=f"normalised pixels {pixels}")
+        ax.axhline(target, color="black", linestyle="--", linewidth=0.8, label=f"target {target}")
         for method in sorted({r["method"] for r in rows}):
             mine = [r for r in rows if r["method"] == method]
             budgets = sorted({r["budget_minutes"] for r in mine})
