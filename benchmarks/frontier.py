@@ -20,16 +20,16 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from matplotlib.figure import Figure
 
+from quality import _overrides  # benchmarks/quality.py (this folder is on sys.path when run as a script)
+from train import ceiling_rate  # benchmarks/train.py
 from vicreg.config import PRESETS, merge
 from vicreg.evaluate.runner import EvalSettings, run_eval
 from vicreg.train import train
@@ -42,23 +42,8 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
-def _overrides(pairs: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
-    return out
-
-
 def reference_rate(steps: int = 8, rounds: int = 3) -> float:
     """images/s of the preset's bare forward+backward (both views, model only): the machine's speed."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from train import ceiling_rate  # benchmarks/train.py
-
     cfg = PRESETS["fashion-mnist-cpu"]
     return statistics.median(ceiling_rate(cfg, 1, steps, backbone_only=False) for _ in range(rounds))
 
