@@ -312,3 +312,11 @@ def test_onnx_exporter_failure_is_one_line(tmp_path: Path, monkeypatch) -> None:
         export_encoder(trained(spec).state_dict(), spec, tmp_path / "enc.onnx")
     assert len(str(info.value).splitlines()) == 1
     no_leftovers(tmp_path)
+
+
+def test_a_format_that_contradicts_the_suffix_is_refused() -> None:
+    from vicreg.export import resolve_format
+
+    with pytest.raises(ValueError, match="suffix of a safetensors file but --format is onnx"):
+        resolve_format("x.safetensors", "onnx")
+    assert resolve_format("x.onnx", "onnx") == "onnx" and resolve_format("folder", "hf") == "hf"

@@ -94,6 +94,11 @@ def resolve_format(out: str | os.PathLike[str], fmt: str | None = None) -> str:
     if fmt is not None:
         if fmt not in FORMATS:
             raise ValueError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+        if out.suffix in _SUFFIXES and _SUFFIXES[out.suffix] != fmt:
+            raise ValueError(
+                f"--out {out} has the suffix of a {_SUFFIXES[out.suffix]} file but --format is {fmt}; name the file "
+                "for its format or drop --format"
+            )
         return fmt
     if out.suffix in _SUFFIXES:
         return _SUFFIXES[out.suffix]
