@@ -1,6 +1,6 @@
 """A fast evaluation of one Fashion-MNIST run, shared by `quality.py` (tuning runs) and `ablations.py`.
 
-kNN (k = 20, cosine, temperature-weighted, `vicreg.evaluate.knn_accuracy`) on the full 60k/10k split, a linear
+kNN (k = 20, cosine, temperature-weighted, `vicreg.probes.knn_accuracy`) on the full 60k/10k split, a linear
 probe (scikit-learn's multinomial LogisticRegression on standardised features, L-BFGS), and the collapse
 diagnostics (`vicreg.diagnostics.collapse_stats`) of the representation and of the embedding (expander output)
 on the first 2048 test images. `vicreg eval` (SGD probe, 100 epochs) is the reference protocol; this one takes
@@ -18,7 +18,7 @@ import torch
 from vicreg.build import load_encoder
 from vicreg.data import load
 from vicreg.diagnostics import collapse_stats
-from vicreg.evaluate import extract_features, knn_accuracy
+from vicreg.probes import extract_features, knn_accuracy
 
 DIAGNOSTIC_IMAGES = 2048
 

@@ -1,6 +1,6 @@
 """Cost and accuracy of the evaluation protocols on Fashion-MNIST-sized features, next to the usual tools.
 
-* linear probe: ``vicreg.evaluate.linear_probe`` (minibatch SGD, 100 epochs) against scikit-learn's
+* linear probe: ``vicreg.probes.linear_probe`` (minibatch SGD, 100 epochs) against scikit-learn's
   ``LogisticRegression`` (L-BFGS) on the same standardised features: seconds and test top-1;
 * kNN: ``knn_evaluate`` for k = 20 and 200 at once against two ``knn_accuracy`` calls (one per k).
 
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from vicreg.data import load
-from vicreg.evaluate import knn_accuracy, knn_evaluate, linear_probe, standardize
+from vicreg.probes import knn_accuracy, knn_evaluate, linear_probe, standardize
 
 
 def _features() -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:

@@ -2,7 +2,7 @@
 
 For each budget (minutes) and seed, each method pretrains the `fashion-mnist-cpu` preset with
 ``--budget-minutes`` (the trainer measures its step rate and fixes the number of steps so the run ends on time),
-one run after the other (never two trainings at once), then `vicreg.evaluate.runner.run_eval` on the full
+one run after the other (never two trainings at once), then `vicreg.eval.run_eval` on the full
 60k/10k split: kNN (k = 20, cosine, raw features, the training resolution) and the linear probe (last epoch).
 
     python benchmarks/frontier.py                                   # 2.5, 5, 10 (seeds 0, 1) and 20 (seed 0)
@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from quality import _overrides  # benchmarks/quality.py (this folder is on sys.path when run as a script)
 from train import ceiling_rate  # benchmarks/train.py
 from vicreg.config import PRESETS, merge
-from vicreg.evaluate.runner import EvalSettings, run_eval
+from vicreg.eval import EvalSettings, run_eval
 from vicreg.train import train
 
 METHODS: dict[str, dict[str, Any]] = {

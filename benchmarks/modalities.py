@@ -6,7 +6,7 @@ For each dataset (a time-series set bundled with aeon, a table bundled with scik
 * random: the preset's encoder at its random initialisation (the same seed as the pretraining run);
 * vicreg: that encoder after ``vicreg.train.train`` of the preset (fixed small CPU budget).
 
-Each representation is scored by kNN (k = 20, cosine, temperature-weighted; ``vicreg.evaluate.knn_accuracy``) and
+Each representation is scored by kNN (k = 20, cosine, temperature-weighted; ``vicreg.probes.knn_accuracy``) and
 by a logistic-regression probe (scikit-learn, features standardised on the training split), training split ->
 test split. Pretraining sees the training split without labels.
 
@@ -31,8 +31,8 @@ from sklearn.preprocessing import StandardScaler
 from vicreg.checkpoint import load_backbone
 from vicreg.config import PRESETS, TrainConfig
 from vicreg.data import FloatArrayDataset, load_arrays
-from vicreg.evaluate import extract_features, knn_accuracy
 from vicreg.models import build_backbone
+from vicreg.probes import extract_features, knn_accuracy
 from vicreg.train import train
 
 BENCH = ("gunpoint-resnet1d", "wine-mlp", "breast-cancer-mlp")

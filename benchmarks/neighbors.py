@@ -3,7 +3,7 @@
 Two tasks on ``N`` random ``D``-dimensional features with 1% planted near-copies:
 
 * ``knn``: the ``k = 10`` nearest neighbours of every row among the others (``exclude_self``), i.e. ``N x N``;
-* ``dup``: every pair above cosine 0.9 (:func:`vicreg.evaluate.neighbors.find_duplicates`).
+* ``dup``: every pair above cosine 0.9 (:func:`vicreg.probes.retrieval.find_duplicates`).
 
 Three implementations: ``full`` builds the whole ``N x N`` float32 matrix (``topk`` / ``triu`` + ``nonzero``);
 ``topk_blocks`` is the blockwise loop with a plain ``topk`` merge (no tie rule; ``knn`` only), which isolates the
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vicreg.evaluate.neighbors import find_duplicates, nearest_neighbors
+from vicreg.probes.retrieval import find_duplicates, nearest_neighbors
 
 K, THRESHOLD, BLOCK = 10, 0.9, 4096
 

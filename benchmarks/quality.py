@@ -3,7 +3,7 @@
 1. Pretrain with `--budget-minutes` (the training loop's own budget, `vicreg.train`): it times the first steps,
    one kNN monitor call and one checkpoint, then fixes the number of steps that fits the budget, so the cosine
    schedule ends on time.
-2. `vicreg.evaluate.run_eval` on the full train/test split: kNN (k = 20, cosine, temperature-weighted) and the
+2. `vicreg.probes.run_eval` on the full train/test split: kNN (k = 20, cosine, temperature-weighted) and the
    linear probe, with the raw-pixel and random-init baselines of the same run. It also prints the kNN of the
    un-normalised pixels in [0, 1] (84.6), the reference the targets were set against; the `pixels` baseline of
    `run_eval` is the normalised input, which scores 85.7.
@@ -30,8 +30,8 @@ from typing import Any
 import yaml
 
 from vicreg.config import PRESETS, merge
-from vicreg.evaluate import format_table
-from vicreg.evaluate.runner import EvalSettings, run_eval
+from vicreg.eval import EvalSettings, run_eval
+from vicreg.probes import format_table
 from vicreg.train import train
 
 TRAIN_IMAGES = 60_000
@@ -86,7 +86,7 @@ def main() -> None:
 def _raw_pixel_knn() -> float:
     """kNN of the un-normalised pixels, the reference the quality targets were set against (84.6)."""
     from vicreg.data import load
-    from vicreg.evaluate import knn_accuracy
+    from vicreg.probes import knn_accuracy
 
     train, test = load("fashion-mnist", "train"), load("fashion-mnist", "test")
     f_train, f_test = (d.images.flatten(1).float() / 255 for d in (train, test))

@@ -17,7 +17,7 @@ import torch
 
 from vicreg.build import load_encoder
 from vicreg.data import load, resize_images
-from vicreg.evaluate import extract_features, knn_accuracy
+from vicreg.probes import extract_features, knn_accuracy
 
 
 def main() -> None:

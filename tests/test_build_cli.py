@@ -14,8 +14,8 @@ import torch
 from vicreg.build import load_encoder
 from vicreg.checkpoint import CheckpointError, load_backbone
 from vicreg.cli import main
-from vicreg.evaluate import extract_features
 from vicreg.models import EncoderSpec
+from vicreg.probes import extract_features
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "legacy"
 FAST_EVAL = ["--probe-epochs", "2", "--k", "5", "--fractions", "0.5", "--device", "cpu"]

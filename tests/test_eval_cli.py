@@ -108,7 +108,7 @@ def test_eval_features_are_those_of_the_trained_backbone(run: Path) -> None:
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert enc.mean == tuple(state["encoder"]["mean"]) and enc.step == state["step"]
     x = torch.randint(0, 256, (4, 1, 16, 16), dtype=torch.uint8)
-    from vicreg.evaluate import extract_features
+    from vicreg.probes import extract_features
 
     manual = enc.model.embed((x.float() / 255 - enc.mean[0]) / enc.std[0])
     torch.testing.assert_close(extract_features(enc.model.embed, x, mean=enc.mean, std=enc.std), manual)
@@ -162,7 +162,7 @@ def test_embed_writes_every_row(run: Path, tmp_path: Path, suffix: str) -> None:
     main(["embed", str(run), "--out", str(out), "--device", "cpu"])
     enc = load_encoder(run)
     data = np.load(str(_tiny_data(run)))
-    from vicreg.evaluate import extract_features
+    from vicreg.probes import extract_features
 
     expected = extract_features(enc.model.embed, torch.from_numpy(data["images"]), mean=enc.mean, std=enc.std).numpy()
     if suffix == ".npy":

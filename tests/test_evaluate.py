@@ -10,11 +10,11 @@ import torch
 
 from vicreg.build import ImageKind, labelled_splits
 from vicreg.data import has_splits
-from vicreg.evaluate import balanced_subset, format_table, knn_accuracy, knn_evaluate, linear_probe, standardize
-from vicreg.evaluate.cache import cached, tensor_digest
-from vicreg.evaluate.linear import softmax_regression_grad
-from vicreg.evaluate.runner import EvalSettings, evaluate_features
+from vicreg.eval import EvalSettings, evaluate_features
 from vicreg.models import EncoderSpec
+from vicreg.probes import balanced_subset, format_table, knn_accuracy, knn_evaluate, linear_probe, standardize
+from vicreg.probes.cache import cached, tensor_digest
+from vicreg.probes.linear import softmax_regression_grad
 
 
 def _clusters(n_per: int, classes: int, dim: int, spread: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

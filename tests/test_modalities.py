@@ -18,8 +18,8 @@ from vicreg.cli import parse_train_args
 from vicreg.config import ModelConfig, OptimConfig, TrainConfig
 from vicreg.data import FloatArrayDataset, InMemoryLoader, load_arrays, load_pairs
 from vicreg.encoders import MLPEncoder, ResNet1d
-from vicreg.evaluate import extract_features
 from vicreg.models import build_backbone
+from vicreg.probes import extract_features
 from vicreg.train import train
 
 NO_AUG = SignalViewConfig(crop_scale=(1.0, 1.0), scale_std=0, warp_std=0, jitter_std=0, mask_p=0)

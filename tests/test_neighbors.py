@@ -12,7 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
-from vicreg.evaluate.neighbors import (
+from vicreg.plots import (
+    NeighborPanel,
+    duplicate_pairs_figure,
+    grid_size,
+    neighbor_grid,
+    neighbor_grids_compare,
+    save_figure,
+    signal_neighbors_figure,
+)
+from vicreg.probes.retrieval import (
     DuplicatePairs,
     find_duplicates,
     format_neighbors,
@@ -23,15 +32,6 @@ from vicreg.evaluate.neighbors import (
     random_queries,
     write_duplicates_csv,
     write_neighbors_csv,
-)
-from vicreg.plots import (
-    NeighborPanel,
-    duplicate_pairs_figure,
-    grid_size,
-    neighbor_grid,
-    neighbor_grids_compare,
-    save_figure,
-    signal_neighbors_figure,
 )
 
 # ------------------------------------------------------------------------------------------------ naive references

@@ -27,11 +27,11 @@ from vicreg.build import load_encoder, run_dir_of
 from vicreg.checkpoint import CheckpointError, CheckpointWarning
 from vicreg.config import PRESETS, TrainConfig, config_to_dict, load_config_file
 from vicreg.data.folder import BadImageError
-from vicreg.evaluate.embed import embed_to_file
-from vicreg.evaluate.runner import EvalSettings, run_eval
-from vicreg.evaluate.table import format_table
+from vicreg.embed import embed_to_file
+from vicreg.eval import EvalSettings, run_eval
 from vicreg.export import export_encoder
 from vicreg.neighbors import run_neighbors
+from vicreg.probes.table import format_table
 from vicreg.report import make_report
 from vicreg.train import NonFiniteLossError
 from vicreg.train import train as run_training

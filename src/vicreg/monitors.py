@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vicreg.evaluate.features import extract_features
-from vicreg.evaluate.knn import knn_accuracy
+from vicreg.probes.features import extract_features
+from vicreg.probes.knn import knn_accuracy
 
 __all__ = ["KnnMonitor", "OnlineProbe"]
 

@@ -1,7 +1,7 @@
 """``vicreg neighbors``: what a trained encoder considers similar, and the near-duplicates in a dataset.
 
 Retrieval uses the frozen representation (cached under ``RUN/features/`` exactly as ``vicreg eval`` caches it)
-and cosine similarity (:mod:`vicreg.evaluate.neighbors`). Images get a picture (each query, then its ``k``
+and cosine similarity (:mod:`vicreg.probes.retrieval`). Images get a picture (each query, then its ``k``
 nearest rows with their similarity; with labels, neighbours of another class framed red); signals a plot of each
 query with its nearest series; every kind a CSV of the neighbour rows and similarities. ``duplicates`` lists the
 pairs above a cosine similarity. :func:`report_neighbors` draws the report's comparison of the trained encoder
@@ -20,8 +20,17 @@ from torch import Tensor
 
 from vicreg.build import LoadedEncoder, Split, load_encoder, resolve_device, run_dir_of, use_data_root
 from vicreg.data import decode_image
-from vicreg.evaluate.features import extract_features, raw_features
-from vicreg.evaluate.neighbors import (
+from vicreg.eval import encoder_features
+from vicreg.plots import (
+    NeighborPanel,
+    duplicate_pairs_figure,
+    neighbor_grid,
+    neighbor_grids_compare,
+    save_figure,
+    signal_neighbors_figure,
+)
+from vicreg.probes.features import extract_features, raw_features
+from vicreg.probes.retrieval import (
     find_duplicates,
     format_neighbors,
     label_agreement,
@@ -31,15 +40,6 @@ from vicreg.evaluate.neighbors import (
     random_queries,
     write_duplicates_csv,
     write_neighbors_csv,
-)
-from vicreg.evaluate.runner import encoder_features
-from vicreg.plots import (
-    NeighborPanel,
-    duplicate_pairs_figure,
-    neighbor_grid,
-    neighbor_grids_compare,
-    save_figure,
-    signal_neighbors_figure,
 )
 
 __all__ = ["NeighborsResult", "report_neighbors", "run_neighbors"]

@@ -33,8 +33,7 @@ from torch import Tensor
 
 from vicreg.build import LoadedEncoder, Split, labelled_splits, load_encoder, resolve_device, use_data_root
 from vicreg.diagnostics import covariance_spectrum, spectral_effective_rank
-from vicreg.evaluate.runner import encoder_features
-from vicreg.evaluate.table import markdown_table
+from vicreg.eval import encoder_features
 from vicreg.neighbors import report_neighbors
 from vicreg.plots import (
     embedding_map,
@@ -46,6 +45,7 @@ from vicreg.plots import (
     plot_spectrum,
     plot_std_hist,
 )
+from vicreg.probes.table import markdown_table
 
 __all__ = ["covariance_spectrum", "make_report", "read_metrics", "spectral_effective_rank"]
 

@@ -7,7 +7,7 @@ One call evaluates three feature sets on the same data with the same protocols:
 * ``pixels``: the normalised input itself, flattened (pixels for images, the raw values for signals and tables).
 
 Protocols: weighted kNN (cosine similarity, votes ``exp(sim / T)``, InstDisc / DINO) for each ``k``; a linear
-probe on standardised features (:func:`vicreg.evaluate.linear.linear_probe`); and the same linear probe
+probe on standardised features (:func:`vicreg.probes.linear.linear_probe`); and the same linear probe
 trained on class-balanced, seeded 1% and 10% subsets of the training labels (the "linear on frozen
 features" variant of the semi-supervised protocol, not the paper's fine-tuning). Encoder features are cached
 under ``RUN/features/``. The result is written to ``eval.json``.
@@ -38,10 +38,10 @@ from vicreg.build import (
 )
 from vicreg.checkpoint import atomic_write
 from vicreg.config import config_to_dict
-from vicreg.evaluate.cache import cached, file_identity, tensor_digest
-from vicreg.evaluate.features import extract_features, raw_features
-from vicreg.evaluate.knn import knn_evaluate
-from vicreg.evaluate.linear import balanced_subset, linear_probe
+from vicreg.probes.cache import cached, file_identity, tensor_digest
+from vicreg.probes.features import extract_features, raw_features
+from vicreg.probes.knn import knn_evaluate
+from vicreg.probes.linear import balanced_subset, linear_probe
 
 __all__ = ["EvalSettings", "encoder_features", "evaluate_features", "run_eval"]
 
