@@ -25,7 +25,7 @@ typecheck: $(STAMP)
 
 # Everything, slow tests included (multi-process DDP, end-to-end runs).
 test: lint typecheck
-	$(BIN)/python -m pytest -m "slow or not slow" -q
+	$(BIN)/python -m pytest -m "slow or not slow" -q --durations=20
 
 # The quick loop while developing: skips tests marked slow.
 test-fast: $(STAMP)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_train import REPO, _free_port, _npz
+from tests.helpers import REPO, free_port, tiny_npz
 from vicreg.checkpoint import load_checkpoint
 from vicreg.config import ModelConfig, OptimConfig, TrainConfig, ViewsConfig
 from vicreg.optim import scaled_lr, warmup_cosine
@@ -54,7 +54,7 @@ def _tiny(root: Path, **overrides) -> TrainConfig:
     root.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(
         out=root / "run",
-        data=str(_npz(root / "tiny.npz")),
+        data=str(tiny_npz(root / "tiny.npz")),
         epochs=1,
         batch_size=16,
         device="cpu",
@@ -142,10 +142,10 @@ def _rows(run: Path) -> list[dict]:
 @pytest.mark.slow
 def test_a_budget_under_torchrun_is_decided_once_for_every_rank(tmp_path: Path) -> None:
     """Two gloo processes time their steps differently; rank 0's decision is everyone's (else one would hang)."""
-    data = _npz(tmp_path / "d.npz", n=64)
+    data = tiny_npz(tmp_path / "d.npz", n=64)
     out = tmp_path / "run"
     args = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
         "-m", "vicreg", "train", "--data", str(data), "--out", str(out), "--device", "cpu", "--batch-size", "16",
         "--views.size", "16", "--model.backbone", "small_cnn", "--model.width", "4", "--model.expander", "32-32",
         "--log-every", "5", "--budget-minutes", "0.1", "--optim.warmup-epochs", "1",

@@ -9,7 +9,6 @@ full-batch ones and the gathered form's to relative 1e-10.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from tests.helpers import free_port
 from vicreg import covariance_term, variance_covariance_loss, variance_term, vicreg_loss
 from vicreg.distributed import gather_with_grad, get_dist_info, is_distributed
 from vicreg.loss import _sharded_variance_covariance
@@ -26,12 +26,6 @@ from vicreg.loss import _sharded_variance_covariance
 WORLD = 2
 B, D_IN, D = 6, 10, 16  # N < D on each rank and globally (Gram path) ...
 B2, D2 = 24, 8  # ... and N > D (D x D path)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _data(b: int, d_in: int):
@@ -90,7 +84,7 @@ def _worker(rank: int, port: int, out_dir: str, b: int, d_in: int, d: int) -> No
 
 
 def _run(tmp_path: Path, b: int, d_in: int, d: int) -> list[dict]:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path), b, d_in, d), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path), b, d_in, d), nprocs=WORLD, join=True)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
@@ -200,7 +194,7 @@ def _rel_err(actual: torch.Tensor, expected: torch.Tensor, scale: torch.Tensor |
 @pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_loss_and_ddp_gradients_equal_single_process_float64(tmp_path: Path, world: int) -> None:
-    mp.spawn(_sharded_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_sharded_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
     for b, d_in, d in SHARDED_SHAPES:
         # single process on the concatenated batch

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.test_train import _tiny
+from tests.helpers import tiny_config
 from vicreg.build import load_encoder
 from vicreg.checkpoint import CheckpointError, load_backbone, load_checkpoint, save_checkpoint
 from vicreg.cli import main
@@ -25,7 +25,7 @@ FAST_EVAL = ["--probe-epochs", "3", "--k", "5", "20", "--device", "cpu"]
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = _tiny(tmp_path_factory.mktemp("eval"), epochs=1)
+    cfg = tiny_config(tmp_path_factory.mktemp("eval"), epochs=1)
     train(cfg)
     return Path(cfg.out)
 
@@ -224,7 +224,9 @@ def test_export_of_a_resnet_loads_into_torchvision(tmp_path: Path) -> None:
 
     from vicreg.config import ModelConfig
 
-    cfg = _tiny(tmp_path, max_steps=1, model=ModelConfig(backbone="resnet18", expander="32-32", small_images=True))
+    cfg = tiny_config(
+        tmp_path, max_steps=1, model=ModelConfig(backbone="resnet18", expander="32-32", small_images=True)
+    )
     train(replace(cfg, knn_every=0))
     out = tmp_path / "r18.safetensors"
     main(["export", str(cfg.out), "--out", str(out)])

@@ -14,7 +14,6 @@ import copy
 import itertools
 import math
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from tests.helpers import free_port, tiny_config
 from vicreg import PaperViews, VICReg, vicreg_loss, vicreg_multiview_loss
 from vicreg.augment.images import PAPER_VIEW_A, apply_view, sample_view_params
 from vicreg.models import SmallCNN, frozen_running_stats
@@ -428,12 +428,6 @@ def test_forward_multi_validation() -> None:
 WORLD, B, D_IN, D = 2, 6, 10, 16
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _inputs() -> list[torch.Tensor]:
     g = gen(0)
     base = torch.randn(WORLD * B, D_IN, generator=g)
@@ -476,7 +470,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     model = _net()
     zs = [model(x) for x in _inputs()]
@@ -504,20 +498,19 @@ def test_training_with_local_crops_resumes_exactly(tmp_path) -> None:  # type: i
     """views.local_crops through the real trainer: finite loss, resume == uninterrupted, bf16."""
     from dataclasses import replace
 
-    from tests.test_train import _tiny
     from vicreg.checkpoint import load_checkpoint
     from vicreg.config import ViewsConfig
     from vicreg.train import train
 
     views = ViewsConfig(size=16, local_crops=2, local_size=8)
-    full = train(_tiny(tmp_path / "a", max_steps=6, knn_every=0, views=views, precision="bf16"))
+    full = train(tiny_config(tmp_path / "a", max_steps=6, knn_every=0, views=views, precision="bf16"))
     assert all(math.isfinite(v) for v in full.metrics.values())
-    half = _tiny(tmp_path / "b", max_steps=3, knn_every=0, views=views, precision="bf16")
+    half = tiny_config(tmp_path / "b", max_steps=3, knn_every=0, views=views, precision="bf16")
     train(half)
     resumed = train(replace(half, max_steps=6))
     wa = load_checkpoint(full.run_dir / "checkpoints" / "last.pt")["model"]
     wb = load_checkpoint(resumed.run_dir / "checkpoints" / "last.pt")["model"]
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0, msg=key)
-    pair = train(_tiny(tmp_path / "c", max_steps=6, knn_every=0, precision="bf16"))
+    pair = train(tiny_config(tmp_path / "c", max_steps=6, knn_every=0, precision="bf16"))
     assert pair.metrics["loss"] != full.metrics["loss"]  # the local crops really take part

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import vicreg.runlog as runlog
-from tests.test_train import _npz, _tiny
+from tests.helpers import tiny_config, tiny_npz
 from vicreg.build import find_checkpoint
 from vicreg.checkpoint import (
     CheckpointError,
@@ -83,7 +83,7 @@ def test_no_progress_prints_only_messages(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_header_progress_and_resume_line_through_the_cli(tmp_path: Path) -> None:
     """stdout and stderr are pipes (not terminals): the header, then progress lines, then the resume line."""
-    data = _npz(tmp_path / "d.npz")
+    data = tiny_npz(tmp_path / "d.npz")
     out = tmp_path / "run"
     args = [
         sys.executable, "-m", "vicreg", "train", "--data", str(data), "--out", str(out), "--device", "cpu",
@@ -163,8 +163,8 @@ def test_a_damaged_last_checkpoint_resumes_from_the_previous_one(
 ) -> None:
     """Bit rot in last.pt: the rerun warns, resumes from the kept checkpoint and ends with the weights of an
     undisturbed run; eval/export (find_checkpoint) take the previous one too."""
-    undisturbed = train(_tiny(tmp_path / "a", max_steps=8, knn_every=0, ckpt_every=2))
-    cfg = _tiny(tmp_path / "b", max_steps=6, knn_every=0, ckpt_every=2)
+    undisturbed = train(tiny_config(tmp_path / "a", max_steps=8, knn_every=0, ckpt_every=2))
+    cfg = tiny_config(tmp_path / "b", max_steps=6, knn_every=0, ckpt_every=2)
     train(cfg)
     ckpts = cfg.out / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["last.pt", "step_00000004.pt"]  # keep_checkpoints=2
@@ -184,7 +184,7 @@ def test_a_damaged_last_checkpoint_resumes_from_the_previous_one(
 
 
 def test_every_checkpoint_damaged_is_an_error(tmp_path: Path) -> None:
-    cfg = _tiny(tmp_path, max_steps=4, knn_every=0, ckpt_every=2)
+    cfg = tiny_config(tmp_path, max_steps=4, knn_every=0, ckpt_every=2)
     train(cfg)
     for path in (cfg.out / "checkpoints").iterdir():
         _damage(path)
@@ -206,7 +206,7 @@ def test_the_report_reads_online_knn_and_the_old_knn_keys(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_the_report_captions_the_online_knn_with_its_protocol(tmp_path: Path) -> None:
-    cfg = _tiny(tmp_path, epochs=1)
+    cfg = tiny_config(tmp_path, epochs=1)
     train(cfg)
     rows = (cfg.out / "metrics.jsonl").read_text()
     assert '"online_knn.protocol": "online kNN (k=20, cosine, T=0.07): 77 training rows as neighbours' in rows

@@ -17,6 +17,7 @@ import torch
 import yaml
 from PIL import Image
 
+from tests.helpers import REPO, free_port, tiny_config, tiny_npz
 from vicreg.build import data_kind
 from vicreg.checkpoint import load_backbone, load_checkpoint
 from vicreg.cli import main, parse_train_args
@@ -25,58 +26,13 @@ from vicreg.distributed import DistInfo
 from vicreg.loss import VICRegOutput
 from vicreg.train import NonFiniteLossError, train
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _npz(path: Path, n: int = 96, size: int = 16, channels: int = 1, seed: int = 0) -> Path:
-    """Two classes of simple shapes: a bright square or a bright bar, at random places, with noise."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 40, (n, channels, size, size), dtype=np.uint8)
-    labels = np.arange(n) % 2
-    for i in range(n):
-        r, c = rng.integers(0, size - 6, 2)
-        if labels[i]:
-            images[i, :, r : r + 6, c : c + 6] = 220
-        else:
-            images[i, :, r : r + 2, :] = 220
-    np.savez(path, images=images, labels=labels)
-    return path
-
-
-def _tiny(tmp_path: Path, **overrides) -> TrainConfig:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    cfg = TrainConfig(
-        out=tmp_path / "run",
-        data=str(_npz(tmp_path / "tiny.npz")),
-        epochs=2,
-        batch_size=16,
-        device="cpu",
-        log_every=1,
-        diag_every=2,
-        ckpt_every=3,
-        progress=False,
-        workers=0,
-        views=ViewsConfig(size=16),
-        model=ModelConfig(backbone="small_cnn", expander="32-32", width=4),
-        optim=OptimConfig(name="lars", base_lr=0.2, warmup_epochs=0.5),
-    )
-    return replace(cfg, **overrides)
-
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(run / "checkpoints" / "last.pt")["model"]
 
 
 def test_tiny_run_writes_the_run_folder(tmp_path: Path) -> None:
-    cfg = _tiny(tmp_path)
+    cfg = tiny_config(tmp_path)
     result = train(cfg)
     run = cfg.out
     steps_per_epoch = 96 // 16
@@ -114,7 +70,7 @@ def test_knn_monitor_on_one_array_file_holds_out_disjoint_queries(
         return real(embed, images, **kwargs)
 
     monkeypatch.setattr(vicreg.monitors, "extract_features", spy)
-    cfg = _tiny(tmp_path, epochs=1)  # a single .npz: no test split of its own
+    cfg = tiny_config(tmp_path, epochs=1)  # a single .npz: no test split of its own
     train(cfg)
     neighbours, queries = seen[0], seen[1]
     assert len(queries) == 96 // 5 and len(neighbours) == 96 - 96 // 5
@@ -131,7 +87,7 @@ def test_objective_replaces_the_loss_and_its_terms_are_logged(tmp_path: Path) ->
         zero = inv.detach() * 0
         return VICRegOutput(inv, inv, zero + 7.0, zero)
 
-    cfg = _tiny(tmp_path, epochs=1, knn_every=0)
+    cfg = tiny_config(tmp_path, epochs=1, knn_every=0)
     result = train(cfg, objective=cosine_only)
     assert len(calls) == result.step == 6 and calls[0] == (16, 32)
     rows = [json.loads(line) for line in (cfg.out / "metrics.jsonl").read_text().splitlines() if "loss" in line]
@@ -142,19 +98,19 @@ def test_objective_replaces_the_loss_and_its_terms_are_logged(tmp_path: Path) ->
 
 
 def test_symmetric_views_take_their_probabilities_from_the_config(tmp_path: Path) -> None:
-    cfg = _tiny(tmp_path, views=ViewsConfig(size=16, symmetric=True, symmetric_blur_prob=0.0))
+    cfg = tiny_config(tmp_path, views=ViewsConfig(size=16, symmetric=True, symmetric_blur_prob=0.0))
     info = DistInfo()
     views = data_kind("image").training_data(cfg, info, torch.device("cpu")).views
     assert views.view_a == views.view_b
     assert views.view_a.blur_p == 0.0 and views.view_a.solarize_p == 0.1
-    asym = data_kind("image").training_data(_tiny(tmp_path), info, torch.device("cpu")).views
+    asym = data_kind("image").training_data(tiny_config(tmp_path), info, torch.device("cpu")).views
     assert (asym.view_a.blur_p, asym.view_b.blur_p, asym.view_b.solarize_p) == (1.0, 0.1, 0.2)
 
 
 def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     """N steps == N/2 steps, a fresh start from the checkpoint, N/2 steps: the same weights on CPU."""
-    full = train(_tiny(tmp_path / "a", max_steps=8, knn_every=0))
-    half = _tiny(tmp_path / "b", max_steps=4, knn_every=0)
+    full = train(tiny_config(tmp_path / "a", max_steps=8, knn_every=0))
+    half = tiny_config(tmp_path / "b", max_steps=4, knn_every=0)
     train(half)
     assert load_checkpoint(half.out / "checkpoints" / "last.pt")["step"] == 4
     resumed = train(replace(half, max_steps=8))
@@ -166,7 +122,7 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path: Path) -> None:
-    cfg = _tiny(tmp_path, max_steps=2, knn_every=0)
+    cfg = tiny_config(tmp_path, max_steps=2, knn_every=0)
     train(cfg)
     other = replace(cfg, max_steps=4, model=ModelConfig(backbone="small_cnn", expander="64-64", width=4))
     with pytest.raises(Exception, match="different model config"):
@@ -174,7 +130,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path: Path) -> None:
 
 
 def test_every_parameter_changes_in_training(tmp_path: Path) -> None:
-    cfg = _tiny(tmp_path, max_steps=3, knn_every=0, optim=OptimConfig(name="sgd", base_lr=0.5, warmup_epochs=0))
+    cfg = tiny_config(tmp_path, max_steps=3, knn_every=0, optim=OptimConfig(name="sgd", base_lr=0.5, warmup_epochs=0))
     torch.manual_seed(cfg.seed)
     initial = data_kind("image").training_data(cfg, DistInfo(), torch.device("cpu")).model(cfg)[0].state_dict()
     train(cfg)
@@ -213,7 +169,7 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path: Path, monkeypatch: p
         return data
 
     monkeypatch.setattr(build_module.ImageKind, "training_data", poisoned)
-    cfg = _tiny(tmp_path, ckpt_every=2, log_every=3, knn_every=0)
+    cfg = tiny_config(tmp_path, ckpt_every=2, log_every=3, knn_every=0)
     with pytest.raises(NonFiniteLossError, match=r"non-finite at step 4 \(terms: loss, invariance"):
         train(cfg)
     # the last good checkpoint (after 4 good steps) is kept, not overwritten by the poisoned weights
@@ -373,7 +329,7 @@ def test_cli_end_to_end_on_an_image_folder(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
-    data = _npz(tmp_path / "d.npz", n=256)
+    data = tiny_npz(tmp_path / "d.npz", n=256)
     out = tmp_path / "run"
     args = [
         sys.executable, "-m", "vicreg", "train", "--data", str(data), "--out", str(out), "--device", "cpu",
@@ -401,11 +357,11 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_two_process_torchrun(tmp_path: Path) -> None:
     """A real torchrun with 2 gloo processes: one run folder, identical weights on both ranks."""
-    data = _npz(tmp_path / "d.npz", n=64)
+    data = tiny_npz(tmp_path / "d.npz", n=64)
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
         "-m", "vicreg", "train", "--data", str(data), "--out", str(out), "--device", "cpu",
         "--epochs", "1", "--batch-size", "16", "--views.size", "16", "--model.backbone", "small_cnn",
         "--model.width", "4", "--model.expander", "32-32", "--log-every", "1", "--knn-every", "0",

@@ -10,7 +10,6 @@ import glob
 import io
 import os
 import shutil
-import socket
 import sys
 import warnings
 from pathlib import Path
@@ -24,6 +23,7 @@ from PIL import Image
 
 datasets = pytest.importorskip("datasets")
 
+from tests.helpers import free_port  # noqa: E402
 from vicreg.data import BadImageWarning, decode_image  # noqa: E402
 from vicreg.data.hf import (  # noqa: E402
     HFSource,
@@ -319,12 +319,6 @@ def test_stream_workers_rebatch_to_full_batches(saved):
     assert sizes == [4] * (N_TRAIN // 4)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _uneven_stream():
     """An iterable dataset of 2 shards (rows 0..6 and 7..10): split by shard, rank 0 holds 7 rows, rank 1 four."""
     ids = {0: range(7), 1: range(7, 11)}
@@ -360,7 +354,7 @@ def _stream_worker(rank: int, port: int, saved: str, out_dir: str) -> None:
 
 @pytest.mark.slow
 def test_stream_two_processes_get_disjoint_equal_shards(saved, tmp_path):
-    mp.spawn(_stream_worker, args=(_free_port(), str(saved), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_stream_worker, args=(free_port(), str(saved), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     per_rank = N_TRAIN // (2 * 3)
     assert ranks[0]["len"] == ranks[1]["len"] == per_rank

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.reliability._runs import env_int, tiny_npz
+from tests.helpers import env_int, tiny_npz
 from vicreg.checkpoint import CheckpointError, load_backbone, load_checkpoint, save_checkpoint
 from vicreg.config import ModelConfig, OptimConfig, TrainConfig, ViewsConfig
 from vicreg.train import train

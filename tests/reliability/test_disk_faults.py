@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.reliability._runs import assert_same_state, subprocess_env, tiny_npz
+from tests.helpers import assert_same_state, subprocess_env, tiny_npz
 from vicreg.checkpoint import CheckpointError, export_backbone, load_checkpoint, save_checkpoint
 from vicreg.config import ModelConfig, OptimConfig, TrainConfig, ViewsConfig
 from vicreg.train import train

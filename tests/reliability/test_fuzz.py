@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.reliability._runs import env_int
+from tests.helpers import env_int
 from vicreg import vicreg_loss
 from vicreg.config import TrainConfig, load_config_file, merge
 from vicreg.data import ArrayDataset, ImageFolderSource, as_uint8_images, decode_image, load

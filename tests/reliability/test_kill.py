@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability._runs import assert_same_state, env_int, subprocess_env, tiny_npz, train_args
+from tests.helpers import assert_same_state, env_int, subprocess_env, tiny_npz, train_args
 from vicreg.checkpoint import load_backbone, load_checkpoint
 
 KILLS = env_int("VICREG_RELIABILITY_KILLS", 5)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import env_int, tiny_npz
 from tests.reference import ref_vicreg
-from tests.reliability._runs import env_int, tiny_npz
 from vicreg import vicreg_loss
 from vicreg.checkpoint import load_checkpoint
 from vicreg.config import ModelConfig, OptimConfig, TrainConfig, ViewsConfig

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability._runs import REPO, assert_same_state, subprocess_env, tiny_npz, train_args
+from tests.helpers import REPO, assert_same_state, subprocess_env, tiny_npz, train_args
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
