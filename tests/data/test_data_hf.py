@@ -33,7 +33,7 @@ from vicreg.data.hf import (  # noqa: E402
     hf_splits,
     hf_stream_loader,
     is_hf_source,
-    load_hf_arrays,
+    load_hf_images,
     open_hf_dataset,
     parse_hf_source,
 )
@@ -210,7 +210,7 @@ def test_a_hub_name_in_the_local_cache_loads_offline(tmp_path):
     config.rename(cache / "me___tiny" / "default")
     for f in glob.glob(str(cache / "me___tiny" / "default" / "*" / "*" / "parquet-*.arrow")):
         os.rename(f, f.replace("parquet-", "tiny-"))
-    data = load_hf_arrays("hf:me/tiny", "test", size=12)
+    data = load_hf_images("hf:me/tiny", "test", size=12)
     assert data.images.shape == (2, 3, 12, 12) and data.classes == CLASSES
     assert data.labels is not None and data.labels.tolist() == [100 % 3, 101 % 3]
 
@@ -268,18 +268,18 @@ def test_rank_shards_are_disjoint_and_equal(saved):
 
 def test_grey_images_give_one_channel(tmp_path):
     _split(0, 4, mode="L").save_to_disk(str(tmp_path / "grey"))
-    data = load_hf_arrays(f"hf:{tmp_path / 'grey'}", "train", size=12)
+    data = load_hf_images(f"hf:{tmp_path / 'grey'}", "train", size=12)
     assert data.channels == 1
-    assert load_hf_arrays(f"hf:{tmp_path / 'grey'}", "train", size=12, channels=3).channels == 3
+    assert load_hf_images(f"hf:{tmp_path / 'grey'}", "train", size=12, channels=3).channels == 3
 
 
 def test_load_arrays(saved):
-    data = load_hf_arrays(f"hf:{saved}", "test", size=12, num_workers=0)
+    data = load_hf_images(f"hf:{saved}", "test", size=12, num_workers=0)
     assert data.images.shape == (N_TEST, 3, 12, 12) and data.classes == CLASSES
     assert data.labels is not None and data.labels.tolist() == [i % 3 for i in range(100, 100 + N_TEST)]
     assert torch.equal(data.images[2], decode_image(_png(102), 12))  # type: ignore[arg-type]
     assert data.name == f"hf:{saved}:test"
-    ids = load_hf_arrays(f"hf:{saved}:test", None, size=12, label_column="idx", num_workers=0)
+    ids = load_hf_images(f"hf:{saved}:test", None, size=12, label_column="idx", num_workers=0)
     assert ids.labels is not None and ids.labels.tolist() == list(range(100, 100 + N_TEST)) and ids.classes == ()
 
 
@@ -290,7 +290,7 @@ def test_a_bad_image_is_skipped_with_a_warning(tmp_path):
     broken = datasets.Dataset.from_dict(rows, features=_features())
     broken.save_to_disk(str(tmp_path / "broken"))
     with pytest.warns(BadImageWarning, match=r"skipped 1 unusable image"):
-        data = load_hf_arrays(f"hf:{tmp_path / 'broken'}", "train", size=12, label_column="idx", num_workers=0)
+        data = load_hf_images(f"hf:{tmp_path / 'broken'}", "train", size=12, label_column="idx", num_workers=0)
     assert data.labels is not None and data.labels.tolist() == [0, 2, 3]
 
 
