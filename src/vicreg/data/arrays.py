@@ -219,7 +219,8 @@ def as_uint8_images(images: Any, *, name: str = "arrays") -> Tensor:
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi > 255:
             raise ValueError(
-                f"{name}: integer images must lie in [0, 255], got values in [{lo}, {hi}]; rescale them to 8 bits first"
+                f"{name}: integer images must lie in [0, 255], got values in [{lo}, {hi}]; rescale them to 8 bits "
+                "first, or read them as 16-bit multi-band images (vicreg.data.bands.read_band_arrays)"
             )
         x = x.to(torch.uint8)
     else:
