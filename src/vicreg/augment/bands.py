@@ -476,7 +476,8 @@ class BandViews:
         if x.dtype not in (torch.uint8, torch.uint16, torch.int16, torch.float32, torch.float64):
             raise ValueError(f"BandViews expects uint8, uint16, int16 or float32 values, got {x.dtype}")
         dev = x.device
-        return to_unit(x).sub_(self._low.to(dev).view(1, -1, 1, 1)).div_(self._span.to(dev).view(1, -1, 1, 1))
+        # Out of place: to_unit returns a float32 batch itself, which must stay as the caller gave it.
+        return (to_unit(x) - self._low.to(dev).view(1, -1, 1, 1)).div_(self._span.to(dev).view(1, -1, 1, 1))
 
     def _rgb(self, x: Tensor, cfg: BandViewConfig) -> tuple[int, ...] | None:
         if not cfg.uses_rgb:

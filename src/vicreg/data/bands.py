@@ -192,7 +192,8 @@ def as_band_images(images: Any, *, name: str = "arrays") -> Tensor:
 
 
 def _smallest_integer_dtype(a: Tensor, name: str) -> torch.dtype:
-    lo, hi = int(a.min()), int(a.max())
+    wide = a.to(torch.int64) if a.dtype in (torch.uint16, torch.uint32, torch.uint64) else a  # no min/max kernels
+    lo, hi = int(wide.min()), int(wide.max())
     for dtype, d_lo, d_hi in _INTEGER_TARGETS:
         if d_lo <= lo and hi <= d_hi:
             return dtype
@@ -471,7 +472,7 @@ class BandStats(NamedTuple):
 
 def to_unit(x: Tensor) -> Tensor:
     """float32 values of a batch: ``uint8`` scaled to ``[0, 1]``, every other dtype as it is (exact for
-    ``uint16``/``int16``: float32 holds every integer up to 2**24)."""
+    ``uint16``/``int16``: float32 holds every integer up to 2**24). A float32 ``x`` is returned itself."""
     return x.float().div_(255) if x.dtype == torch.uint8 else x.to(torch.float32)
 
 
@@ -533,4 +534,4 @@ def normalize_bands(
     shape = (1, c) + (1,) * (x.ndim - 2)
     m = torch.tensor(mean, dtype=torch.float32, device=device).expand(c).reshape(shape)
     s = torch.tensor(std, dtype=torch.float32, device=device).expand(c).reshape(shape)
-    return x.sub_(m).div_(s)
+    return (x - m) / s  # not in place: a float32 x is returned by to_unit as it is
