@@ -21,9 +21,7 @@ from vicreg.augment.bands import (
 from vicreg.data.bands import BandStats, band_stats, normalize_bands
 
 # Every operation off: the view is the (normalised) crop.
-NEUTRAL = BandViewConfig(
-    crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, blur_p=0.0
-)
+NEUTRAL = BandViewConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, blur_p=0.0)
 
 
 def _batch(n: int = 8, c: int = 13, size: int = 16, seed: int = 0) -> torch.Tensor:

@@ -84,7 +84,7 @@ def test_read_band_arrays_npz_splits_labels_and_npy(tmp_path: Path) -> None:
     np.save(tmp_path / "f.npy", np.random.default_rng(0).random((3, 5, 4, 4), dtype=np.float32))
     assert read_band_arrays(tmp_path / "f.npy").images.dtype == torch.float32
     (tmp_path / "bad.npz").write_text("hello")
-    with pytest.raises(ValueError, match="not a readable .npy/.npz file .*text"):
+    with pytest.raises(ValueError, match=r"not a readable \.npy/\.npz file .*text"):
         read_band_arrays(tmp_path / "bad.npz")
     np.savez(tmp_path / "nokey.npz", a=x, b=x)
     with pytest.raises(ValueError, match="name them 'images'"):
@@ -140,7 +140,9 @@ def test_tiff_folder_axis_rule_and_labels(tmp_path: Path) -> None:
     assert got.labels is None and np.array_equal(got.images.numpy(), rgb.transpose(0, 3, 1, 2))
 
     (tmp_path / "planar").mkdir()  # planar samples (C, H, W) and a single page (H, W)
-    tifffile.imwrite(tmp_path / "planar" / "a.tif", rgb[0].transpose(2, 0, 1), photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(
+        tmp_path / "planar" / "a.tif", rgb[0].transpose(2, 0, 1), photometric="rgb", planarconfig="separate"
+    )
     assert np.array_equal(read_tiff_folder(tmp_path / "planar").images[0].numpy(), rgb[0].transpose(2, 0, 1))
     (tmp_path / "grey").mkdir()
     tifffile.imwrite(tmp_path / "grey" / "a.tif", x[0, 0])
@@ -163,7 +165,7 @@ def test_tiff_folder_sizes_dtypes_and_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a readable TIFF"):
         read_tiff_folder(tmp_path / "bad")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no .tif/.tiff files"):
+    with pytest.raises(ValueError, match=r"no \.tif/\.tiff files"):
         read_tiff_folder(tmp_path / "empty")
     tifffile.imwrite(tmp_path / "t.tif", np.zeros((2, 3, 8, 8), np.uint16), photometric="minisblack")
     (tmp_path / "stack").mkdir()
@@ -185,7 +187,9 @@ def test_missing_optional_reader_names_the_extra(
 # ------------------------------------------------------------------------------------------------- DICOM
 
 
-def _write_dicom(path: Path, pixels: np.ndarray, *, slope: float = 1.0, intercept: float = 0.0, **extra: object) -> None:
+def _write_dicom(
+    path: Path, pixels: np.ndarray, *, slope: float = 1.0, intercept: float = 0.0, **extra: object
+) -> None:
     """A minimal secondary-capture DICOM file written by pydicom itself."""
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -240,7 +244,7 @@ def test_dicom_rescale_window_and_dtype(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="window must be"):
         read_dicom_folder(tmp_path, window=(1.0,))  # type: ignore[arg-type]
     (tmp_path / "junk.dcm").write_text("not dicom")
-    with pytest.raises(ValueError, match="junk.dcm: cannot read its DICOM pixels"):
+    with pytest.raises(ValueError, match=r"junk\.dcm: cannot read its DICOM pixels"):
         read_dicom_folder(tmp_path)
 
 

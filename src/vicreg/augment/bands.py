@@ -309,7 +309,11 @@ def sample_band_view_params(
         return draw.expand(n, channels).contiguous()
 
     vflip = rand(n) < cfg.vflip_p
-    rot = torch.randint(0, 4, (n,), generator=generator, device=device) if cfg.rotate90 else torch.zeros(n, dtype=torch.int64, device=device)
+    rot = (
+        torch.randint(0, 4, (n,), generator=generator, device=device)
+        if cfg.rotate90
+        else torch.zeros(n, dtype=torch.int64, device=device)
+    )
     brightness, contrast = factors(cfg.brightness), factors(cfg.contrast)
     log_lo, log_hi = math.log(cfg.gamma[0]), math.log(cfg.gamma[1])
     gamma = torch.exp(rand(n, channels if cfg.per_channel else 1) * (log_hi - log_lo) + log_lo).expand(n, channels)
@@ -330,9 +334,7 @@ def sample_band_view_params(
 # ------------------------------------------------------------------------------------------------- apply
 
 
-def _crop_dihedral(
-    x: Tensor, p: BandViewParams, size: tuple[int, int], scratch: AF.Scratch
-) -> Tensor:
+def _crop_dihedral(x: Tensor, p: BandViewParams, size: tuple[int, int], scratch: AF.Scratch) -> Tensor:
     """Resized crop, then rotation by ``rot`` quarter turns and the flips, as one ``grid_sample``.
 
     The output pixel ``(i, j)`` samples the crop at ``(row, col)`` = ``(i, j)``, transposed to ``(j, i)``
@@ -381,7 +383,8 @@ def apply_band_view(
     """
     scratch = AF.Scratch() if scratch is None else scratch
     dev = u.device
-    p = BandViewParams(*(t.to(dev, non_blocking=dev.type != "cpu") for t in params[:-1]), params.noise_seed)
+    moved = [t.to(dev, non_blocking=dev.type != "cpu") for t in params[:-1]]
+    p = BandViewParams._make([*moved, params.noise_seed])
     v = _crop_dihedral(u, p, size, scratch)
     n, c = v.shape[:2]
     on = p.jitter[:, None]

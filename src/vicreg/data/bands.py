@@ -101,7 +101,9 @@ class BandImages:
             raise ValueError(f"{self.name}: images of shape {tuple(x.shape)} hold no pixels")
         y = self.labels
         if y is not None and (y.dtype != torch.int64 or y.shape != (x.shape[0],)):
-            raise ValueError(f"{self.name}: labels must be int64 of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+            raise ValueError(
+                f"{self.name}: labels must be int64 of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}"
+            )
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -393,7 +395,9 @@ def _dicom_frames(path: Path, pydicom: Any, window: Window) -> np.ndarray:
         return values
     if window == "file":
         if "WindowCenter" not in ds or "WindowWidth" not in ds:
-            raise ValueError(f"{path}: window='file' but the file has no WindowCenter/WindowWidth; give (center, width)")
+            raise ValueError(
+                f"{path}: window='file' but the file has no WindowCenter/WindowWidth; give (center, width)"
+            )
         center, width = (float(_first(ds.WindowCenter)), float(_first(ds.WindowWidth)))
     else:
         center, width = float(window[0]), float(window[1])
@@ -433,7 +437,7 @@ def read_dicom_folder(folder: str | os.PathLike[str], *, window: Window = None, 
     lo = min(float(f.min()) for f in per_file)
     hi = max(float(f.max()) for f in per_file)
     integral = all(bool(np.all(f == np.round(f))) for f in per_file)
-    dtype = np.float32
+    dtype: type[np.number[Any]] = np.float32
     if integral:
         dtype = np.uint16 if lo >= 0 and hi <= 65535 else np.int16 if lo >= -32768 and hi <= 32767 else np.float32
     frames = [f.astype(dtype) for f in per_file]
@@ -495,7 +499,9 @@ def band_stats(
     if not 0 <= lo_p < hi_p <= 100:
         raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
     if images.ndim != 4 or images.dtype not in BAND_DTYPES:
-        raise ValueError(f"band_stats needs (N, C, H, W) images of {BAND_DTYPES}, got {images.dtype} {tuple(images.shape)}")
+        raise ValueError(
+            f"band_stats needs (N, C, H, W) images of {BAND_DTYPES}, got {images.dtype} {tuple(images.shape)}"
+        )
     n, c, h, w = images.shape
     per_band = n * h * w
     # Evenly spaced pixel positions over (image, pixel), gathered without copying the dataset: (S, C).

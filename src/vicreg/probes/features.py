@@ -37,7 +37,8 @@ def _check_rows(x: Tensor) -> None:
     if not ok:
         desc = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(
-            f"expected uint8/uint16/int16 images (N, C, H, W), float signals (N, C, T) or float table rows (N, F), got {desc}"
+            "expected uint8/uint16/int16 images (N, C, H, W), float signals (N, C, T) or float table rows (N, F), "
+            f"got {desc}"
         )
 
 
