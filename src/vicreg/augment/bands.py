@@ -334,7 +334,9 @@ def sample_band_view_params(
 # ------------------------------------------------------------------------------------------------- apply
 
 
-def _crop_dihedral(x: Tensor, p: BandViewParams, size: tuple[int, int], scratch: AF.Scratch) -> Tensor:
+def _crop_dihedral(
+    x: Tensor, p: BandViewParams, size: tuple[int, int], scratch: AF.Scratch, any_transpose: bool
+) -> Tensor:
     """Resized crop, then rotation by ``rot`` quarter turns and the flips, as one ``grid_sample``.
 
     The output pixel ``(i, j)`` samples the crop at ``(row, col)`` = ``(i, j)``, transposed to ``(j, i)``
@@ -356,7 +358,7 @@ def _crop_dihedral(x: Tensor, p: BandViewParams, size: tuple[int, int], scratch:
     ys = torch.where(rev_y[:, None], ys.flip(1), ys)
     grid = scratch.get("grid", (x.shape[0], out_h, out_w, 2), x)
     t = transpose[:, None, None]
-    if bool(transpose.any()):  # square output only (checked by BandViews)
+    if any_transpose:  # square output only (checked by BandViews)
         grid[..., 0] = torch.where(t, xs[:, :, None], xs[:, None, :])
         grid[..., 1] = torch.where(t, ys[:, None, :], ys[:, :, None])
     else:
@@ -383,9 +385,12 @@ def apply_band_view(
     """
     scratch = AF.Scratch() if scratch is None else scratch
     dev = u.device
+    # Which optional steps run, read on the parameters' device (CPU for a CPU generator): no GPU sync.
+    any_transpose = bool((params.rot % 2 == 1).any())
+    any_gamma, any_noise = bool((params.gamma != 1).any()), bool((params.noise > 0).any())
     moved = [t.to(dev, non_blocking=dev.type != "cpu") for t in params[:-1]]
     p = BandViewParams._make([*moved, params.noise_seed])
-    v = _crop_dihedral(u, p, size, scratch)
+    v = _crop_dihedral(u, p, size, scratch, any_transpose)
     n, c = v.shape[:2]
     on = p.jitter[:, None]
     b = torch.where(on, p.brightness, torch.ones_like(p.brightness)).view(n, c, 1, 1)
@@ -393,7 +398,7 @@ def apply_band_view(
     v.mul_(b)
     mean = v.mean(dim=(2, 3), keepdim=True)
     v.sub_(mean).mul_(k).add_(mean)
-    if bool((p.gamma != 1).any()):
+    if any_gamma:
         sign = torch.sign(v)
         v.abs_().pow_(p.gamma.view(n, c, 1, 1)).mul_(sign)
     if rgb_bands is not None:
@@ -405,7 +410,7 @@ def apply_band_view(
         rgb = AF._solarize_(rgb, p.solarize, 0.5, scratch)
         v[:, idx] = rgb
     v = AF._gaussian_blur_(v, p.sigma, p.blur, blur_kernel_size, scratch)
-    if bool((p.noise > 0).any()):
+    if any_noise:
         g = torch.Generator(device=dev).manual_seed(p.noise_seed)
         v.addcmul_(torch.randn(v.shape, generator=g, device=dev, dtype=v.dtype), p.noise.view(n, 1, 1, 1))
     v.mul_(scale.view(1, c, 1, 1)).add_(shift.view(1, c, 1, 1))
