@@ -421,7 +421,8 @@ def read_dicom_folder(folder: str | os.PathLike[str], *, window: Window = None, 
 
     The dtype is the smallest exact one for the whole folder: ``uint16`` when every value is an integer in
     ``[0, 65535]``, ``int16`` for integers in ``[-32768, 32767]``, else ``float32``. Modality LUT sequences are
-    not applied (rescale slope/intercept are what CT, MR, CR and DX files use).
+    not applied (rescale slope/intercept are what CT, MR, CR and DX files use), and ``MONOCHROME1`` images
+    (white = 0) are not inverted: the values are the modality's, not the display's.
     """
     try:
         import pydicom
