@@ -27,6 +27,8 @@ OPTIONAL = {
     "onnx",
     "onnxruntime",
     "onnxscript",
+    "tifffile",
+    "pydicom",
 }
 
 

@@ -218,10 +218,12 @@ def as_uint8_images(images: Any, *, name: str = "arrays") -> Tensor:
             )
         x = (x.float() * 255).round_().to(torch.uint8)
     elif x.dtype != torch.bool:
-        lo, hi = int(x.min()), int(x.max())
+        wide = x.to(torch.int64) if x.dtype in (torch.uint16, torch.uint32) else x  # no min/max kernels
+        lo, hi = int(wide.min()), int(wide.max())
         if lo < 0 or hi > 255:
             raise ValueError(
-                f"{name}: integer images must lie in [0, 255], got values in [{lo}, {hi}]; rescale them to 8 bits first"
+                f"{name}: integer images must lie in [0, 255], got values in [{lo}, {hi}]; rescale them to 8 bits "
+                "first, or read them as 16-bit multi-band images (vicreg.data.bands.read_band_arrays)"
             )
         x = x.to(torch.uint8)
     else:

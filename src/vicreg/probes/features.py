@@ -14,7 +14,8 @@ def normalize_rows(x: Tensor, mean: Sequence[float], std: Sequence[float], devic
     """``x`` as the encoder sees it: float32 on ``device``, ``(x - mean) / std`` per channel (axis 1).
 
     ``uint8`` images are first scaled to ``[0, 1]`` (``mean``/``std`` are then those of pixels in ``[0, 1]``);
-    float signals ``(N, C, T)`` and table rows ``(N, F)`` are used as they are. ``mean``/``std`` hold one value
+    16-bit images (``uint16``/``int16``, :mod:`vicreg.data.bands`), float signals ``(N, C, T)`` and table rows
+    ``(N, F)`` are used as they are (16-bit values are exact in float32). ``mean``/``std`` hold one value
     or one per channel / feature.
     """
     c = x.shape[1]
@@ -30,12 +31,14 @@ def normalize_rows(x: Tensor, mean: Sequence[float], std: Sequence[float], devic
 
 def _check_rows(x: Tensor) -> None:
     ok = isinstance(x, Tensor) and (
-        (x.dtype == torch.uint8 and x.ndim == 4) or (x.is_floating_point() and x.ndim in (2, 3, 4))
+        (x.dtype in (torch.uint8, torch.uint16, torch.int16) and x.ndim == 4)
+        or (x.is_floating_point() and x.ndim in (2, 3, 4))
     )
     if not ok:
         desc = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(
-            f"expected uint8 images (N, C, H, W), float signals (N, C, T) or float table rows (N, F), got {desc}"
+            "expected uint8/uint16/int16 images (N, C, H, W), float signals (N, C, T) or float table rows (N, F), "
+            f"got {desc}"
         )
 
 
