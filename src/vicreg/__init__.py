@@ -1,7 +1,8 @@
 """VICReg: Variance-Invariance-Covariance Regularization for self-supervised learning."""
 
 from vicreg.augment import PairViews, PaperViews, SignalViews, TabularViews, ViewConfig
-from vicreg.export import export_encoder, load_backbone
+from vicreg.backbone import load_backbone
+from vicreg.export import export_encoder
 from vicreg.loss import (
     VICRegLoss,
     VICRegOutput,
