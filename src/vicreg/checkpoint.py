@@ -320,7 +320,7 @@ def read_tensor_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no backbone file at {path}: check the path")
     try:
-        if path.suffix == ".safetensors":
+        if _is_safetensors(path):
             return load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # safetensors raises its own error types
@@ -330,6 +330,14 @@ def read_tensor_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state dict (it holds a {type(state).__name__})")
     return state
+
+
+def _is_safetensors(path: Path) -> bool:
+    """By the suffix; a file named otherwise (a temporary file being checked) by its content: ``torch.save``
+    writes a zip archive, safetensors does not."""
+    if path.suffix in (".safetensors", ".pt", ".pth"):
+        return path.suffix == ".safetensors"
+    return not zipfile.is_zipfile(path)
 
 
 def read_backbone_state(path: str | os.PathLike[str]) -> dict[str, Tensor]:
@@ -352,7 +360,7 @@ def read_backbone_spec(path: str | os.PathLike[str]) -> EncoderSpec | None:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no backbone file at {path}: check the path")
-    if path.suffix == ".safetensors":
+    if _is_safetensors(path):
         try:
             with safe_open(str(path), framework="pt") as f:
                 stored = (f.metadata() or {}).get(ENCODER_KEY)

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vicreg.checkpoint import CheckpointError, vicreg_version, write_backbone
+from vicreg.checkpoint import CheckpointError, read_backbone_spec, vicreg_version, write_backbone
 from vicreg.files import UMASK, atomic_write
 from vicreg.models import EncoderSpec
 from vicreg.weights import load_backbone_file, load_strict
@@ -163,11 +163,12 @@ class _StateFileCheck:
 
     def __call__(self, tmp: Path) -> None:
         x = _check_batch(self.spec)
-        fresh = load_backbone_file(tmp)  # rebuilt from the description the file carries
-        if fresh.vicreg_spec != self.spec:
+        if read_backbone_spec(tmp) != self.spec:
             raise ExportCheckError(
-                f"export check failed: the written file describes {fresh.vicreg_spec}, not {self.spec}"
+                f"export check failed: the written file does not carry the description of {self.spec.name}; "
+                "nothing was written"
             )
+        fresh = load_backbone_file(tmp)  # rebuilt from the description the file carries
         _compare(_features(self.reference, x), _features(fresh, x), f"the written file loaded into {self.spec.name}")
         self.described = (
             f"read back, rebuilt from its description and loaded strictly into a new {self.spec.name}: identical "

@@ -138,6 +138,7 @@ def load_backbone_file(path: str | os.PathLike[str], spec: EncoderSpec | None = 
     weights = path / "model.safetensors" if path.is_dir() else path
     if not weights.is_file():
         raise FileNotFoundError(f"no backbone at {weights}: give a run folder, a backbone file or an hf export folder")
+    state = read_backbone_state(weights)  # first: a file that is no backbone at all says so
     if spec is None:
         spec = read_backbone_spec(weights)
     if spec is None:
@@ -145,7 +146,7 @@ def load_backbone_file(path: str | os.PathLike[str], spec: EncoderSpec | None = 
             f"{weights} does not say which architecture it holds (it was not written by vicreg, or before backbone "
             "files carried their description): pass spec=EncoderSpec(...), or load its run folder"
         )
-    return backbone_from_state(read_backbone_state(weights), spec, str(weights))
+    return backbone_from_state(state, spec, str(weights))
 
 
 def _drop_heads(state: Mapping[str, Tensor], model_keys: Mapping[str, Any]) -> tuple[dict[str, Tensor], list[str]]:
