@@ -28,7 +28,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from vicreg.checkpoint import load_backbone
+from vicreg.checkpoint import read_backbone_state
 from vicreg.config import PRESETS, TrainConfig
 from vicreg.data import FloatDataset, load_float_rows
 from vicreg.models import build_backbone
@@ -83,7 +83,7 @@ def run(name: str, seed: int, epochs: int | None, workdir: Path) -> dict[str, tu
     result = train(cfg)
     out["train_s"] = time.perf_counter() - start
     encoder = _encoder(cfg, train_set.channels)
-    encoder.load_state_dict(load_backbone(result.run_dir / "backbone.safetensors"), strict=True)
+    encoder.load_state_dict(read_backbone_state(result.run_dir / "backbone.safetensors"), strict=True)
     out["vicreg"] = _scores(
         _features(encoder, train_set, train_set), y_train, _features(encoder, train_set, test_set), y_test
     )

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vicreg.build import load_encoder
-from vicreg.checkpoint import CheckpointError, load_backbone
+from vicreg.checkpoint import CheckpointError, read_backbone_state
 from vicreg.cli import main
 from vicreg.models import EncoderSpec
 from vicreg.probes import extract_features
@@ -114,7 +114,7 @@ def test_every_command_works_on_every_data_kind(kind: str, tmp_path: Path, capsy
     main(["export", str(run), "--out", str(out)])
     assert "loaded strictly" in capsys.readouterr().out
     fresh = enc.spec.build().eval()
-    fresh.load_state_dict(load_backbone(out), strict=True)  # no model config needed: the spec rebuilds it
+    fresh.load_state_dict(read_backbone_state(out), strict=True)  # no model config needed: the spec rebuilds it
     x = _sample_input(enc.spec)
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), enc.model.backbone(x), rtol=0, atol=0)
@@ -179,7 +179,7 @@ def test_model_init_sets_the_starting_weights_once(tmp_path: Path) -> None:
     main(["train", "--out", str(tmp_path / "a"), "--max-steps", "2", *flags])
     exported = tmp_path / "a.safetensors"
     main(["export", str(tmp_path / "a"), "--out", str(exported)])
-    source = load_backbone(exported)
+    source = read_backbone_state(exported)
     # warm-up from lr 0: the first step leaves the initial convolution weights as they were
     run = tmp_path / "b"
     init = ["--model.init", str(exported), "--optim.warmup-epochs", "1"]

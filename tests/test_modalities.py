@@ -13,7 +13,7 @@ from vicreg import VICReg
 from vicreg.augment import PairViews, SignalViewConfig, SignalViews, TableViewConfig, TableViews, TensorPair
 from vicreg.augment.signals import apply_signal_view, sample_signal_params
 from vicreg.augment.tabular import sample_table_params
-from vicreg.checkpoint import load_backbone
+from vicreg.checkpoint import read_backbone_state
 from vicreg.cli import parse_train_args
 from vicreg.config import ModelConfig, OptimConfig, TrainConfig
 from vicreg.data import FloatDataset, InMemoryLoader, load_float_rows, load_pairs
@@ -299,7 +299,7 @@ def test_tiny_signal_run_via_cli_args(tmp_path: Path) -> None:
     cfg = parse_train_args(args)
     result = train(cfg)
     assert result.step == 8 and "online_knn.top1" in result.metrics
-    state = load_backbone(cfg.out / "backbone.safetensors")
+    state = read_backbone_state(cfg.out / "backbone.safetensors")
     ResNet1d(2, width=4).load_state_dict(state, strict=True)
     assert not (cfg.out / "backbone_b.safetensors").exists()
 
@@ -315,7 +315,7 @@ def test_tiny_table_run_resumes_exactly(tmp_path: Path) -> None:
     train(replace(half, max_steps=3))
     resumed = train(half)
     assert full.step == resumed.step == 6
-    a, b = (load_backbone(r.run_dir / "backbone.safetensors") for r in (full, resumed))
+    a, b = (read_backbone_state(r.run_dir / "backbone.safetensors") for r in (full, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert "online_knn.top1" not in full.metrics  # no test split in the file: no monitor
 
@@ -336,9 +336,9 @@ def test_tiny_two_modality_run_image_and_table(tmp_path: Path) -> None:
     cfg = parse_train_args(args)
     result = train(cfg)
     assert result.step == 6 and "online_knn.top1" in result.metrics
-    b = load_backbone(cfg.out / "backbone_b.safetensors")
+    b = read_backbone_state(cfg.out / "backbone_b.safetensors")
     MLPEncoder(3, width=8, depth=2).load_state_dict(b, strict=True)
-    assert load_backbone(cfg.out / "backbone.safetensors")["features.0.0.weight"].shape[1] == 1
+    assert read_backbone_state(cfg.out / "backbone.safetensors")["features.0.0.weight"].shape[1] == 1
 
 
 def test_tiny_two_sensor_run(tmp_path: Path) -> None:
@@ -347,7 +347,7 @@ def test_tiny_two_sensor_run(tmp_path: Path) -> None:
     model = ModelConfig(backbone="resnet1d", backbone_b="resnet1d", width=4, expander="32-32")
     cfg = _tiny(tmp_path, tmp_path / "sensors.npz", modality="signal", modality_b="signal", model=model)
     assert train(cfg).step == 4
-    assert load_backbone(cfg.out / "backbone_b.safetensors")["blocks.0.body.0.weight"].shape[1] == 2
+    assert read_backbone_state(cfg.out / "backbone_b.safetensors")["blocks.0.body.0.weight"].shape[1] == 2
 
 
 def test_config_errors_for_two_modalities() -> None:

@@ -3,8 +3,9 @@
 from typing import TYPE_CHECKING
 
 from vicreg.augment import ImageViews, OneViewConfig, PairViews, PaperViews, SignalViews, TableViews
+from vicreg.backbone import load_backbone
 from vicreg.deprecation import renamed
-from vicreg.export import export_encoder, load_backbone
+from vicreg.export import export_encoder
 from vicreg.loss import (
     VICRegLoss,
     VICRegOutput,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from vicreg.build import load_encoder, resolve_device, use_data_root
-from vicreg.checkpoint import atomic_write
+from vicreg.files import atomic_write
 from vicreg.probes.features import extract_features
 
 __all__ = ["SUFFIXES", "embed_to_file", "write_embeddings"]

@@ -36,8 +36,8 @@ from vicreg.build import (
     run_dir_of,
     use_data_root,
 )
-from vicreg.checkpoint import atomic_write
 from vicreg.config import config_to_dict
+from vicreg.files import atomic_write
 from vicreg.probes.cache import cached, file_identity, tensor_digest
 from vicreg.probes.features import extract_features, raw_features
 from vicreg.probes.knn import knn_evaluate

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from vicreg.checkpoint import atomic_write
+from vicreg.files import atomic_write
 
 __all__ = ["QUIET_SECONDS", "RunLog", "drop_rows_after", "format_duration", "progress_line"]
 

@@ -38,18 +38,17 @@ from vicreg.build import (
 )
 from vicreg.checkpoint import (
     CheckpointError,
-    atomic_write,
     capture_rng_state,
     checkpoint_candidates,
-    export_backbone,
     load_checkpoint,
     no_readable_checkpoint,
-    remove_partial_writes,
     restore_rng_state,
     save_keeping,
+    write_backbone,
 )
 from vicreg.config import TrainConfig, config_to_dict
 from vicreg.diagnostics import collapse_stats
+from vicreg.files import atomic_write, remove_partial_writes
 from vicreg.loss import VICRegOutput, vicreg_loss, vicreg_multiview_loss
 from vicreg.models import EncoderSpec
 from vicreg.monitors import OnlineProbe
@@ -519,9 +518,9 @@ def train(cfg: TrainConfig, *, objective: Objective | None = None) -> TrainResul
         finally:
             logger.close()
     if info.is_main and not interrupted and step >= last_step:
-        export_backbone(model.backbone.state_dict(), run_dir / "backbone.safetensors")
-        if model.backbone_b is not None:
-            export_backbone(model.backbone_b.state_dict(), run_dir / "backbone_b.safetensors")
+        write_backbone(model.backbone.state_dict(), spec, run_dir / "backbone.safetensors")
+        if model.backbone_b is not None and spec_b is not None:
+            write_backbone(model.backbone_b.state_dict(), spec_b, run_dir / "backbone_b.safetensors")
     if interrupted and info.is_main:
         print(f"stopped by signal at step {step}; checkpoint saved to {ckpt_dir / 'last.pt'}", file=sys.stderr)
     return TrainResult(run_dir, step, metrics, interrupted, info.is_main)

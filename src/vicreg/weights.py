@@ -31,12 +31,15 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from vicreg.checkpoint import FORMAT, load_backbone
+from vicreg.checkpoint import FORMAT, CheckpointError, read_backbone_spec, read_backbone_state, read_tensor_file
+from vicreg.models import EncoderSpec
 
 __all__ = [
     "HEAD_PREFIXES",
     "adapt_first_conv",
     "adapt_input_conv",
+    "backbone_from_state",
+    "load_backbone_file",
     "load_initial_weights",
     "load_strict",
     "mismatch_report",
@@ -101,7 +104,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         raise FileNotFoundError(
             f"no weights file at {path}: give a .safetensors/.pt state dict, torchvision:<WeightsName> or timm"
         )
-    state: Any = load_backbone(path)
+    state: Any = read_tensor_file(path)
     if state.get("format") == FORMAT:
         model = state.get("model", {})
         state = {k.removeprefix("backbone."): v for k, v in model.items() if k.startswith("backbone.")}
@@ -112,6 +115,42 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     if not state or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors (keys: {', '.join(list(state)[:5])})")
     return dict(state)
+
+
+def backbone_from_state(state: Mapping[str, Tensor], spec: EncoderSpec, source: str) -> nn.Module:
+    """``spec.build()`` with ``state`` loaded strictly, in eval mode, carrying how to feed it: the attributes
+    ``vicreg_spec`` (the :class:`EncoderSpec`), ``vicreg_input_shape`` (one sample, no batch dimension) and
+    ``vicreg_normalize`` (``{"mean": ..., "std": ...}``)."""
+    module = spec.build()
+    load_strict(module, state, source)
+    module.eval()
+    vars(module).update(  # plain attributes, as nn.Module.__setattr__ stores non-tensor values
+        vicreg_spec=spec,
+        vicreg_input_shape=tuple(spec.input_shape),
+        vicreg_normalize={"mean": tuple(spec.mean), "std": tuple(spec.std)},
+    )
+    return module
+
+
+def load_backbone_file(path: str | os.PathLike[str], spec: EncoderSpec | None = None) -> nn.Module:
+    """The backbone of a backbone file (``.safetensors`` / ``.pt`` written by vicreg) or an ``hf`` export
+    folder, rebuilt from the description it carries (:func:`backbone_from_state`); ``spec`` rebuilds a file
+    without one (a foreign state dict)."""
+    path = Path(path).expanduser()
+    if path.suffix == ".onnx":
+        raise ValueError(f"{path} is an ONNX model: run it with onnxruntime.InferenceSession({str(path)!r})")
+    weights = path / "model.safetensors" if path.is_dir() else path
+    if not weights.is_file():
+        raise FileNotFoundError(f"no backbone at {weights}: give a run folder, a backbone file or an hf export folder")
+    state = read_backbone_state(weights)  # first: a file that is no backbone at all says so
+    if spec is None:
+        spec = read_backbone_spec(weights)
+    if spec is None:
+        raise CheckpointError(
+            f"{weights} does not say which architecture it holds (it was not written by vicreg, or before backbone "
+            "files carried their description): pass spec=EncoderSpec(...), or load its run folder"
+        )
+    return backbone_from_state(state, spec, str(weights))
 
 
 def _drop_heads(state: Mapping[str, Tensor], model_keys: Mapping[str, Any]) -> tuple[dict[str, Tensor], list[str]]:
