@@ -21,7 +21,7 @@ import torch
 from google.protobuf import text_format
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 from torch import Tensor
-from torch.nn.functional import interpolate
+from torch.nn.functional import interpolate, pad
 from torch.utils.tensorboard import SummaryWriter
 
 from vicreg.checkpoint import atomic_write
@@ -95,8 +95,11 @@ def write_projector(
             raise ValueError(f"thumbnails must be uint8 (N, C, H, W), got {imgs.dtype} {imgs.shape}")
         imgs = imgs[:, :3] if imgs.shape[1] >= 3 else imgs[:, :1]  # grey, or the first three bands as RGB
         label_img = torch.from_numpy(imgs[keep]).float() / 255.0
-        h, w = sprite_cell(len(keep), imgs.shape[2], imgs.shape[3])
-        if (h, w) != imgs.shape[2:]:
+        if label_img.shape[2] > label_img.shape[3]:  # torch's sprite grid needs width >= height: pad the sides
+            extra = label_img.shape[2] - label_img.shape[3]
+            label_img = pad(label_img, (extra // 2, extra - extra // 2))
+        h, w = sprite_cell(len(keep), label_img.shape[2], label_img.shape[3])
+        if (h, w) != tuple(label_img.shape[2:]):
             label_img = interpolate(label_img, size=(h, w), mode="area")
     log_dir = Path(log_dir)
     target = log_dir / f"{step:05d}" / tag

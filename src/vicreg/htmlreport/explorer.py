@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from bokeh.embed import components
-from bokeh.models import ColumnDataSource, CustomJS, HoverTool, TapTool
+from bokeh.models import CDSView, ColumnDataSource, CustomJS, GroupFilter, HoverTool, TapTool
 from bokeh.palettes import Category10, Category20, turbo
 from bokeh.plotting import figure
 from bokeh.resources import Resources
@@ -205,15 +205,28 @@ def explorer_html(explorer: Explorer, *, width: int = 640, height: int = 560, po
         match_aspect=True,
         toolbar_location="above",
     )
-    style: dict[str, Any] = {"color": factor_cmap("group", _palette(len(factors)), factors)}
+    colors = dict(zip(factors, _palette(len(factors)), strict=True))
+    style: dict[str, Any] = {"source": source, "size": point_size, "alpha": 0.8, "line_color": None}
     if len(factors) <= MAX_LEGEND and explorer.color_by != "none":
-        style["legend_field"] = "group"
-    points = plot.scatter("x", "y", source=source, size=point_size, alpha=0.8, line_color=None, **style)
-    if plot.legend:
+        # one renderer per group over the same source: the legend in label order, a click on it hides the group
+        renderers = [
+            plot.scatter(
+                "x",
+                "y",
+                view=CDSView(filter=GroupFilter(column_name="group", group=g)),
+                color=colors[g],
+                legend_label=g,
+                **style,
+            )
+            for g in factors
+        ]
         plot.legend.location = "top_left"
         plot.legend.click_policy = "hide"
         plot.legend.label_text_font_size = "9pt"
         plot.legend.background_fill_alpha = 0.6
+    else:
+        cmap = factor_cmap("group", list(colors.values()), factors)
+        renderers = [plot.scatter("x", "y", color=cmap, **style)]
     plot.axis.visible = False
     plot.grid.visible = False
     tooltip = '<div class="vicreg-tip">'
@@ -222,8 +235,8 @@ def explorer_html(explorer: Explorer, *, width: int = 640, height: int = 560, po
     tooltip += "<div><b>@name</b>: @group</div>"
     if explorer.texts is not None:
         tooltip += '<div style="max-width:260px;white-space:normal">@text</div>'
-    plot.add_tools(HoverTool(renderers=[points], tooltips=tooltip + "</div>"))
-    plot.add_tools(TapTool(renderers=[points]))
+    plot.add_tools(HoverTool(renderers=renderers, tooltips=tooltip + "</div>"))
+    plot.add_tools(TapTool(renderers=renderers))
     source.selected.js_on_change("indices", CustomJS(args={"source": source, "panel": PANEL_ID}, code=_TAP_JS))
     script, div = components(plot)
     k = np.shape(explorer.neighbors)[1] if n else 0
@@ -231,7 +244,8 @@ def explorer_html(explorer: Explorer, *, width: int = 640, height: int = 560, po
     description = (
         f"{n} points{sampled}; the explorer shows at most {MAX_POINTS}. Coloured by {explorer.color_by}. Hover a "
         f"point to see it; click it for its {k} nearest neighbours among these points (cosine similarity of the "
-        "representation); scroll to zoom, drag to pan; click a legend entry to hide that group."
+        "representation); scroll to zoom, drag to pan"
+        + ("; click a legend entry to hide that group." if plot.legend else ".")
     )
     pairs = [
         {

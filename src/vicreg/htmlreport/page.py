@@ -80,8 +80,7 @@ def render_html(
 ) -> str:
     """The page as a string. ``summary``: paragraphs under the title; ``config``: a dict (shown as YAML) or
     YAML text; ``notes``: lines listed at the end (what was skipped and why)."""
-    if isinstance(config, Mapping):
-        config = yaml.safe_dump(dict(config), sort_keys=False)
+    config_text = yaml.safe_dump(dict(config), sort_keys=False) if isinstance(config, Mapping) else config or ""
     pieces = explorer_html(explorer) if explorer is not None else None
     return _ENV.get_template("report.html.j2").render(
         title=title,
@@ -92,7 +91,7 @@ def render_html(
         explorer_script=Markup(pieces.script) if pieces else "",
         explorer_div=Markup(pieces.div) if pieces else "",
         bokeh_js=Markup(bokeh_resources()) if pieces else "",
-        config=(config or "").rstrip(),
+        config=config_text.rstrip(),
         notes=list(notes),
     )
 
