@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 
 import pytest
+import torch
 
+from vicreg.probes.features import extract_features
 from vicreg.progress import Progress, format_count, progress_line
 
 
@@ -85,3 +87,24 @@ def test_disabled_progress_is_silent_but_yields_everything() -> None:
 def test_every_must_be_positive() -> None:
     with pytest.raises(ValueError, match="every must be > 0"):
         Progress(io.StringIO(), every=0)
+
+
+def test_feature_extraction_reports_rows_through_batches() -> None:
+    """The hook the commands use: ``extract_features(..., track=progress.batches(...))`` counts rows, and the
+    features are those computed without it."""
+    clock, out = FakeClock(), io.StringIO()
+    progress = Progress(out, every=1.0, clock=clock)
+    x = torch.arange(2 * 25, dtype=torch.float32).reshape(25, 2)
+
+    def embed(batch: torch.Tensor) -> torch.Tensor:
+        clock.now += 1.0  # one second per batch
+        return batch * 2
+
+    track = progress.batches("features vicreg", len(x), "rows")
+    got = extract_features(embed, x, batch_size=10, track=track)
+    assert torch.equal(got, extract_features(lambda b: b * 2, x, batch_size=10))
+    assert out.getvalue().splitlines() == [
+        "features vicreg: 10/25 rows (40%) | 10 rows/s | 00:01, ETA 00:01",
+        "features vicreg: 20/25 rows (80%) | 10 rows/s | 00:02, ETA 00:00",
+        "features vicreg: 25 rows in 00:03 (8.33 rows/s)",
+    ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any, TextIO, TypeVar
 
 from tqdm import tqdm
@@ -32,11 +32,11 @@ def _isatty(stream: TextIO) -> bool:
 
 
 def format_count(n: float) -> str:
-    """``950``, ``12.3k``, ``4.56M``."""
+    """``950``, ``8.33``, ``12.3k``, ``4.56M``."""
     for div, suffix in ((1e6, "M"), (1e3, "k")):
         if abs(n) >= div:
             return f"{n / div:.3g}{suffix}"
-    return f"{n:.0f}"
+    return f"{n:.3g}"
 
 
 def progress_line(desc: str, done: int, total: int | None, elapsed: float, unit: str, final: bool = False) -> str:
@@ -113,6 +113,15 @@ class Progress:
         else:
             yield from self._lines(items, desc, total, unit, count)
 
+    def batches(self, desc: str, total: int, unit: str = "rows") -> Callable[[Iterable[Sized]], Iterator[Sized]]:
+        """A wrapper for an iterable of batches that counts their rows (``len``) out of ``total``; e.g.
+        ``extract_features(..., track=progress.batches("features vicreg", len(rows), "images"))``."""
+
+        def wrap(items: Iterable[Sized]) -> Iterator[Sized]:
+            return self.track(items, desc, total=total, unit=unit, count=len)
+
+        return wrap
+
     def _bar(
         self, items: Iterable[T], desc: str, total: int | None, unit: str, count: Callable[[T], int] | None
     ) -> Iterator[T]:
@@ -131,7 +140,7 @@ class Progress:
             yield item
             done += count(item) if count is not None else 1
             now = self.clock()
-            if now - last >= self.every:
+            if now - last >= self.every and (total is None or done < total):  # the final line says the rest
                 last = now
                 print(progress_line(desc, done, total, now - start, unit), file=self.out, flush=True)
         print(progress_line(desc, done, total, self.clock() - start, unit, final=True), file=self.out, flush=True)

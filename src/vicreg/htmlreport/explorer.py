@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from bokeh.embed import components
 from bokeh.models import CDSView, ColumnDataSource, CustomJS, GroupFilter, HoverTool, TapTool
+from bokeh.models.renderers import DataRenderer
 from bokeh.palettes import Category10, Category20, turbo
 from bokeh.plotting import figure
 from bokeh.resources import Resources
@@ -209,7 +210,7 @@ def explorer_html(explorer: Explorer, *, width: int = 640, height: int = 560, po
     style: dict[str, Any] = {"source": source, "size": point_size, "alpha": 0.8, "line_color": None}
     if len(factors) <= MAX_LEGEND and explorer.color_by != "none":
         # one renderer per group over the same source: the legend in label order, a click on it hides the group
-        renderers = [
+        renderers: list[DataRenderer] = [
             plot.scatter(
                 "x",
                 "y",
