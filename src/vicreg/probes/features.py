@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -52,18 +52,20 @@ def extract_features(
     batch_size: int = 512,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
+    track: Callable[[Iterable[Tensor]], Iterable[Tensor]] | None = None,
 ) -> Tensor:
     """``embed`` applied to ``x`` normalised by :func:`normalize_rows`, in batches.
 
     ``x``: uint8 images ``(N, C, H, W)``, float signals ``(N, C, T)`` or float table rows ``(N, F)``, with the
     training data's ``mean``/``std``. Returns float32 features ``(N, D)`` on the CPU. The caller puts the module
-    in eval mode.
+    in eval mode. ``track`` wraps the iterable of row batches, e.g. ``Progress.batches(...)`` to show progress.
     """
     _check_rows(x)
     device = torch.device(device)
     out = []
-    for start in range(0, x.shape[0], batch_size):
-        batch = normalize_rows(x[start : start + batch_size], mean, std, device)
+    chunks: Iterable[Tensor] = x.split(batch_size) if x.shape[0] else ()
+    for rows in track(chunks) if track is not None else chunks:
+        batch = normalize_rows(rows, mean, std, device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
             f = embed(batch)
         out.append(f.float().flatten(1).cpu())
