@@ -14,7 +14,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "vicreg"
 
-RUNS = {"vicreg.train", "vicreg.eval", "vicreg.embed", "vicreg.report", "vicreg.neighbors"}
+RUNS = {"vicreg.train", "vicreg.eval", "vicreg.embed", "vicreg.report", "vicreg.neighbors", "vicreg.tune"}
 LAYER = {"vicreg.__init__": 0, "vicreg.config": 1, "vicreg.build": 2, "vicreg.cli": 4, "vicreg.__main__": 5}
 OPTIONAL = {
     "timm",
@@ -27,6 +27,9 @@ OPTIONAL = {
     "onnx",
     "onnxruntime",
     "onnxscript",
+    "optuna",
+    "mlflow",
+    "wandb",
 }
 
 
