@@ -14,7 +14,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "vicreg"
 
-RUNS = {"vicreg.train", "vicreg.eval", "vicreg.embed", "vicreg.report", "vicreg.neighbors"}
+RUNS = {"vicreg.train", "vicreg.eval", "vicreg.embed", "vicreg.report", "vicreg.neighbors", "vicreg.tune"}
 # vicreg.__init__ is the public API: it re-exports from every layer below the CLI (load_backbone from vicreg.backbone)
 LAYER = {
     "vicreg.__init__": 4,
@@ -37,6 +37,9 @@ OPTIONAL = {
     "onnxscript",
     "tifffile",
     "pydicom",
+    "optuna",
+    "mlflow",
+    "wandb",
 }
 
 
