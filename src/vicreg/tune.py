@@ -44,8 +44,8 @@ from typing import Any
 import yaml
 from matplotlib.figure import Figure
 
-from vicreg.files import atomic_write
 from vicreg.config import TrainConfig, config_to_dict, merge
+from vicreg.files import atomic_write
 from vicreg.models import parse_expander_spec
 from vicreg.probes.label_free import CRITERIA, selection_score
 from vicreg.trackers import open_trackers, parse_backends
