@@ -22,7 +22,7 @@ from vicreg.build import (
     open_run,
     run_data_kind,
 )
-from vicreg.checkpoint import load_backbone
+from vicreg.checkpoint import read_backbone_state
 from vicreg.data import load
 from vicreg.distributed import DistInfo
 from vicreg.models import EncoderSpec
@@ -132,7 +132,7 @@ def test_every_command_works_on_every_data_kind(kind: str, tmp_path: Path) -> No
     out = tmp_path / "bb.safetensors"
     assert "loaded strictly" in _ok(["export", str(run), "--out", str(out)])
     fresh = enc.spec.build().eval()
-    fresh.load_state_dict(load_backbone(out), strict=True)  # no model config needed: the spec rebuilds it
+    fresh.load_state_dict(read_backbone_state(out), strict=True)  # no model config needed: the spec rebuilds it
     x = _sample_input(enc.spec)
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), enc.model.backbone(x), rtol=0, atol=0)
@@ -197,7 +197,7 @@ def test_model_init_sets_the_starting_weights_once(tmp_path: Path) -> None:
     _ok(["train", "--out", str(tmp_path / "a"), "--max-steps", "2", *flags])
     exported = tmp_path / "a.safetensors"
     _ok(["export", str(tmp_path / "a"), "--out", str(exported)])
-    source = load_backbone(exported)
+    source = read_backbone_state(exported)
     # warm-up from lr 0: the first step leaves the initial convolution weights as they were
     run = tmp_path / "b"
     init = ["--model.init", str(exported), "--optim.warmup-epochs", "1"]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.helpers import run_cli, tiny_config
 from vicreg.build import load_encoder
-from vicreg.checkpoint import CheckpointError, load_backbone, load_checkpoint, save_checkpoint
+from vicreg.checkpoint import CheckpointError, load_checkpoint, read_backbone_state, save_checkpoint
 from vicreg.diagnostics import covariance_spectrum, effective_rank, spectral_effective_rank
 from vicreg.eval import EvalSettings, eval_protocol
 from vicreg.report import read_metrics
@@ -229,9 +229,9 @@ def test_export_loads_strictly(run: Path, tmp_path: Path, suffix: str) -> None:
     from vicreg.models import build_backbone
 
     module = build_backbone("small_cnn", in_channels=1, width=4)
-    module.load_state_dict(load_backbone(out), strict=True)
+    module.load_state_dict(read_backbone_state(out), strict=True)
     with pytest.raises(RuntimeError, match="size mismatch"):
-        build_backbone("small_cnn", in_channels=1, width=8).load_state_dict(load_backbone(out), strict=True)
+        build_backbone("small_cnn", in_channels=1, width=8).load_state_dict(read_backbone_state(out), strict=True)
 
 
 @pytest.mark.slow
@@ -250,7 +250,7 @@ def test_export_of_a_resnet_loads_into_torchvision(tmp_path: Path) -> None:
     net.fc = torch.nn.Identity()
     net.conv1 = torch.nn.Conv2d(1, 64, 3, 1, 1, bias=False)
     net.maxpool = torch.nn.Identity()
-    net.load_state_dict(load_backbone(out), strict=True)
+    net.load_state_dict(read_backbone_state(out), strict=True)
 
 
 def test_torch_hub_loads_a_local_checkout(run: Path) -> None:

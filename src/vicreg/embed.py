@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from vicreg.build import DataArgs, open_run_with
-from vicreg.checkpoint import atomic_write
+from vicreg.files import atomic_write
 from vicreg.probes.features import extract_features
 
 __all__ = ["SUFFIXES", "EmbedArgs", "embed_to_file", "write_embeddings"]

@@ -34,7 +34,7 @@ from vicreg.build import (
     open_run_with,
     resolve_device,
 )
-from vicreg.checkpoint import atomic_write
+from vicreg.files import atomic_write
 from vicreg.probes.features import raw_features
 from vicreg.probes.knn import knn_evaluate
 from vicreg.probes.linear import balanced_subset, linear_probe

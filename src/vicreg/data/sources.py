@@ -1,4 +1,4 @@
-"""Datasets by name or path, read into an :class:`~vicreg.data.ArrayDataset`.
+"""Datasets by name or path, read into an :class:`~vicreg.data.ImageDataset`.
 
 Names (``cifar10``, ``cifar100``, ``stl10``, ``mnist``, ``fashion-mnist``) are looked up without the network
 first: in the ``root`` argument, in ``$VICREG_DATA`` (one or more folders separated by ``os.pathsep``; the user's
@@ -17,16 +17,17 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torchvision.datasets as tvd
 from torch import Tensor
 
-from vicreg.data.arrays import ArrayDataset, FloatArrayDataset, Kind, as_labels
+from vicreg.data.arrays import FloatDataset, ImageDataset, Kind, as_labels
 from vicreg.data.folder import ImageFolderSource
 from vicreg.data.loaders import decode_folder, load_folder
 from vicreg.data.readers import idx_file, read_cifar, read_idx_folder, read_numpy, read_stl10
+from vicreg.deprecation import renamed
 
 __all__ = [
     "DATASET_NAMES",
@@ -38,8 +39,8 @@ __all__ = [
     "has_splits",
     "is_image_folder",
     "load",
-    "load_arrays",
     "load_at_size",
+    "load_float_rows",
     "load_pairs",
     "search_roots",
 ]
@@ -232,8 +233,8 @@ def load(
     strict: bool = False,
     num_workers: int | None = None,
     root: str | os.PathLike[str] | None = None,
-) -> ArrayDataset:
-    """Load a whole dataset into memory as an :class:`ArrayDataset` (``uint8 (N, C, H, W)`` + labels).
+) -> ImageDataset:
+    """Load a whole dataset into memory as an :class:`ImageDataset` (``uint8 (N, C, H, W)`` + labels).
 
     Args:
         source: a dataset name (:data:`DATASET_NAMES`, found or downloaded as the module doc says) or a path:
@@ -268,7 +269,7 @@ def load(
             fashion = key == "fashion-mnist"
             digits = tuple(str(i) for i in range(10))
             data = read_idx_folder(folder, split, FASHION_CLASSES if fashion else digits)
-        data = ArrayDataset(data.images, data.labels, data.classes, f"{key}:{split}")
+        data = ImageDataset(data.images, data.labels, data.classes, f"{key}:{split}")
     else:
         path = Path(text).expanduser()
         if not path.exists():
@@ -298,7 +299,7 @@ def load(
 class SizedImages(NamedTuple):
     """A split at the encoder's size, with what evaluation and ``vicreg embed`` report about it."""
 
-    data: ArrayDataset
+    data: ImageDataset
     native_size: tuple[int, int] | None
     """The images' size before resizing (``None`` for image folders, decoded straight to the size)."""
     paths: list[str] | None
@@ -365,7 +366,7 @@ def aeon_datasets() -> list[str]:
     )
 
 
-def _load_aeon(name: str, split: str) -> FloatArrayDataset:
+def _load_aeon(name: str, split: str) -> FloatDataset:
     from aeon.datasets import load_from_ts_file  # optional dependency
 
     root = _aeon_root()
@@ -381,12 +382,12 @@ def _load_aeon(name: str, split: str) -> FloatArrayDataset:
     classes = np.unique(np.concatenate([np.asarray(y) for _, y in parts.values()]))
     x, y = parts[split]
     codes = np.searchsorted(classes, np.asarray(y))
-    return FloatArrayDataset.from_arrays(
+    return FloatDataset.from_arrays(
         x, codes, kind="signal", classes=[str(c) for c in classes], name=f"aeon:{name}:{split}"
     )
 
 
-def _load_sklearn(name: str, split: str) -> FloatArrayDataset:
+def _load_sklearn(name: str, split: str) -> FloatDataset:
     try:  # optional dependency (vicreg[tables]); imported here because it is slow to import
         import sklearn.datasets
         from sklearn.model_selection import train_test_split
@@ -399,10 +400,10 @@ def _load_sklearn(name: str, split: str) -> FloatArrayDataset:
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
     x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
     classes = [str(c) for c in getattr(bunch, "target_names", np.unique(bunch.target))]
-    return FloatArrayDataset.from_arrays(x, y, kind="table", classes=classes, name=f"sklearn:{name}:{split}")
+    return FloatDataset.from_arrays(x, y, kind="table", classes=classes, name=f"sklearn:{name}:{split}")
 
 
-def load_arrays(source: str | os.PathLike[str], split: str = "train", *, kind: Kind) -> FloatArrayDataset:
+def load_float_rows(source: str | os.PathLike[str], split: str = "train", *, kind: Kind) -> FloatDataset:
     """Load signals (``kind="signal"``) or table rows (``kind="table"``) into memory; see the module doc."""
     text = os.fspath(source)
     _check_split("arrays", split, text)
@@ -423,7 +424,7 @@ def load_arrays(source: str | os.PathLike[str], split: str = "train", *, kind: K
         raise (KeyError if split == "test" else ValueError)(
             f"{path}: no array 'x{suffix}' for the {split} split (keys: {', '.join(sorted(arrays))})"
         )
-    return FloatArrayDataset.from_arrays(
+    return FloatDataset.from_arrays(
         arrays[f"x{suffix}"], arrays.get(f"y{suffix}"), kind=kind, name=f"{path.name}:{split}"
     )
 
@@ -447,3 +448,9 @@ def load_pairs(path: str | os.PathLike[str], split: str = "train") -> tuple[np.n
             f"{path}: x_a{suffix} has {a.shape[0]} rows but x_b{suffix} has {b.shape[0]}; rows must pair up"
         )
     return a, b, as_labels(arrays.get(f"y{suffix}"), a.shape[0], str(path))
+
+
+if TYPE_CHECKING:  # load_float_rows was called load_arrays (one release)
+    load_arrays = load_float_rows
+else:
+    __getattr__ = renamed(__name__, {"load_arrays": load_float_rows})
