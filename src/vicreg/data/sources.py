@@ -1,12 +1,13 @@
 """Datasets by name or path, read into an :class:`~vicreg.data.ImageDataset`.
 
 Names (``cifar10``, ``cifar100``, ``stl10``, ``mnist``, ``fashion-mnist``) are looked up without the network
-first: in ``$VICREG_DATA`` (one or more folders separated by ``os.pathsep``), in the user cache
+first: in the ``root`` argument, in ``$VICREG_DATA`` (one or more folders separated by ``os.pathsep``; the user's
+default, read here and never written), in the user cache
 (``$XDG_CACHE_HOME/vicreg``, default ``~/.cache/vicreg``) and, for Fashion-MNIST, in the Debian package's
 folder ``/usr/share/datasets/fashion-mnist`` (``apt install dataset-fashion-mnist``). Each root may hold the
 torchvision layout (``cifar-10-batches-py/``, ``cifar-100-python/``, ``stl10_binary/``, ``MNIST/raw/``,
 ``FashionMNIST/raw/``) or a folder named after the dataset (``fashion-mnist/``, ``mnist/``). When nothing is
-found, torchvision's standard download fills ``$VICREG_DATA`` (its first folder) or the user cache.
+found, torchvision's standard download fills the first of these folders.
 
 The formats are read by :mod:`vicreg.data.readers`; torchvision is used for the downloads.
 """
@@ -91,15 +92,19 @@ def _canonical(name: str) -> str | None:
     return key if key in _LAYOUTS else None
 
 
-def search_roots() -> list[Path]:
-    """The folders searched for datasets by name, in order: ``$VICREG_DATA`` entries, then the user cache."""
+def search_roots(root: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The folders searched for datasets by name, in order: ``root`` (if given), ``$VICREG_DATA`` entries, then
+    the user cache."""
     roots = [Path(p).expanduser() for p in os.environ.get("VICREG_DATA", "").split(os.pathsep) if p]
+    if root is not None:
+        first = Path(root).expanduser()
+        roots = [first, *(r for r in roots if r != first)]
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return [*roots, Path(cache) / "vicreg"]
 
 
-def _candidates(name: str) -> list[Path]:
-    places = [root / sub for root in search_roots() for sub in _LAYOUTS[name]]
+def _candidates(name: str, root: str | os.PathLike[str] | None) -> list[Path]:
+    places = [folder / sub for folder in search_roots(root) for sub in _LAYOUTS[name]]
     if name == "fashion-mnist":
         places.append(DEBIAN_FASHION_MNIST)
     return places
@@ -130,8 +135,9 @@ def _download(name: str, root: Path) -> None:
         tvd.FashionMNIST(str(root), download=True)
 
 
-def find_dataset(name: str, *, download: bool = True) -> Path:
-    """The folder holding dataset ``name``'s files: found locally (see the module doc) or downloaded.
+def find_dataset(name: str, *, download: bool = True, root: str | os.PathLike[str] | None = None) -> Path:
+    """The folder holding dataset ``name``'s files: found locally (``root`` first, see the module doc) or
+    downloaded into the first folder searched.
 
     Raises:
         ValueError: unknown name.
@@ -144,27 +150,27 @@ def find_dataset(name: str, *, download: bool = True) -> Path:
             f"unknown dataset name {name!r}; known names: {', '.join(DATASET_NAMES)}, "
             "or pass a path (image folder, dataset folder, .npy/.npz file)"
         )
-    for place in _candidates(key):
+    for place in _candidates(key, root):
         if place.is_dir() and _complete(key, place):
             return place
     error = ""
     if download:
-        target = search_roots()[0]
+        target = search_roots(root)[0]
         try:
             _download(key, target)
         except (OSError, RuntimeError) as e:  # URLError is an OSError; torchvision raises RuntimeError
             error = f"The download into {target} failed ({type(e).__name__}: {e}). "
         else:
-            for place in _candidates(key):
+            for place in _candidates(key, root):
                 if place.is_dir() and _complete(key, place):
                     return place
             error = f"The download into {target} finished but its files were not found there. "
-    looked = "\n  ".join(str(p) for p in _candidates(key))
+    looked = "\n  ".join(str(p) for p in _candidates(key, root))
     hint = "install the Debian package (apt install dataset-fashion-mnist), or " if key == "fashion-mnist" else ""
     raise FileNotFoundError(
         f"dataset {key!r} not found. {error}Looked in:\n  {looked}\n"
         f"To get it: {hint}run once with network access (download=True), or copy its files into one of "
-        "these folders, or set VICREG_DATA to the folder that holds them."
+        "these folders, or pass the folder that holds them with --data-root (or set VICREG_DATA to it)."
     )
 
 
@@ -226,6 +232,7 @@ def load(
     download: bool = True,
     strict: bool = False,
     num_workers: int | None = None,
+    root: str | os.PathLike[str] | None = None,
 ) -> ImageDataset:
     """Load a whole dataset into memory as an :class:`ImageDataset` (``uint8 (N, C, H, W)`` + labels).
 
@@ -242,6 +249,7 @@ def load(
         channels: 3 or 1 to convert (grey repeated to RGB, RGB to luma); ``None`` keeps the native channels.
         download: allow torchvision's download for a name that is not found locally.
         strict, num_workers: for image folders, see :func:`vicreg.data.folder_loader`.
+        root: a folder searched first for a dataset name (see :func:`find_dataset`).
 
     Raises:
         FileNotFoundError: a path that does not exist, or a name not found (the message says how to get it).
@@ -250,7 +258,7 @@ def load(
     text = os.fspath(source)
     key = _canonical(text) if not Path(text).expanduser().exists() else None
     if key is not None:
-        folder = find_dataset(key, download=download)
+        folder = find_dataset(key, download=download, root=root)
         kind = {"cifar10": "cifar", "cifar100": "cifar", "stl10": "stl10"}.get(key, "idx")
         _check_split(kind, split, key)
         if kind == "cifar":
@@ -299,7 +307,13 @@ class SizedImages(NamedTuple):
 
 
 def load_at_size(
-    source: str | os.PathLike[str], split: str, *, size: int, channels: int, download: bool = False
+    source: str | os.PathLike[str],
+    split: str,
+    *,
+    size: int,
+    channels: int,
+    download: bool = False,
+    root: str | os.PathLike[str] | None = None,
 ) -> SizedImages:
     """One split of images at ``size x size`` and ``channels``: whole images, shorter side resized (bilinear,
     antialiased) then centre-cropped; image folders are decoded once, in scan order, with their paths."""
@@ -307,7 +321,7 @@ def load_at_size(
     if is_image_folder(path):
         data, paths = decode_folder(ImageFolderSource(path, size, channels=channels))
         return SizedImages(data, None, paths)
-    data = load(source, split, channels=channels, download=download)
+    data = load(source, split, channels=channels, download=download, root=root)
     return SizedImages(data.resized(size), data.image_size, None)
 
 
