@@ -21,6 +21,7 @@ same minutes at the same thread count.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -39,6 +40,7 @@ from vicreg.loss import vicreg_loss
 from vicreg.optim import build_optimizer
 
 Step = Callable[[], None]
+print = functools.partial(print, flush=True)  # noqa: A001  (progress shows when redirected)
 
 
 def gemm_gflops(dtype: torch.dtype, rounds: int, n: int = 2048) -> float:
