@@ -40,7 +40,7 @@ from vicreg.loss import vicreg_loss
 from vicreg.optim import build_optimizer
 
 Step = Callable[[], None]
-print = functools.partial(print, flush=True)  # noqa: A001  (progress shows when redirected)
+print = functools.partial(print, flush=True)  # each line shows at once when redirected
 
 
 def gemm_gflops(dtype: torch.dtype, rounds: int, n: int = 2048) -> float:
