@@ -200,6 +200,11 @@ class TrainConfig:
     skips a damaged newest one and uses the previous."""
     knn_every: int = 1
     """Epochs between online kNN evaluations on the held-out split (0: never)."""
+    threads: int | None = None
+    """CPU threads per process. Omitted: on a CPU device, the first steps are timed at 1, 2, 4, ... up to the
+    cores (divided among torchrun's processes) and the fastest count is kept, measured again when the step time
+    drifts; OMP_NUM_THREADS, when set outside torchrun, fixes it instead. A fixed count gives bit-identical
+    reruns."""
     compile: bool = False
     """torch.compile the model."""
     channels_last: bool = False
@@ -260,6 +265,8 @@ class TrainConfig:
             _positive(name, getattr(self, name))
         if not self.data:
             raise ValueError("data is empty: give a dataset name or a path, e.g. --data fashion-mnist")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 (or omitted: chosen by measurement), got {self.threads}")
         if self.image_size < 0:
             raise ValueError(f"image_size must be >= 0, got {self.image_size}")
         if self.workers < 0:

@@ -48,6 +48,7 @@ from vicreg.optim import build_optimizer, scaled_lr, set_lr
 from vicreg.resume import newest_readable, restore, training_state
 from vicreg.runlog import RunHeader, RunLog, TermWindow
 from vicreg.stop import StopSignal
+from vicreg.threads import StepThreads, ThreadChoice, ThreadTuner, candidate_counts, default_threads, fixed_threads
 from vicreg.weights import load_initial_weights
 
 __all__ = ["NonFiniteLossError", "Objective", "TrainResult", "train"]
@@ -71,7 +72,11 @@ class TrainResult:
 
 
 def train(
-    cfg: TrainConfig, *, objective: Objective | None = None, clock: Callable[[], float] = time.monotonic
+    cfg: TrainConfig,
+    *,
+    objective: Objective | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    step_timer: Callable[[], float] = time.perf_counter,
 ) -> TrainResult:
     """Pretrain (or resume) the run described by ``cfg``; returns where it stands at the end.
 
@@ -83,7 +88,12 @@ def train(
     With ``cfg.budget_minutes`` the total number of steps is decided after the first steps, read on ``clock``
     (:class:`vicreg.budget.Budget`), so that the whole call ends within the budget; the decided total is stored
     in every checkpoint and a resumed run keeps it.
+
+    On a CPU device without ``cfg.threads`` the thread count is chosen by timing the steps on ``step_timer``
+    (:class:`vicreg.threads.StepThreads`); the budget times its steps once the count is chosen. The caller's
+    thread count is restored at the end.
     """
+    threads_before = torch.get_num_threads()
     run = _setup(cfg, objective, clock)
     spe, interrupted = run.steps_per_epoch, False
     with StopSignal() as stop:
@@ -97,6 +107,9 @@ def train(
                 if run.step // spe != epoch:  # each epoch has its own order
                     epoch = run.step // spe
                     batches = _batches(run.data.loader, epoch, 0)
+                if run.threads is not None:  # the count for this step: a trial's, or the chosen one
+                    torch.set_num_threads(run.threads.count())
+                began = step_timer()
                 images, labels = next(batches)
 
                 # the VICReg step: two views (and local crops) seeded by (seed, step, rank), forward under
@@ -113,6 +126,8 @@ def train(
                 run.window.add(torch.stack([t.detach() for t in out]), run.step)  # no host sync here
                 run.step += 1
                 run.log.advance()
+                if run.threads is not None:
+                    _time_threads(run, step_timer() - began)
 
                 if run.step % cfg.log_every == 0 or run.step == run.last_step:
                     _log_window(run, z_a)
@@ -120,13 +135,14 @@ def train(
                     _monitor(run)
                 if run.step % cfg.ckpt_every == 0 and run.step != run.last_step:
                     _checkpoint(run)
-                if run.budget is not None:  # a time budget: decide the total once the steps are timed
-                    _time_budget(run)
+                if run.budget is not None and not (run.threads and run.threads.measuring):
+                    _time_budget(run)  # a time budget: decide the total once the steps are timed
             if run.budget is not None:  # --max-steps came first: the run's length is what it did
                 run.schedule = run.schedule.with_total(run.step)
             _checkpoint(run)
         finally:
             run.log.close()
+            torch.set_num_threads(threads_before)
     info, model, run_dir, step = run.info, run.model, run.run_dir, run.step
     if info.is_main and not interrupted and step >= run.last_step:
         spec, spec_b = run.specs
@@ -203,6 +219,7 @@ class _Run:
     previous_step: int | None  # the step of the intact checkpoint at last.pt, kept by the next save
     log: RunLog
     clock: Callable[[], float]
+    threads: StepThreads | None  # the thread count by measurement (a CPU device, no --threads)
     generator: torch.Generator
     window: TermWindow  # the loss terms since the last log line, and the NaN guard's record
     specs: tuple[EncoderSpec, EncoderSpec | None]  # what the backbone files say they hold
@@ -282,16 +299,39 @@ def _setup(cfg: TrainConfig, objective: Objective | None, clock: Callable[[], fl
     forward = torch.compile(ddp_model) if cfg.compile else ddp_model
 
     log = RunLog(run_dir, info.is_main, cfg.progress, schedule.total or 0, step)
+    threads, threads_line = _setup_threads(cfg.threads, device, info)
     run = _Run(
         cfg, info, device, amp_dtype, run_dir, data, model, forward, optimizer, scaler, probe, meta, steps_per_epoch,
-        peak_lr, schedule, budget, step, schedule.last_step(cfg.max_steps), previous_step, log, clock,
+        peak_lr, schedule, budget, step, schedule.last_step(cfg.max_steps), previous_step, log, clock, threads,
         torch.Generator(device=device if device.type in ("cuda", "cpu") else "cpu"), TermWindow(TERMS, device),
         (spec, spec_b),
     )  # fmt: skip
     for line in _header(cfg, run, (spec, spec_b), found[0] if found else None).lines():
         log.message(line)
+    if threads_line:
+        log.message(threads_line)
     model.train()
     return run
+
+
+def _setup_threads(requested: int | None, device: torch.device, info: DistInfo) -> tuple[StepThreads | None, str]:
+    """A fixed count (``--threads``, or OMP_NUM_THREADS outside torchrun) is set now; on a CPU device without
+    one, a :class:`StepThreads` that times the first steps at each candidate count up to this process's share
+    of the cores. Under torchrun every process follows the same trial at the same steps and takes rank 0's
+    choice and rank 0's verdict on drift (its steps wait for each other in the gradient all-reduce anyway, so
+    one process's timing speaks for all, and they re-measure together). Also the line the header ends with."""
+    fixed = fixed_threads(requested)
+    if fixed is not None:
+        torch.set_num_threads(fixed[0])
+        return None, f"  threads     {fixed[0]} (fixed by {fixed[1]})" if device.type == "cpu" else ""
+    if device.type != "cpu":
+        return None, ""
+    share = default_threads()
+    torch.set_num_threads(share)
+    if share == 1:
+        return None, "  threads     1 (this process's share of the cores)"
+    agree = (lambda verdict: int(_rank0(verdict, device))) if info.world_size > 1 else (lambda verdict: verdict)
+    return StepThreads(candidate_counts(share), tuner=ThreadTuner(), agree=agree), ""
 
 
 def _header(
@@ -385,6 +425,22 @@ def _monitor(run: _Run) -> float:
     if run.budget is not None:  # the budget plans for it
         run.budget.spent_on_monitor(spent)
     return spent
+
+
+def _time_threads(run: _Run, step_s: float) -> None:
+    """After each step: a trial that ends gives the count (rank 0's under torchrun), said and logged."""
+    assert run.threads is not None
+    choice = run.threads.record(step_s)
+    if choice is None:
+        return
+    if run.info.world_size > 1:
+        choice = ThreadChoice(int(_rank0(choice.threads, run.device)), choice.seconds)
+    before = run.threads.choice
+    run.threads.settle(choice)
+    torch.set_num_threads(choice.threads)
+    run.log.log({"step": run.step, **choice.row()})  # every measurement, a change or not
+    if before is None or before.threads != choice.threads:
+        run.log.message(f"  threads     {choice.words('--threads N fixes it')}")
 
 
 def _time_budget(run: _Run) -> None:
