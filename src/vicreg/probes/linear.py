@@ -237,7 +237,8 @@ def _lbfgs(
         )
         return loss.detach()
 
-    weights, biases = [], []
+    weights: list[Tensor] = []
+    biases: list[Tensor] = []
     previous = math.inf
     for _ in range(iterations):
         start = float(opt.step(closure))  # the objective where this iteration started
