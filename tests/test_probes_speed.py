@@ -83,14 +83,25 @@ def test_whitening_whitens_and_the_objective_is_unchanged() -> None:
 
 def test_probe_suite_equals_separate_calls() -> None:
     (x, y), (xt, yt) = _problem(400, 7), _problem(150, 8)
-    for solver in ("lbfgs", "sgd"):
-        kw = dict(epochs=8, lr=0.3, batch_size=64, seed=1, solver=solver)
-        suite = probe_suite(x, y, xt, yt, fractions=(0.1, 0.5), **kw)
-        assert suite["linear"] == linear_probe(x, y, xt, yt, **kw).as_dict()
-        for fraction, key in ((0.1, "10%"), (0.5, "50%")):
-            idx = balanced_subset(y, fraction, seed=1)
-            alone = linear_probe(x[idx], y[idx], xt, yt, standardize_with=x, **kw)
-            assert suite["semi"][key] == {"labels": int(idx.numel()), **alone.as_dict()}
+    kw = dict(epochs=8, lr=0.3, batch_size=64, seed=1)
+    suite = probe_suite(x, y, xt, yt, fractions=(0.1, 0.5), **kw)
+    assert suite["linear"] == linear_probe(x, y, xt, yt, solver="lbfgs", **kw).as_dict()
+    for fraction, key in ((0.1, "10%"), (0.5, "50%")):
+        idx = balanced_subset(y, fraction, seed=1)
+        alone = linear_probe(x[idx], y[idx], xt, yt, solver="sgd", **kw)
+        assert suite["semi"][key] == {"labels": int(idx.numel()), **alone.as_dict()}
+    sgd = probe_suite(x, y, xt, yt, fractions=(0.1,), solver="sgd", **kw)
+    assert sgd["linear"] == linear_probe(x, y, xt, yt, solver="sgd", **kw).as_dict()
+
+
+def test_standardize_with_uses_the_given_statistics() -> None:
+    (x, y), (xt, yt) = _problem(200, 9), _problem(50, 10)
+    mean, std = x.mean(0), x.std(0, unbiased=False)
+    a = linear_probe(x[:50], y[:50], xt, yt, solver="sgd", epochs=3, standardize_with=x)
+    b = linear_probe(
+        (x[:50] - mean) / std, y[:50], (xt - mean) / std, yt, solver="sgd", epochs=3, standardize_with=(x - mean) / std
+    )
+    assert a.curve == pytest.approx(b.curve, abs=1e-3)
 
 
 def test_probe_rejects_bad_input() -> None:
