@@ -37,7 +37,7 @@ from vicreg.build import (
 from vicreg.files import atomic_write
 from vicreg.probes.features import raw_features
 from vicreg.probes.knn import knn_evaluate
-from vicreg.probes.linear import balanced_subset, linear_probe
+from vicreg.probes.linear import probe_suite
 
 __all__ = ["EvalArgs", "EvalSettings", "encoder_features", "eval_protocol", "evaluate_features", "run_eval"]
 
@@ -115,12 +115,14 @@ def eval_protocol(settings: EvalSettings, n_train: int | None = None, n_test: in
         "knn": f"k = {', '.join(map(str, s.k))}, cosine similarity of L2-normalised features, the k nearest vote "
         f"exp(sim / T) with T = {s.temperature:g} (InstDisc / DINO); {train} as neighbours, {test} as queries "
         "(the online kNN during training uses seeded subsets); accuracies in %",
-        "linear": f"multinomial logistic regression on standardised features (train statistics), SGD momentum 0.9, "
-        f"lr {s.probe_lr:g} with a cosine schedule, weight decay {s.probe_weight_decay:g}, batch "
-        f"{s.probe_batch_size}, {s.probe_epochs} epochs; 'last' (after the final epoch) is the honest number, "
-        "'best' (the best epoch on the test set) peeks at the test set",
-        "semi": f"the same linear probe trained on class-balanced seeded label fractions ({fractions}) of the "
-        "training set (linear on frozen features, not fine-tuning); tested on the whole test set",
+        "linear": "multinomial logistic regression on standardised features (train statistics): mean cross-entropy "
+        f"+ weight decay {s.probe_weight_decay:g} / 2 ||W||^2, solved full-batch with L-BFGS (strong Wolfe, history "
+        f"10) in whitened coordinates, at most {s.probe_epochs} iterations; 'last' (after the final iteration) is the "
+        "honest number, 'best' (the best iteration on the test set) peeks at the test set",
+        "semi": f"the same objective on class-balanced seeded label fractions ({fractions}) of the training set "
+        f"(standardised with the subset's statistics; linear on frozen features, not fine-tuning), minibatch SGD "
+        f"momentum 0.9, lr {s.probe_lr:g} with a cosine schedule, batch {s.probe_batch_size}, {s.probe_epochs} "
+        "epochs (the exact optimum overfits so few labels); tested on the whole test set",
         "baselines": "random_init: same architecture, seed-fixed fresh weights; pixels: the normalised input "
         "(pixels, series or table rows), flattened",
     }
@@ -151,13 +153,7 @@ def evaluate_features(
     out: dict[str, Any] = {"feature_dim": int(train_f.shape[1])}
     out["knn"] = knn_evaluate(train_f, train_y, test_f, test_y, ks=s.k, temperature=s.temperature)
     t1 = time.perf_counter()
-    out["linear"] = linear_probe(train_f, train_y, test_f, test_y, num_classes=classes, **probe).as_dict()
-    semi = {}
-    for fraction in s.fractions:
-        idx = balanced_subset(train_y, fraction, seed=s.seed)
-        result = linear_probe(train_f[idx], train_y[idx], test_f, test_y, num_classes=classes, **probe)
-        semi[f"{100 * fraction:g}%"] = {"labels": int(idx.numel()), **result.as_dict()}
-    out["semi"] = semi
+    out.update(probe_suite(train_f, train_y, test_f, test_y, fractions=s.fractions, num_classes=classes, **probe))
     out["seconds"] = {"knn": round(t1 - t0, 3), "probes": round(time.perf_counter() - t1, 3)}
     return out
 
