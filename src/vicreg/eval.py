@@ -54,9 +54,9 @@ class EvalSettings:
     temperature: float = 0.07
     """Temperature of the kNN votes."""
     probe_epochs: int = 100
-    """Epochs of every linear probe."""
+    """Epochs of the label-fraction probes (SGD); the most L-BFGS iterations of the full linear probe."""
     probe_lr: float = 0.1
-    """Peak learning rate of the probes (cosine schedule to 0)."""
+    """Peak learning rate of the label-fraction probes (cosine schedule to 0)."""
     probe_weight_decay: float = 1e-4
     """Weight decay of the probes."""
     probe_batch_size: int = 1024
