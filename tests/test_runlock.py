@@ -55,13 +55,13 @@ def holder(tmp_path: Path):  # type: ignore[no-untyped-def]
 @pytest.mark.slow
 def test_a_second_process_is_refused_naming_the_holder(holder) -> None:  # type: ignore[no-untyped-def]
     run, proc = holder
-    with pytest.raises(RunBusyError) as info, hold_run(run, "train"):
+    with pytest.raises(RunBusyError) as info, hold_run(run, "train", fix="wait, or use another --out folder"):
         pass
     message = str(info.value)
     assert "\n" not in message
     when = time.strftime("%Y-%m-%d", time.localtime())
     assert f"pid {proc.pid} on {socket.gethostname()}" in message and f"since {when}" in message, message
-    assert "vicreg train" in message and "another --out" in message
+    assert "vicreg train" in message and message.endswith("; wait, or use another --out folder")
     # a brief hold (eval, report, export) waits its timeout, then refuses the same way
     start = time.monotonic()
     with pytest.raises(RunBusyError, match=f"pid {proc.pid}"):

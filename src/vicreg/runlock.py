@@ -34,6 +34,7 @@ from filelock import FileLock, Timeout
 
 __all__ = ["LOCK_NAME", "SIDECAR_NAME", "Holder", "RunBusyError", "RunLock", "hold_run", "read_holder"]
 
+DEFAULT_FIX = "wait for it to finish, or stop it"
 LOCK_NAME = ".lock"
 SIDECAR_NAME = ".lock.json"
 
@@ -99,11 +100,14 @@ class RunLock:
         command: what holds it, for the message a second process prints (``train``, ``eval``, ...).
         timeout: seconds to wait for a holder to finish before refusing (0: refuse at once; brief holds by
             eval/report/export may wait a few seconds for another brief hold).
+        fix: the advice that ends the refusal (the CLI names its own flags, e.g. "or use another --out folder").
     """
 
-    def __init__(self, folder: str | os.PathLike[str], command: str, *, timeout: float = 0.0) -> None:
+    def __init__(
+        self, folder: str | os.PathLike[str], command: str, *, timeout: float = 0.0, fix: str = DEFAULT_FIX
+    ) -> None:
         self.folder = Path(folder).expanduser()
-        self.command, self.timeout = command, timeout
+        self.command, self.timeout, self.fix = command, timeout, fix
         self._lock: FileLock | None = None
         self.taken_over: Holder | None = None
         """The dead holder whose stale lock was taken over by :meth:`acquire`, if any."""
@@ -125,9 +129,7 @@ class RunLock:
                     f"system does not release the locks of dead processes; delete {self.folder / LOCK_NAME}"
                 ) from None
             who = holder.describe() if holder else "another process (it has not written .lock.json yet)"
-            raise RunBusyError(
-                f"{self.folder} is in use by {who}; wait for it to finish, stop it, or use another --out folder"
-            ) from None
+            raise RunBusyError(f"{self.folder} is in use by {who}; {self.fix}") from None
         # The OS lock was free, so a sidecar left behind is that of a holder that died without releasing.
         self.taken_over = read_holder(self.folder)
         _write_holder(self.folder, Holder.me(self.command))
@@ -159,6 +161,7 @@ def hold_run(
     *,
     rank: int = 0,
     timeout: float = 0.0,
+    fix: str = DEFAULT_FIX,
     warn: Callable[[str], None] = _warn,
 ) -> Iterator[RunLock | None]:
     """Hold ``folder``'s lock for the ``with`` block (see :class:`RunLock`); ``rank != 0`` holds nothing (under
@@ -176,7 +179,7 @@ def hold_run(
     if outer is not None:  # nested: this process already holds it
         yield outer
         return
-    lock = RunLock(folder, command, timeout=timeout).acquire()
+    lock = RunLock(folder, command, timeout=timeout, fix=fix).acquire()
     if lock.taken_over is not None:
         dead = lock.taken_over
         warn(f"{lock.folder}: lock taken over from dead pid {dead.pid} ({dead.describe()} ended without releasing it)")
