@@ -27,7 +27,8 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/python -m pytest -m "slow or not slow" -q --durations=20
 
-# The quick loop while developing: skips tests marked slow.
+# The quick loop while developing: skips tests marked slow (the multi-process runs and the headless-Chromium
+# tests of report.html, marked `browser` too: `pytest -m browser` runs only those).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q
 

@@ -29,7 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision import transforms
 
-from vicreg.data import ArrayDataset, InMemoryLoader, folder_loader
+from vicreg.data import ImageDataset, InMemoryLoader, folder_loader
 
 
 def one_pass(batches: Iterable) -> float:
@@ -84,7 +84,7 @@ def main() -> None:
     n = 50_000
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
     labels = torch.randint(0, 10, (n,))
-    ours = InMemoryLoader(ArrayDataset(images, labels), args.batch_size, seed=0, rank=0, world_size=1)
+    ours = InMemoryLoader(ImageDataset(images, labels), args.batch_size, seed=0, rank=0, world_size=1)
     usual = DataLoader(TensorDataset(images, labels), batch_size=args.batch_size, shuffle=True, drop_last=True)
     default_threads = torch.get_num_threads()
     for threads in sorted({default_threads, 1}, reverse=True):

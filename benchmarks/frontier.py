@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from quality import _overrides  # benchmarks/quality.py (this folder is on sys.path when run as a script)
 from train import ceiling_rate  # benchmarks/train.py
 from vicreg.config import PRESETS, merge
-from vicreg.eval import EvalSettings, run_eval
+from vicreg.eval import EvalArgs, EvalSettings, run_eval
 from vicreg.train import train
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -60,7 +60,8 @@ def run_one(method: str, overrides: dict[str, Any], budget: float, seed: int, ou
     t0 = time.perf_counter()
     result = train(cfg)
     minutes = (time.perf_counter() - t0) / 60
-    report = run_eval(out, "fashion-mnist", settings=EvalSettings(ks=(20,), fractions=()), baselines=False)
+    protocol = EvalSettings(k=(20,), fractions=())
+    report = run_eval(out, EvalArgs(data="fashion-mnist", protocol=protocol, baselines=False))
     r = report["results"]["vicreg"]
     return {
         "method": method,

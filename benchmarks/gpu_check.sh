@@ -14,7 +14,7 @@
 #   smoke-c 120 s   gpu_smoke.py cifar10-resnet18: the recipe (batch 256, bf16), 300 steps
 #   smoke-i 150 s   gpu_smoke.py imagenet-resnet50 at batch 256 (the recipe's 2048 is 8 x 256 GPUs' share),
 #                   100 steps on 2048 synthetic 256 px images
-#   views    45 s   views.py --device cuda: PaperViews (and kornia if installed) on the GPU, PIL on the CPU
+#   views    45 s   views.py --device cuda: ImageViews (and kornia if installed) on the GPU, PIL on the CPU
 #   loss     70 s   loss.py --device cuda: ours vs the official formulation at the paper's D = 8192
 set -u
 cd "$(dirname "$0")/.."

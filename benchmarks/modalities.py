@@ -28,9 +28,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from vicreg.checkpoint import load_backbone
+from vicreg.checkpoint import read_backbone_state
 from vicreg.config import PRESETS, TrainConfig
-from vicreg.data import FloatArrayDataset, load_arrays
+from vicreg.data import FloatDataset, load_float_rows
 from vicreg.models import build_backbone
 from vicreg.probes import extract_features, knn_accuracy
 from vicreg.train import train
@@ -52,7 +52,7 @@ def _scores(f_train: torch.Tensor, y_train: torch.Tensor, f_test: torch.Tensor, 
     return knn, linear
 
 
-def _features(encoder: torch.nn.Module, train_set: FloatArrayDataset, data: FloatArrayDataset) -> torch.Tensor:
+def _features(encoder: torch.nn.Module, train_set: FloatDataset, data: FloatDataset) -> torch.Tensor:
     encoder.eval()
     return extract_features(encoder, data.x, mean=train_set.mean, std=train_set.std)
 
@@ -60,15 +60,15 @@ def _features(encoder: torch.nn.Module, train_set: FloatArrayDataset, data: Floa
 def run(name: str, seed: int, epochs: int | None, workdir: Path) -> dict[str, tuple[float, float] | float]:
     cfg: TrainConfig = PRESETS[name]
     kind = "signal" if cfg.modality == "signal" else "table"
-    train_set = load_arrays(cfg.data, "train", kind=kind)
-    test_set = load_arrays(cfg.data, "test", kind=kind)
+    train_set = load_float_rows(cfg.data, "train", kind=kind)
+    test_set = load_float_rows(cfg.data, "test", kind=kind)
     assert train_set.labels is not None and test_set.labels is not None
     y_train, y_test = train_set.labels, test_set.labels
     cfg = replace(cfg, out=workdir / f"{name}-{seed}", seed=seed, progress=False, knn_every=0)
     if epochs is not None:
         cfg = replace(cfg, epochs=epochs)
 
-    def standard(d: FloatArrayDataset) -> torch.Tensor:
+    def standard(d: FloatDataset) -> torch.Tensor:
         return extract_features(torch.nn.Flatten(), d.x, mean=train_set.mean, std=train_set.std)
 
     out: dict[str, tuple[float, float] | float] = {
@@ -83,7 +83,7 @@ def run(name: str, seed: int, epochs: int | None, workdir: Path) -> dict[str, tu
     result = train(cfg)
     out["train_s"] = time.perf_counter() - start
     encoder = _encoder(cfg, train_set.channels)
-    encoder.load_state_dict(load_backbone(result.run_dir / "backbone.safetensors"), strict=True)
+    encoder.load_state_dict(read_backbone_state(result.run_dir / "backbone.safetensors"), strict=True)
     out["vicreg"] = _scores(
         _features(encoder, train_set, train_set), y_train, _features(encoder, train_set, test_set), y_test
     )

@@ -2,7 +2,7 @@
 
 The `fashion-mnist-cpu` preset's model and recipe (small_cnn width 32, 1024-1024-1024 expander, batch 256 of
 28 px uint8 images, bf16 autocast, channels_last, LARS) with M = 0, 2, 4, 6 local crops of 14 px (crop scale
-0.05-0.4). One step = the views (`PaperViews.multi`) + `VICReg.forward_multi` + `vicreg_multiview_loss` +
+0.05-0.4). One step = the views (`ImageViews.multi`) + `VICReg.forward_multi` + `vicreg_multiview_loss` +
 backward + optimiser step. The settings run in alternating order, round after round, so that load on a shared
 machine hits them alike; the table gives the median step time over the rounds (each round: the median of
 `--steps` steps after one warm-up step) and its ratio to M = 0.
@@ -22,13 +22,13 @@ import time
 
 import torch
 
-from vicreg import PaperViews, VICReg, vicreg_multiview_loss
+from vicreg import ImageViews, VICReg, vicreg_multiview_loss
 from vicreg.models import build_backbone
 from vicreg.optim import build_optimizer
 
 
 def make_step(local_crops: int, model: VICReg, opt: torch.optim.Optimizer, local_size: int):
-    views = PaperViews(28, crop_scale=(0.2, 1.0), mean=(0.286,), std=(0.353,), local_crops=local_crops,
+    views = ImageViews(28, crop_scale=(0.2, 1.0), mean=(0.286,), std=(0.353,), local_crops=local_crops,
                        local_size=local_size)  # fmt: skip
 
     def step(images: torch.Tensor, generator: torch.Generator) -> None:

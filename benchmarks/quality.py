@@ -3,7 +3,7 @@
 1. Pretrain with `--budget-minutes` (the training loop's own budget, `vicreg.train`): it times the first steps,
    one kNN monitor call and one checkpoint, then fixes the number of steps that fits the budget, so the cosine
    schedule ends on time.
-2. `vicreg.probes.run_eval` on the full train/test split: kNN (k = 20, cosine, temperature-weighted) and the
+2. `vicreg.eval.run_eval` on the full train/test split: kNN (k = 20, cosine, temperature-weighted) and the
    linear probe, with the raw-pixel and random-init baselines of the same run. It also prints the kNN of the
    un-normalised pixels in [0, 1] (84.6), the reference the targets were set against; the `pixels` baseline of
    `run_eval` is the normalised input, which scores 85.7.
@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from vicreg.config import PRESETS, merge
-from vicreg.eval import EvalSettings, run_eval
+from vicreg.eval import EvalArgs, EvalSettings, run_eval
 from vicreg.probes import format_table
 from vicreg.train import train
 
@@ -73,7 +73,7 @@ def main() -> None:
         print(f"kNN k=20 {quick['knn_top1']:.2f}  linear (logistic regression) {quick['linear_top1']:.2f}")
         print(json.dumps({"settings": args.set, "epochs": epochs, "minutes": minutes, **quick}))
         return
-    report = run_eval(args.out, "fashion-mnist", settings=EvalSettings(ks=(20,), fractions=()))
+    report = run_eval(args.out, EvalArgs(data="fashion-mnist", protocol=EvalSettings(k=(20,), fractions=())))
     print(f"pretraining took {minutes:.1f} minutes ({epochs} epochs); settings: {args.set or 'preset'}")
     print(format_table(report))
     r = report["results"]

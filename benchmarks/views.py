@@ -2,7 +2,7 @@
 
 Compared in one run, on the same cores, for each image size:
 
-* ``vicreg``: ``PaperViews(size)(x)`` on a uint8 batch (this library, public API only);
+* ``vicreg``: ``ImageViews(size)(x)`` on a uint8 batch (this library, public API only);
 * ``kornia``: kornia's batched augmentation with the same operations, one pipeline per view, on the same
   batch converted to float (kornia needs float input);
 * ``pil``: the official per-image pipeline (torchvision transforms on PIL images, PIL blur and solarize,
@@ -33,7 +33,7 @@ from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-from vicreg import PaperViews
+from vicreg import ImageViews
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -109,7 +109,7 @@ def methods(size: int, n: int, workers: int, device: str = "cpu") -> dict[str, C
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
     images = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in x]
-    views = PaperViews(size)
+    views = ImageViews(size)
     pairs = _PilPairs(images, size)
     x_dev = x.to(device)
 

@@ -4,6 +4,7 @@ two-modality runs; the bundled table presets; checkpoints written before the bui
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -11,15 +12,33 @@ import numpy as np
 import pytest
 import torch
 
-from vicreg.build import load_encoder
-from vicreg.checkpoint import CheckpointError, load_backbone
-from vicreg.cli import main
+from tests.data.make_files import write_mnist
+from tests.helpers import run_cli, tiny_config
+from vicreg.build import (
+    ImageKind,
+    encoder_specs,
+    load_encoder,
+    model_from_specs,
+    open_run,
+    run_data_kind,
+)
+from vicreg.checkpoint import read_backbone_state
+from vicreg.data import load
+from vicreg.distributed import DistInfo
 from vicreg.models import EncoderSpec
 from vicreg.probes import extract_features
+from vicreg.train import train
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "legacy"
 FAST_EVAL = ["--probe-epochs", "2", "--k", "5", "--fractions", "0.5", "--device", "cpu"]
 COMMON = ["--batch-size", "16", "--device", "cpu", "--epochs", "2", "--no-progress", "--log-every", "1"]
+
+
+def _ok(args: list[str]) -> str:
+    """Run ``vicreg ARGS`` in-process; it must succeed; returns what it printed."""
+    done = run_cli(*args)
+    assert done.returncode == 0, f"vicreg {' '.join(map(str, args))}: {done.stderr[-3000:]}"
+    return done.stdout
 
 
 def _labels(n: int) -> np.ndarray:
@@ -92,34 +111,33 @@ def _sample_input(spec: EncoderSpec) -> torch.Tensor:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_every_command_works_on_every_data_kind(kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_command_works_on_every_data_kind(kind: str, tmp_path: Path) -> None:
     make, flags = KINDS[kind]
     data = make(tmp_path / f"{kind}.npz")
     run = tmp_path / "run"
-    main(["train", "--data", str(data), "--out", str(run), "--model.expander", "16-16", *COMMON, *flags])
+    _ok(["train", "--data", str(data), "--out", str(run), "--model.expander", "16-16", *COMMON, *flags])
     assert (run / "backbone.safetensors").is_file()
 
-    main(["eval", str(run), *FAST_EVAL])
+    _ok(["eval", str(run), *FAST_EVAL])
     report = json.loads((run / "eval.json").read_text())
     assert set(report["results"]) == {"vicreg", "random_init", "pixels"}
     assert report["data"]["kind"] == ("image" if kind == "pair" else kind)
     assert report["data"]["n_train"] > 0 and report["data"]["n_test"] > 0
 
-    main(["embed", str(run), "--out", str(tmp_path / "emb.npz"), "--device", "cpu"])
+    _ok(["embed", str(run), "--out", str(tmp_path / "emb.npz"), "--device", "cpu"])
     emb = np.load(tmp_path / "emb.npz")
     enc = load_encoder(run)
     assert emb["embeddings"].shape == (48, enc.model.feature_dim)
 
     out = tmp_path / "bb.safetensors"
-    main(["export", str(run), "--out", str(out)])
-    assert "loaded strictly" in capsys.readouterr().out
+    assert "loaded strictly" in _ok(["export", str(run), "--out", str(out)])
     fresh = enc.spec.build().eval()
-    fresh.load_state_dict(load_backbone(out), strict=True)  # no model config needed: the spec rebuilds it
+    fresh.load_state_dict(read_backbone_state(out), strict=True)  # no model config needed: the spec rebuilds it
     x = _sample_input(enc.spec)
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), enc.model.backbone(x), rtol=0, atol=0)
 
-    main(["report", str(run), "--device", "cpu"])
+    _ok(["report", str(run), "--device", "cpu"])
     text = (run / "report.md").read_text()
     assert "## Evaluation" in text and "Embedding plots skipped" not in text, text
 
@@ -128,12 +146,12 @@ def test_every_command_works_on_every_data_kind(kind: str, tmp_path: Path, capsy
 @pytest.mark.parametrize("preset", ["wine-mlp", "breast-cancer-mlp"])
 def test_bundled_table_presets_evaluate_embed_export_and_report(preset: str, tmp_path: Path) -> None:
     run = tmp_path / preset
-    main(["train", "--preset", preset, "--out", str(run), "--max-steps", "6", "--no-progress"])
-    main(["eval", str(run), *FAST_EVAL])
+    _ok(["train", "--preset", preset, "--out", str(run), "--max-steps", "6", "--no-progress"])
+    _ok(["eval", str(run), *FAST_EVAL])
     assert json.loads((run / "eval.json").read_text())["results"]["vicreg"]["knn"]["k5"]["top1"] > 0
-    main(["embed", str(run), "--out", str(tmp_path / "e.npy"), "--split", "test"])
-    main(["export", str(run), "--out", str(tmp_path / "b.pt")])
-    main(["report", str(run)])
+    _ok(["embed", str(run), "--out", str(tmp_path / "e.npy"), "--split", "test"])
+    _ok(["export", str(run), "--out", str(tmp_path / "b.pt")])
+    _ok(["report", str(run)])
     assert (run / "report.md").is_file()
 
 
@@ -147,8 +165,8 @@ def test_a_failed_export_leaves_nothing_behind(tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setattr(vicreg.export, "_compare", broken)
     out = tmp_path / "bb.safetensors"
-    with pytest.raises((SystemExit, CheckpointError), match="the check failed"):
-        main(["export", str(run), "--out", str(out)])
+    done = run_cli("export", run, "--out", out)
+    assert done.returncode == 1 and done.stderr.startswith("vicreg export: ") and "the check failed" in done.stderr
     assert not out.exists() and not list(tmp_path.glob("bb*"))
 
 
@@ -168,7 +186,7 @@ def test_checkpoints_written_before_the_build_layer_still_load(name: str, tmp_pa
     data = FIXTURES / ("img.npz" if name == "image" else "tab.npz")
     run = tmp_path / "run"
     shutil.copytree(FIXTURES / name, run / "checkpoints")
-    main(["eval", str(run), "--data", str(data), *FAST_EVAL, "--no-baselines"])
+    _ok(["eval", str(run), "--data", str(data), *FAST_EVAL, "--no-baselines"])
     assert json.loads((run / "eval.json").read_text())["results"]["vicreg"]["feature_dim"] == enc.model.feature_dim
 
 
@@ -176,21 +194,21 @@ def test_checkpoints_written_before_the_build_layer_still_load(name: str, tmp_pa
 def test_model_init_sets_the_starting_weights_once(tmp_path: Path) -> None:
     data = _image_npz(tmp_path / "img.npz")
     flags = ["--data", str(data), *COMMON, *KINDS["image"][1], "--model.expander", "16-16"]
-    main(["train", "--out", str(tmp_path / "a"), "--max-steps", "2", *flags])
+    _ok(["train", "--out", str(tmp_path / "a"), "--max-steps", "2", *flags])
     exported = tmp_path / "a.safetensors"
-    main(["export", str(tmp_path / "a"), "--out", str(exported)])
-    source = load_backbone(exported)
+    _ok(["export", str(tmp_path / "a"), "--out", str(exported)])
+    source = read_backbone_state(exported)
     # warm-up from lr 0: the first step leaves the initial convolution weights as they were
     run = tmp_path / "b"
     init = ["--model.init", str(exported), "--optim.warmup-epochs", "1"]
-    main(["train", "--out", str(run), "--max-steps", "1", *init, *flags])
+    _ok(["train", "--out", str(run), "--max-steps", "1", *init, *flags])
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert "a.safetensors" in state["init"]
     key = "features.0.0.weight" if "features.0.0.weight" in source else next(k for k in source if k.endswith("weight"))
     torch.testing.assert_close(state["model"][f"backbone.{key}"], source[key], rtol=0, atol=0)
     # a resumed run does not apply it again (the file may even be gone)
     exported.unlink()
-    main(["train", "--out", str(run), "--max-steps", "3", *init, *flags])
+    _ok(["train", "--out", str(run), "--max-steps", "3", *init, *flags])
     after = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert after["step"] == 3 and not torch.equal(after["model"][f"backbone.{key}"], source[key])
 
@@ -202,9 +220,9 @@ def test_model_init_with_a_wrong_file_gives_a_short_mismatch_report(tmp_path: Pa
     wrong = tmp_path / "wrong.safetensors"
     save_file({"conv.weight": torch.zeros(3, 3), "other": torch.zeros(1)}, wrong)
     flags = ["--data", str(data), *COMMON, *KINDS["image"][1], "--model.expander", "16-16"]
-    with pytest.raises((SystemExit, ValueError)) as err:
-        main(["train", "--out", str(tmp_path / "r"), "--max-steps", "1", "--model.init", str(wrong), *flags])
-    text = str(err.value)
+    done = run_cli("train", "--out", tmp_path / "r", "--max-steps", "1", "--model.init", wrong, *flags)
+    text = done.stderr
+    assert done.returncode == 1 and text.startswith("vicreg train: ")
     assert "missing" in text and "unexpected" in text and len(text.splitlines()) <= 6, text
 
 
@@ -224,10 +242,10 @@ def test_neighbors_finds_planted_duplicates_and_draws_the_grid(tmp_path: Path) -
         (folder / b).write_bytes((folder / a).read_bytes())
     data = _image_npz(tmp_path / "img.npz")
     run = tmp_path / "run"
-    main(["train", "--data", str(data), "--out", str(run), "--max-steps", "2", *COMMON, *KINDS["image"][1]])
+    _ok(["train", "--data", str(data), "--out", str(run), "--max-steps", "2", *COMMON, *KINDS["image"][1]])
     out = tmp_path / "grid.png"
-    main(["neighbors", str(run), "--data", str(folder), "--query", "0", "3", "--k", "4", "--out", str(out)])
-    main(["neighbors", str(run), "--data", str(folder), "--duplicates", "0.9999", "--out", str(out), "--k", "2"])
+    _ok(["neighbors", str(run), "--data", str(folder), "--query", "0", "3", "--k", "4", "--out", str(out)])
+    _ok(["neighbors", str(run), "--data", str(folder), "--duplicates", "0.9999", "--out", str(out), "--k", "2"])
     from PIL import Image as PILImage
 
     assert PILImage.open(out).size == grid_size(8, 2)  # 8 random queries, k = 2
@@ -240,3 +258,55 @@ def test_neighbors_finds_planted_duplicates_and_draws_the_grid(tmp_path: Path) -
     for query in {c[0] for c in cells}:  # a query in the bank finds itself at similarity 1 (ties: a planted copy)
         own = [c for c in cells if c[0] == query]
         assert float(own[0][3]) > 0.9999 and any(c[2] == query and float(c[3]) > 0.9999 for c in own), own
+
+
+# ------------------------------------------------------------------------------------------------ the build layer
+
+
+def test_one_path_from_encoder_descriptions_to_a_model(tmp_path: Path) -> None:
+    """Training's model, a model rebuilt from the checkpoint's descriptions and the random-init baseline are all
+    built by model_from_specs: the same seed gives the same weights, the spec's feature size is the backbone's."""
+    cfg = tiny_config(tmp_path, max_steps=1, knn_every=0)
+    data = run_data_kind(cfg).training_data(cfg, DistInfo(), torch.device("cpu"))
+    torch.manual_seed(3)
+    model, spec, spec_b = data.model(cfg)
+    assert (spec, spec_b) == encoder_specs(cfg, data.inputs)
+    torch.manual_seed(3)
+    again = model_from_specs(cfg.model, spec, spec_b)
+    for (key, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=key)
+    x = torch.zeros(2, *spec.input_shape)
+    assert spec.build().eval()(x).shape == (2, spec.feature_dim)
+    train(cfg)
+    enc = load_encoder(cfg.out)
+    assert enc.spec == spec
+    assert {k: v.shape for k, v in enc.model.state_dict().items()} == {
+        k: v.shape for k, v in again.state_dict().items()
+    }
+
+
+def test_the_data_root_is_an_argument_not_an_environment_edit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "root"
+    write_mnist(root / "mnist", n_train=24, n_test=10)
+    monkeypatch.delenv("VICREG_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no user cache holds it
+    environment = dict(os.environ)
+    with pytest.raises(FileNotFoundError, match="--data-root"):
+        load("mnist", download=False)
+    assert len(load("mnist", "test", download=False, root=root)) == 10
+
+    # training reads the config's data_root; the run folder remembers it for every later command
+    cfg = tiny_config(tmp_path, data="mnist", data_root=root, max_steps=1, knn_every=0)
+    train(cfg)
+    run = open_run(cfg.out, device="cpu")
+    assert run.source == "mnist" and isinstance(run.kind, ImageKind) and run.kind.root == root
+    assert len(run.kind.load_split(run.source, "test", run.encoder.spec).data) == 10
+    _ok(["eval", str(cfg.out), *FAST_EVAL, "--no-baselines"])
+    assert json.loads((cfg.out / "eval.json").read_text())["data"]["n_test"] == 10
+
+    # another run's data by name: --data-root says where it is
+    other = tmp_path / "other"
+    write_mnist(other / "mnist", n_train=12, n_test=6, seed=1)
+    _ok(["embed", str(cfg.out), "--data", "mnist", "--data-root", str(other), "--out", str(tmp_path / "e.npy")])
+    assert np.load(tmp_path / "e.npy").shape[0] == 12
+    assert dict(os.environ) == environment  # nothing above wrote to the environment

@@ -1,4 +1,4 @@
-"""Atomic checkpoint writes, safe loads and clear errors."""
+"""Atomic checkpoint writes, safe loads and clear errors; backbone files carry their encoder description."""
 
 from __future__ import annotations
 
@@ -13,13 +13,18 @@ import torchvision
 from vicreg.checkpoint import (
     CheckpointError,
     capture_rng_state,
-    export_backbone,
     latest_checkpoint,
-    load_backbone,
     load_checkpoint,
+    read_backbone_spec,
+    read_backbone_state,
     restore_rng_state,
     save_checkpoint,
+    write_backbone,
 )
+from vicreg.files import FileError, atomic_write, remove_partial_writes
+from vicreg.models import EncoderSpec
+
+RESNET18 = EncoderSpec("resnet18", {"in_channels": 3}, 512, "image", (3, 32, 32), (0.5,) * 3, (0.25,) * 3)
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -126,11 +131,13 @@ def test_rng_state_round_trip(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
-def test_export_loads_into_torchvision_strictly(tmp_path: Path, suffix: str) -> None:
+def test_backbone_file_loads_into_torchvision_strictly(tmp_path: Path, suffix: str) -> None:
     net = torchvision.models.resnet18()
     net.fc = torch.nn.Identity()
-    path = export_backbone(net.state_dict(), tmp_path / f"backbone{suffix}")
-    state = load_backbone(path)
+    path = write_backbone(net.state_dict(), RESNET18, tmp_path / f"backbone{suffix}")
+    assert read_backbone_spec(path) == RESNET18
+    state = read_backbone_state(path)
+    assert type(state) is dict and all(isinstance(v, torch.Tensor) for v in state.values())
     fresh = torchvision.models.resnet18()
     fresh.fc = torch.nn.Identity()
     fresh.load_state_dict(state, strict=True)
@@ -138,10 +145,34 @@ def test_export_loads_into_torchvision_strictly(tmp_path: Path, suffix: str) -> 
         torch.testing.assert_close(fresh.state_dict()[k], v)
 
 
-def test_export_rejects_unknown_suffix(tmp_path: Path) -> None:
+def test_backbone_file_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"safetensors or \.pt"):
-        export_backbone({"w": torch.zeros(1)}, tmp_path / "b.onnx")
+        write_backbone({"w": torch.zeros(1)}, RESNET18, tmp_path / "b.onnx")
     bad = tmp_path / "b.safetensors"
     bad.write_bytes(b"nope")
-    with pytest.raises(CheckpointError, match="not a backbone export"):
-        load_backbone(bad)
+    for read in (read_backbone_state, read_backbone_spec):
+        with pytest.raises(CheckpointError, match="truncated or not a backbone file"):
+            read(bad)
+    ckpt = save_checkpoint({"step": 1, "model": {"w": torch.zeros(1)}}, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match="a training checkpoint, not a backbone file"):
+        read_backbone_state(ckpt)
+    torch.save({"step": 3}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a backbone file: it holds step"):
+        read_backbone_state(tmp_path / "other.pt")
+    assert read_backbone_spec(tmp_path / "other.pt") is None  # a file without a description
+
+
+def test_atomic_write_leaves_the_old_file_on_a_failed_check_and_partial_writes_are_removable(tmp_path: Path) -> None:
+    target = atomic_write(tmp_path / "a.txt", lambda f: f.write(b"old"))
+
+    def refuse(tmp: Path) -> None:
+        assert tmp.read_bytes() == b"new" and tmp.name.startswith(".a.txt.")
+        raise ValueError("bad")
+
+    with pytest.raises(ValueError, match="bad"):
+        atomic_write(target, lambda f: f.write(b"new"), check=refuse)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+    left = tmp_path / ".a.txt.x1.tmp"  # what a process killed mid-write leaves
+    left.write_bytes(b"partial")
+    assert remove_partial_writes(tmp_path) == [left] and target.read_bytes() == b"old"
+    assert CheckpointError is FileError  # a failed write of any file is one error type

@@ -1,7 +1,8 @@
-"""Bad input through the real command line: one line on stderr naming the culprit, a non-zero exit, no traceback.
+"""Bad input through the command line: one line on stderr naming the culprit, exit status 1, no traceback.
 
-Each case is a real ``python -m vicreg ...`` process (slow: a few seconds of imports each); the boundary's
-decisions (expected or a bug, VICREG_DEBUG) are also tested in-process below.
+The table of bad inputs runs in-process through ``cli.main`` (:func:`tests.helpers.run_cli`), which is what the
+console script calls; one real process of the console script checks the same promise across the process
+boundary. The boundary's decisions (expected or a bug, VICREG_DEBUG) are tested in-process below.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import numpy as np
 import pytest
 
 import vicreg.cli as cli
+from tests.helpers import run_cli, subprocess_env
 from vicreg.checkpoint import CheckpointError
 from vicreg.cli import describe_error, is_expected, main
 from vicreg.config import TrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["--device", "cpu", "--batch-size", "16", "--views.size", "16", "--model.backbone", "small_cnn"]
 TINY += ["--model.width", "4", "--model.expander", "32-32", "--epochs", "1", "--no-progress"]
 
@@ -99,31 +100,59 @@ def _cases(root: Path, readonly: Path | None) -> dict[str, tuple[list[str], list
         "report without checkpoints": (["report", str(r / "emptyrun")], ["emptyrun"]),
         "embed without checkpoints": (["embed", str(r / "emptyrun"), "--out", str(r / "e.npy")], ["emptyrun"]),
         "a PNG named .pt": (["eval", str(r / "fake.pt")], ["fake.pt", "not a checkpoint"]),
+        "eval with k 0": (["eval", str(r / "emptyrun"), "--k", "0"], ["k must be positive", "(0,)"]),
+        "eval with a label fraction of 2": (["eval", str(r / "emptyrun"), "--fractions", "2"], ["(0, 1]", "2.0"]),
+        "neighbors with k 0": (["neighbors", str(r / "emptyrun"), "--k", "0"], ["--k must be >= 1"]),
+        "embed with batch size 0": (
+            ["embed", str(r / "emptyrun"), "--out", str(r / "e.npy"), "--batch-size", "0"],
+            ["batch_size", "got 0"],
+        ),
         "read-only --out": (["train", "--out", str((readonly or r) / "run"), *tiny], ro_words),
     }
 
 
 CASES = list(_cases(Path("/x"), Path("/x")))
+DETAILED = {"damaged last.pt", "YAML syntax error"}
+"""Messages whose first line names the problem and the fix, followed by the details (each damaged file; where
+the YAML parser stopped)."""
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_is_one_clear_line(case: str, files: dict[str, Path | None]) -> None:
+def test_bad_input_is_one_clear_line(case: str, files: dict[str, Path | None], monkeypatch: pytest.MonkeyPatch) -> None:
     root, readonly = files["root"], files["readonly"]
     assert root is not None
     if case == "read-only --out" and readonly is None:
         pytest.skip("no read-only folder can be made here (root without mount)")
+    monkeypatch.delenv("VICREG_DEBUG", raising=False)
     args, named = _cases(root, readonly)[case]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-    env.pop("VICREG_DEBUG", None)
-    done = subprocess.run([sys.executable, "-m", "vicreg", *args], capture_output=True, text=True, env=env, timeout=120)
+    done = run_cli(*args)
     err = done.stderr
-    assert done.returncode != 0, f"{case}: exit 0\n{done.stdout[-2000:]}"
+    assert done.returncode == 1, f"{case}: exit {done.returncode}\n{done.stdout[-2000:]}\n{err[-2000:]}"
     assert "Traceback" not in err, err
     assert err.startswith(f"vicreg {args[0]}: "), err
+    if case not in DETAILED:
+        assert len(err.strip().splitlines()) == 1, err
     for text in named:
         assert text in err, f"{case}: {text!r} not in {err!r}"
     assert "╭" not in err, "a box instead of one line"
+
+
+def _console_script() -> list[str]:
+    """The installed ``vicreg`` console script of this interpreter's environment, else ``python -m vicreg``."""
+    script = Path(sys.executable).parent / "vicreg"
+    return [sys.executable, str(script)] if script.is_file() else [sys.executable, "-m", "vicreg"]
+
+
+@pytest.mark.slow
+def test_the_console_script_in_a_real_process(tmp_path: Path) -> None:
+    """The process boundary: bad input gives exit status 1 and one line on stderr, without a traceback."""
+    env = subprocess_env()
+    env.pop("VICREG_DEBUG", None)
+    run = [*_console_script(), "eval", str(tmp_path / "nothing")]
+    done = subprocess.run(run, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("vicreg eval: ") and "nothing does not exist" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
 
 # ------------------------------------------------------------------------------------------------ in-process

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from vicreg import PaperViews
+from vicreg import ImageViews
 from vicreg.augment.images import apply_view, sample_view_params
 from vicreg.checkpoint import load_checkpoint
 from vicreg.config import PRESETS, TrainConfig, merge
@@ -154,9 +154,9 @@ def test_resume_on_gpu_equals_an_uninterrupted_run(tmp_path: Path, monkeypatch: 
 
 @pytest.mark.parametrize(("size", "n"), [(32, 64), (224, 16)])
 def test_views_on_gpu_equal_views_on_cpu_for_the_same_parameters(size: int, n: int) -> None:
-    """Parameters drawn once on the CPU, applied to the same images on both devices (PaperViews' two views)."""
+    """Parameters drawn once on the CPU, applied to the same images on both devices (ImageViews' two views)."""
     x = torch.randint(0, 256, (n, 3, size + 8, size + 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    views = PaperViews(size)
+    views = ImageViews(size)
     for cfg in (views.view_a, views.view_b):
         params = sample_view_params(cfg, n, (size + 8, size + 8), torch.Generator().manual_seed(1))
         kwargs: dict[str, Any] = {"blur_kernel_size": views.blur_kernel_size, "interpolation": views.interpolation}

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import tiny_config
+from tests.helpers import run_cli, tiny_config
 from vicreg.build import load_encoder
-from vicreg.checkpoint import CheckpointError, load_backbone, load_checkpoint, save_checkpoint
-from vicreg.cli import main
+from vicreg.checkpoint import CheckpointError, load_checkpoint, read_backbone_state, save_checkpoint
 from vicreg.diagnostics import covariance_spectrum, effective_rank, spectral_effective_rank
+from vicreg.eval import EvalSettings, eval_protocol
 from vicreg.report import read_metrics
 from vicreg.train import train
 
@@ -33,23 +33,27 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ------------------------------------------------------------------------------------------------ numbers
 
 
-def test_help_lists_the_evaluation_commands(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        main(["--help"])
-    top = capsys.readouterr().out
-    for command in ("eval", "embed", "report", "export"):
-        assert command in top
+def test_help_lists_the_evaluation_commands() -> None:
+    top = run_cli("--help")
+    assert top.returncode == 0
+    for command in ("eval", "embed", "report", "export", "neighbors", "info"):
+        assert command in top.stdout
     flags = {
-        "eval": ("--data", "--test-data", "--k", "--temperature", "--probe-epochs", "--fractions", "--no-baselines"),
-        "embed": ("--out", "--data", "--split"),
-        "report": ("--data", "--max-points"),
+        "eval": ("--data", "--test-data", "--k", "--temperature", "--probe-epochs", "--probe-lr", "--fractions"),
+        "embed": ("--out", "--data", "--split", "--data-root", "--batch-size", "--data-column"),
+        "report": ("--data", "--max-points", "--seed"),
+        "neighbors": ("--query", "--k", "--duplicates", "--no-cache", "--data-root"),
+        "export": ("--out", "--format", "--branch"),
     }
     for command, expected in flags.items():
-        with pytest.raises(SystemExit):
-            main([command, "--help"])
-        text = capsys.readouterr().out
+        text = run_cli(command, "--help")
+        assert text.returncode == 0, (command, text.stderr)
         for flag in expected:
-            assert flag in text, (command, flag)
+            assert flag in text.stdout, (command, flag)
+    assert "--no-baselines" in run_cli("eval", "--help").stdout
+    # the protocol in the help is the one eval_protocol describes (words wrap differently on a terminal)
+    words = " ".join(run_cli("eval", "--help").stdout.split())
+    assert " ".join(eval_protocol(EvalSettings())["linear"].split()) in words
 
 
 @pytest.mark.parametrize("k", [1, 3, 10])
@@ -79,10 +83,18 @@ def test_covariance_spectrum_matches_numpy_and_rankme() -> None:
 # ------------------------------------------------------------------------------------------------ eval
 
 
-def test_eval_writes_json_and_uses_the_cache(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main(["eval", str(run), *FAST_EVAL])
-    printed = capsys.readouterr().out
+def test_eval_writes_json_and_uses_the_cache(run: Path) -> None:
+    done = run_cli("eval", run, *FAST_EVAL, "--fractions", "0.01", "0.1")
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout
     report = json.loads((run / "eval.json").read_text())
+    settings = report["protocol"]["settings"]
+    assert settings["k"] == [5, 20] and settings["probe_epochs"] == 3 and settings["fractions"] == [0.01, 0.1]
+    expected = eval_protocol(
+        EvalSettings(k=(5, 20), probe_epochs=3), report["data"]["n_train"], report["data"]["n_test"]
+    )
+    assert {k: report["protocol"][k] for k in expected} == expected
+    assert f"knn: {expected['knn']}" in printed and f"linear: {expected['linear']}" in printed
     assert set(report["results"]) == {"vicreg", "random_init", "pixels"}
     for name, r in report["results"].items():
         assert set(r["knn"]) == {"k5", "k20"} and set(r["semi"]) == {"1%", "10%"}, name
@@ -96,7 +108,7 @@ def test_eval_writes_json_and_uses_the_cache(run: Path, capsys: pytest.CaptureFi
     assert report["results"]["vicreg"]["cached_features"] is False
     assert len(list((run / "features").glob("*.pt"))) == 4  # train and test of vicreg and random_init
 
-    main(["eval", str(run), *FAST_EVAL, "--no-baselines", "--out", str(run / "again.json")])
+    assert run_cli("eval", run, *FAST_EVAL, "--no-baselines", "--out", run / "again.json").returncode == 0
     again = json.loads((run / "again.json").read_text())
     assert again["results"]["vicreg"]["cached_features"] is True
     assert again["results"]["vicreg"]["knn"] == report["results"]["vicreg"]["knn"]
@@ -115,11 +127,11 @@ def test_eval_features_are_those_of_the_trained_backbone(run: Path) -> None:
 
 
 def test_eval_errors_are_clear(run: Path, tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="does not exist"):
-        main(["eval", str(tmp_path / "nope")])
+    missing = run_cli("eval", tmp_path / "nope")
+    assert missing.returncode == 1 and missing.stderr.startswith("vicreg eval: ") and "does not exist" in missing.stderr
     np.savez(tmp_path / "unlabelled.npz", images=np.zeros((20, 16, 16), dtype=np.uint8))
-    with pytest.raises(SystemExit, match="no labels"):
-        main(["eval", str(run), "--data", str(tmp_path / "unlabelled.npz")])
+    unlabelled = run_cli("eval", run, "--data", tmp_path / "unlabelled.npz")
+    assert unlabelled.returncode == 1 and "no labels" in unlabelled.stderr
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     del state["model"]["expander.0.weight"]
     save_checkpoint({k: v for k, v in state.items() if k != "format"}, tmp_path / "broken.pt")
@@ -132,9 +144,12 @@ def test_eval_errors_are_clear(run: Path, tmp_path: Path) -> None:
 
 def test_report_writes_plots_and_markdown(run: Path) -> None:
     if not (run / "eval.json").is_file():
-        main(["eval", str(run), *FAST_EVAL])
-    main(["report", str(run), "--device", "cpu"])
+        assert run_cli("eval", run, *FAST_EVAL).returncode == 0
+    done = run_cli("report", run, "--device", "cpu")
+    assert done.returncode == 0 and done.stdout.strip() == f"wrote {run / 'report.md'}", done.stderr
     md = (run / "report.md").read_text()
+    protocol = json.loads((run / "eval.json").read_text())["protocol"]
+    assert f"- Linear probe: {protocol['linear']}." in md  # as vicreg eval described it, not a copy
     for png in ("loss", "lr", "knn", "std_hist", "spectrum", "embedding_map"):
         path = run / "report" / f"{png}.png"
         assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
@@ -159,7 +174,8 @@ def test_embed_writes_every_row(run: Path, tmp_path: Path, suffix: str) -> None:
     if suffix == ".parquet":
         pytest.importorskip("pyarrow")
     out = tmp_path / f"emb{suffix}"
-    main(["embed", str(run), "--out", str(out), "--device", "cpu"])
+    done = run_cli("embed", run, "--out", out, "--device", "cpu")
+    assert done.returncode == 0 and done.stdout.startswith(f"wrote {out} (96 x 32)"), done.stderr
     enc = load_encoder(run)
     data = np.load(str(_tiny_data(run)))
     from vicreg.probes import extract_features
@@ -194,28 +210,28 @@ def test_embed_image_folder_to_parquet_has_paths(run: Path, tmp_path: Path) -> N
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(folder / f"{i}.png")
     out = tmp_path / "emb.parquet"
-    main(["embed", str(run), "--data", str(tmp_path / "imgs"), "--out", str(out), "--device", "cpu"])
+    assert run_cli("embed", run, "--data", tmp_path / "imgs", "--out", out, "--device", "cpu").returncode == 0
     table = pq.read_table(out)
     assert table.num_rows == 6 and all(p.endswith(".png") for p in table["path"].to_pylist())
     assert sorted(set(table["label"].to_pylist())) == [0, 1]
 
 
 def test_embed_rejects_an_unknown_format(run: Path, tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="unknown output format"):
-        main(["embed", str(run), "--out", str(tmp_path / "x.csv")])
+    done = run_cli("embed", run, "--out", tmp_path / "x.csv")
+    assert done.returncode == 1 and "unknown output format" in done.stderr
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
-def test_export_loads_strictly(run: Path, tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_loads_strictly(run: Path, tmp_path: Path, suffix: str) -> None:
     out = tmp_path / f"backbone{suffix}"
-    main(["export", str(run), "--out", str(out)])
-    assert "loaded strictly into a new small_cnn" in capsys.readouterr().out
+    done = run_cli("export", run, "--out", out)
+    assert done.returncode == 0 and "loaded strictly into a new small_cnn" in done.stdout, done.stderr
     from vicreg.models import build_backbone
 
     module = build_backbone("small_cnn", in_channels=1, width=4)
-    module.load_state_dict(load_backbone(out), strict=True)
+    module.load_state_dict(read_backbone_state(out), strict=True)
     with pytest.raises(RuntimeError, match="size mismatch"):
-        build_backbone("small_cnn", in_channels=1, width=8).load_state_dict(load_backbone(out), strict=True)
+        build_backbone("small_cnn", in_channels=1, width=8).load_state_dict(read_backbone_state(out), strict=True)
 
 
 @pytest.mark.slow
@@ -229,12 +245,12 @@ def test_export_of_a_resnet_loads_into_torchvision(tmp_path: Path) -> None:
     )
     train(replace(cfg, knn_every=0))
     out = tmp_path / "r18.safetensors"
-    main(["export", str(cfg.out), "--out", str(out)])
+    assert run_cli("export", cfg.out, "--out", out).returncode == 0
     net = torchvision.models.resnet18()
     net.fc = torch.nn.Identity()
     net.conv1 = torch.nn.Conv2d(1, 64, 3, 1, 1, bias=False)
     net.maxpool = torch.nn.Identity()
-    net.load_state_dict(load_backbone(out), strict=True)
+    net.load_state_dict(read_backbone_state(out), strict=True)
 
 
 def test_torch_hub_loads_a_local_checkout(run: Path) -> None:

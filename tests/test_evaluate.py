@@ -126,7 +126,7 @@ def test_balanced_subset_is_class_balanced_and_seeded() -> None:
 def test_evaluate_features_and_table() -> None:
     x, y = _clusters(40, 3, 6, 0.2, seed=0)
     xt, yt = _clusters(10, 3, 6, 0.2, seed=1)
-    settings = EvalSettings(ks=(5, 50), probe_epochs=5, fractions=(0.1,))
+    settings = EvalSettings(k=(5, 50), probe_epochs=5, fractions=(0.1,))
     res = evaluate_features(x, y, xt, yt, settings)
     assert res["knn"]["k5"]["top1"] == 100.0 and res["linear"]["last_top1"] == 100.0
     assert res["semi"]["10%"]["labels"] == 12

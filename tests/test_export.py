@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 import vicreg
 import vicreg.export as export_module
-from vicreg.checkpoint import export_backbone
+from vicreg.backbone import load_backbone
+from vicreg.checkpoint import CheckpointError
 from vicreg.export import (
     FORMATS,
     ExportCheckError,
     export_encoder,
     hf_config,
-    load_backbone,
     model_card,
     resolve_format,
 )
@@ -79,7 +81,7 @@ def test_state_formats_round_trip(tmp_path: Path, kind: str, fmt: str) -> None:
     result = export_encoder(net.state_dict(), spec, tmp_path / FILE_NAMES[fmt], summary=SUMMARY)
     assert result.path == tmp_path / FILE_NAMES[fmt] and result.format == fmt
     assert "identical features" in result.check
-    loaded = load_backbone(result.path, spec=spec if fmt == "pt" else None)
+    loaded = load_backbone(result.path)  # every format carries its description
     x = batch(spec)
     assert torch.equal(features(loaded, x), features(net, x))
     assert not loaded.training
@@ -101,11 +103,14 @@ def test_pt_and_safetensors_are_plain_state_dicts(tmp_path: Path) -> None:
         assert torch.equal(features(fresh, batch(spec)), features(net, batch(spec)))
 
 
-def test_pt_needs_a_spec(tmp_path: Path) -> None:
+def test_pt_carries_its_description_in_the_state_dict_metadata(tmp_path: Path) -> None:
+    """torch.load gives a plain state dict; the spec rides in its ``_metadata``, which load_state_dict ignores."""
     spec = SPECS["table"]
     path = export_encoder(trained(spec).state_dict(), spec, tmp_path / "enc.pt").path
-    with pytest.raises(ValueError, match="pass spec="):
-        load_backbone(path)
+    state = torch.load(path, weights_only=True)
+    assert all(isinstance(v, Tensor) for v in state.values())
+    assert json.loads(state._metadata[""]["vicreg_encoder"]) == spec.to_dict()
+    assert load_backbone(path).vicreg_spec == spec
 
 
 def test_hf_folder_contents(tmp_path: Path) -> None:
@@ -210,12 +215,19 @@ def test_the_real_check_catches_a_wrong_file(tmp_path: Path, monkeypatch) -> Non
     net = trained(spec)
     real_save = torch.save
 
-    def corrupting_save(obj: dict[str, Tensor], f: object) -> None:
-        obj = {k: v + 1 if k.endswith("running_mean") else v for k, v in obj.items()}
-        real_save(obj, f)
+    def corrupting_save(obj: Any, f: object) -> None:
+        corrupted: Any = OrderedDict((k, v + 1 if k.endswith("running_mean") else v) for k, v in obj.items())
+        corrupted._metadata = obj._metadata  # the description survives, a weight does not
+        real_save(corrupted, f)
+
+    def forgetting_save(obj: Any, f: object) -> None:
+        real_save(dict(obj), f)  # the weights survive, the description does not
 
     monkeypatch.setattr(torch, "save", corrupting_save)
     with pytest.raises(ExportCheckError, match="other features"):
+        export_encoder(net.state_dict(), spec, tmp_path / "enc.pt")
+    monkeypatch.setattr(torch, "save", forgetting_save)
+    with pytest.raises(ExportCheckError, match="does not carry the description"):
         export_encoder(net.state_dict(), spec, tmp_path / "enc.pt")
     no_leftovers(tmp_path)
 
@@ -244,13 +256,13 @@ def test_format_from_the_suffix(tmp_path: Path) -> None:
 
 
 def test_load_backbone_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no exported backbone"):
+    with pytest.raises(FileNotFoundError, match="no backbone at"):
         load_backbone(tmp_path / "missing")
     with pytest.raises(ValueError, match="onnxruntime"):
         load_backbone(tmp_path / "model.onnx")
     plain = tmp_path / "plain.safetensors"
-    export_backbone(trained(SPECS["table"]).state_dict(), plain)  # no spec in its metadata
-    with pytest.raises(ValueError, match="pass spec="):
+    save_file(trained(SPECS["table"]).state_dict(), plain)  # a foreign state dict: no description
+    with pytest.raises(CheckpointError, match="pass spec="):
         load_backbone(plain)
     assert isinstance(load_backbone(plain, spec=SPECS["table"]), nn.Module)
 

@@ -1,5 +1,5 @@
-"""Hugging Face datasets through the real CLI: train, resume, eval and embed on a dataset saved with
-``save_to_disk``; streaming under torchrun; the offline error."""
+"""Hugging Face datasets through the CLI: train, resume, eval and embed on a dataset saved with ``save_to_disk``
+(in-process); streaming under torchrun (real processes: the process group is the point); the offline error."""
 
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import REPO, run_cli, subprocess_env
 from vicreg.checkpoint import load_checkpoint
 
 datasets = pytest.importorskip("datasets")
 
-REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
 
 TINY = [
     "--device", "cpu", "--batch-size", "8", "--views.size", "16", "--model.backbone", "small_cnn",
@@ -41,12 +40,11 @@ def _saved(root: Path, n_train: int = 40, n_test: int = 12) -> Path:
 
 
 def _vicreg(*args: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "vicreg", *args], cwd=REPO, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_train_resume_eval_embed_on_a_saved_dataset(tmp_path: Path) -> None:
     data = _saved(tmp_path / "set")
     out = tmp_path / "run"
@@ -67,6 +65,7 @@ def test_train_resume_eval_embed_on_a_saved_dataset(tmp_path: Path) -> None:
     assert np.load(emb)["embeddings"].shape[0] == 12
 
 
+@pytest.mark.slow
 def test_streaming_train_under_torchrun(tmp_path: Path) -> None:
     data = _saved(tmp_path / "set", n_train=64)
     out = tmp_path / "run"
@@ -74,16 +73,13 @@ def test_streaming_train_under_torchrun(tmp_path: Path) -> None:
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "vicreg", "train",
         "--data", f"hf-stream:{data}", "--out", str(out), "--epochs", "1", *TINY,
     ]  # fmt: skip
-    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, env=subprocess_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 64 // 8  # global batch 8 = 2 ranks x 4: every rank 8 batches
 
 
 def test_missing_extra_and_offline_errors_are_one_line(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "vicreg", "train", "--data", "hf:nobody/no-such-set", "--out", str(tmp_path / "r")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode != 0
-    assert "not in the local Hugging Face cache" in proc.stderr and "--download" in proc.stderr
+    done = run_cli("train", "--data", "hf:nobody/no-such-set", "--out", tmp_path / "r")
+    assert done.returncode == 1 and done.stderr.startswith("vicreg train: ")
+    assert "not in the local Hugging Face cache" in done.stderr and "--download" in done.stderr

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from vicreg import VICReg
-from vicreg.augment import PairViews, SignalViewConfig, SignalViews, TableViewConfig, TabularViews, TensorPair
+from vicreg.augment import PairViews, SignalViewConfig, SignalViews, TableViewConfig, TableViews, TensorPair
 from vicreg.augment.signals import apply_signal_view, sample_signal_params
 from vicreg.augment.tabular import sample_table_params
-from vicreg.checkpoint import load_backbone
+from vicreg.checkpoint import read_backbone_state
 from vicreg.cli import parse_train_args
 from vicreg.config import ModelConfig, OptimConfig, TrainConfig
-from vicreg.data import FloatArrayDataset, InMemoryLoader, load_arrays, load_pairs
+from vicreg.data import FloatDataset, InMemoryLoader, load_float_rows, load_pairs
 from vicreg.encoders import MLPEncoder, ResNet1d
 from vicreg.models import build_backbone
 from vicreg.probes import extract_features
@@ -137,7 +137,7 @@ def _table(n: int = 50, f: int = 6, seed: int = 0) -> torch.Tensor:
 def test_scarf_corruption_replaces_exactly_the_chosen_features_from_their_column() -> None:
     table = _table()
     x = table[:20] + 1000  # values no column of the table holds
-    views = TabularViews(table, corrupt_rate=0.5)
+    views = TableViews(table, corrupt_rate=0.5)
     p = sample_table_params(views.view_a, 20, 6, 50, generator=_gen())
     assert torch.equal(p.corrupt.sum(1), torch.full((20,), 3))  # floor(0.5 * 6) per row
     out = views.view(x, views.view_a, generator=_gen())
@@ -152,43 +152,43 @@ def test_scarf_corruption_replaces_exactly_the_chosen_features_from_their_column
 
 def test_table_views_per_sample_determinism_and_standardisation() -> None:
     table = _table()
-    views = TabularViews(table)
+    views = TableViews(table)
     a1, b1 = views(table[:32], generator=_gen(3))
     a2, b2 = views(table[:32], generator=_gen(3))
     assert a1.shape == (32, 6) and a1.dtype == torch.float32
     assert torch.equal(a1, a2) and torch.equal(b1, b2) and not torch.equal(a1, b1)
     p = sample_table_params(views.view_a, 32, 6, 50, generator=_gen())
     assert len({tuple(r) for r in p.corrupt.int().tolist()}) > 5
-    clean = TabularViews(table, corrupt_rate=0.0)(table, generator=_gen())[0]
+    clean = TableViews(table, corrupt_rate=0.0)(table, generator=_gen())[0]
     torch.testing.assert_close(clean.mean(0), torch.zeros(6), atol=1e-5, rtol=0)
     torch.testing.assert_close(clean.std(0, unbiased=False), torch.ones(6), atol=1e-5, rtol=0)
 
 
 def test_table_noise_and_masking() -> None:
     table = _table(200)
-    masked = TabularViews(table, corrupt_rate=0.0, mask_p=0.3)(table, generator=_gen())[0]
-    clean = TabularViews(table, corrupt_rate=0.0).standardize(table)
+    masked = TableViews(table, corrupt_rate=0.0, mask_p=0.3)(table, generator=_gen())[0]
+    clean = TableViews(table, corrupt_rate=0.0).standardize(table)
     zero = masked == 0
     assert 0.25 < zero.float().mean() < 0.35
     torch.testing.assert_close(masked[~zero], clean[~zero])
-    noisy = TabularViews(table, corrupt_rate=0.0, noise_std=0.5)(table, generator=_gen())[0]
+    noisy = TableViews(table, corrupt_rate=0.0, noise_std=0.5)(table, generator=_gen())[0]
     assert abs(float((noisy - clean).std()) - 0.5) < 0.05
 
 
 def test_table_views_bad_input() -> None:
     with pytest.raises(ValueError, match="at least 2 rows"):
-        TabularViews(torch.randn(1, 3))
+        TableViews(torch.randn(1, 3))
     with pytest.raises(ValueError, match="NaN"):
-        TabularViews(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
+        TableViews(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
     with pytest.raises(ValueError, match="fitted on 6 features"):
-        TabularViews(_table())(torch.randn(4, 5))
+        TableViews(_table())(torch.randn(4, 5))
     with pytest.raises(ValueError, match="fraction"):
         TableViewConfig(corrupt_rate=1.2)
 
 
 def test_pair_views_apply_each_branch_to_its_side() -> None:
     sig = SignalViews()
-    tab = TabularViews(_table())
+    tab = TableViews(_table())
     pv = PairViews(lambda x, g: sig.view(x, sig.view_a, g), lambda x, g: tab.view(x, tab.view_b, g))
     a, b = pv(TensorPair(torch.randn(8, 2, 20), _table()[:8]), generator=_gen())
     assert a.shape == (8, 2, 20) and b.shape == (8, 6)
@@ -221,14 +221,14 @@ def test_encoders_shapes_registry_and_gradients() -> None:
 def test_float_dataset_loader_and_sources(tmp_path: Path) -> None:
     x = np.random.default_rng(0).normal(size=(10, 2, 8)).astype(np.float32)
     np.savez(tmp_path / "s.npz", x=x, y=np.arange(10) % 2)
-    ds = load_arrays(tmp_path / "s.npz", kind="signal")
+    ds = load_float_rows(tmp_path / "s.npz", kind="signal")
     assert ds.kind == "signal" and ds.channels == 2 and len(ds.mean) == 2 and ds.labels is not None
     with pytest.raises(KeyError, match="x_test"):
-        load_arrays(tmp_path / "s.npz", "test", kind="signal")
+        load_float_rows(tmp_path / "s.npz", "test", kind="signal")
     with pytest.raises(ValueError, match=r"\(N, F\)"):
-        load_arrays(tmp_path / "s.npz", kind="table")
+        load_float_rows(tmp_path / "s.npz", kind="table")
     with pytest.raises(ValueError, match="NaN"):
-        FloatArrayDataset.from_arrays(np.full((3, 2), np.nan), kind="table")
+        FloatDataset.from_arrays(np.full((3, 2), np.nan), kind="table")
     loader = InMemoryLoader(TensorPair(torch.arange(10.0)[:, None], torch.arange(10.0)[:, None] * 2), 4, seed=1)
     loader.set_epoch(0)
     batches = [b for b, _ in loader]
@@ -244,21 +244,21 @@ def test_float_dataset_loader_and_sources(tmp_path: Path) -> None:
 
 def test_sklearn_table_split_is_fixed_and_stratified() -> None:
     pytest.importorskip("sklearn")
-    train_set = load_arrays("sklearn:wine", kind="table")
-    test_set = load_arrays("sklearn:wine", "test", kind="table")
+    train_set = load_float_rows("sklearn:wine", kind="table")
+    test_set = load_float_rows("sklearn:wine", "test", kind="table")
     assert train_set.x.shape == (133, 13) and test_set.x.shape == (45, 13) and len(train_set.classes) == 3
-    assert torch.equal(train_set.x, load_arrays("sklearn:wine", kind="table").x)
+    assert torch.equal(train_set.x, load_float_rows("sklearn:wine", kind="table").x)
     assert set(test_set.labels.tolist()) == {0, 1, 2}  # type: ignore[union-attr]
 
 
 def test_aeon_bundled_set_loads_without_network() -> None:
     pytest.importorskip("aeon")
-    train_set = load_arrays("aeon:GunPoint", kind="signal")
-    test_set = load_arrays("aeon:GunPoint", "test", kind="signal")
+    train_set = load_float_rows("aeon:GunPoint", kind="signal")
+    test_set = load_float_rows("aeon:GunPoint", "test", kind="signal")
     assert train_set.x.shape == (50, 1, 150) and test_set.x.shape == (150, 1, 150)
     assert train_set.classes == ("1", "2") and set(train_set.labels.tolist()) == {0, 1}  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="not bundled"):
-        load_arrays("aeon:NoSuchSet", kind="signal")
+        load_float_rows("aeon:NoSuchSet", kind="signal")
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -299,7 +299,7 @@ def test_tiny_signal_run_via_cli_args(tmp_path: Path) -> None:
     cfg = parse_train_args(args)
     result = train(cfg)
     assert result.step == 8 and "online_knn.top1" in result.metrics
-    state = load_backbone(cfg.out / "backbone.safetensors")
+    state = read_backbone_state(cfg.out / "backbone.safetensors")
     ResNet1d(2, width=4).load_state_dict(state, strict=True)
     assert not (cfg.out / "backbone_b.safetensors").exists()
 
@@ -315,7 +315,7 @@ def test_tiny_table_run_resumes_exactly(tmp_path: Path) -> None:
     train(replace(half, max_steps=3))
     resumed = train(half)
     assert full.step == resumed.step == 6
-    a, b = (load_backbone(r.run_dir / "backbone.safetensors") for r in (full, resumed))
+    a, b = (read_backbone_state(r.run_dir / "backbone.safetensors") for r in (full, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert "online_knn.top1" not in full.metrics  # no test split in the file: no monitor
 
@@ -336,9 +336,9 @@ def test_tiny_two_modality_run_image_and_table(tmp_path: Path) -> None:
     cfg = parse_train_args(args)
     result = train(cfg)
     assert result.step == 6 and "online_knn.top1" in result.metrics
-    b = load_backbone(cfg.out / "backbone_b.safetensors")
+    b = read_backbone_state(cfg.out / "backbone_b.safetensors")
     MLPEncoder(3, width=8, depth=2).load_state_dict(b, strict=True)
-    assert load_backbone(cfg.out / "backbone.safetensors")["features.0.0.weight"].shape[1] == 1
+    assert read_backbone_state(cfg.out / "backbone.safetensors")["features.0.0.weight"].shape[1] == 1
 
 
 def test_tiny_two_sensor_run(tmp_path: Path) -> None:
@@ -347,7 +347,7 @@ def test_tiny_two_sensor_run(tmp_path: Path) -> None:
     model = ModelConfig(backbone="resnet1d", backbone_b="resnet1d", width=4, expander="32-32")
     cfg = _tiny(tmp_path, tmp_path / "sensors.npz", modality="signal", modality_b="signal", model=model)
     assert train(cfg).step == 4
-    assert load_backbone(cfg.out / "backbone_b.safetensors")["blocks.0.body.0.weight"].shape[1] == 2
+    assert read_backbone_state(cfg.out / "backbone_b.safetensors")["blocks.0.body.0.weight"].shape[1] == 2
 
 
 def test_config_errors_for_two_modalities() -> None:

@@ -1,4 +1,4 @@
-"""Multi-crop: local views (PaperViews.multi), the multi-view loss and VICReg.forward_multi.
+"""Multi-crop: local views (ImageViews.multi), the multi-view loss and VICReg.forward_multi.
 
 References: the global loss of VICRegL (facebookresearch/VICRegL ``main_vicregl.py`` ``global_loss``, commit
 803ae4c8cd1649a820f03afb4793763e95317620, l. 421-446) and lightly ``VICRegLLoss._global_invariance_loss`` /
@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tests.helpers import free_port, tiny_config
-from vicreg import PaperViews, VICReg, vicreg_loss, vicreg_multiview_loss
+from vicreg import ImageViews, VICReg, vicreg_loss, vicreg_multiview_loss
 from vicreg.augment.images import PAPER_VIEW_A, apply_view, sample_view_params
 from vicreg.models import SmallCNN, frozen_running_stats
 
@@ -47,7 +47,7 @@ def gen(seed: int = 0) -> torch.Generator:
 @pytest.mark.parametrize("channels", [1, 3])
 def test_local_views_shapes_dtypes_devices(device: str, channels: int) -> None:
     x = images(c=channels).to(device)
-    views = PaperViews((20, 24), local_crops=3)
+    views = ImageViews((20, 24), local_crops=3)
     assert views.local_size == (10, 12)
     globals_, locals_ = views.multi(x, generator=gen())
     assert [tuple(v.shape) for v in globals_] == [(5, channels, 20, 24)] * 2
@@ -59,23 +59,23 @@ def test_local_views_shapes_dtypes_devices(device: str, channels: int) -> None:
     assert all(v.dtype == torch.float64 for v in locals64)
     # the local views alone, and M = 0
     assert len(views.local_views(x, generator=gen())) == 3
-    assert PaperViews(20).local_views(x) == []
+    assert ImageViews(20).local_views(x) == []
 
 
 def test_local_size_defaults_and_explicit() -> None:
-    assert PaperViews(28, local_crops=2).local_size == (14, 14)
-    assert PaperViews(224).local_size == (112, 112)
-    assert PaperViews(12).local_size == (8, 8)  # at least 8 ...
-    assert PaperViews(6).local_size == (6, 6)  # ... but not larger than the global views
-    assert PaperViews(32, local_size=10).local_size == (10, 10)
-    assert PaperViews(32, local_size=(12, 16)).local_size == (12, 16)
-    assert PaperViews(224, local_crops=1).local_blur_kernel_size == 11  # default of 112 px
-    assert PaperViews(224, local_crops=1, local_blur_kernel_size=5).local_blur_kernel_size == 5
+    assert ImageViews(28, local_crops=2).local_size == (14, 14)
+    assert ImageViews(224).local_size == (112, 112)
+    assert ImageViews(12).local_size == (8, 8)  # at least 8 ...
+    assert ImageViews(6).local_size == (6, 6)  # ... but not larger than the global views
+    assert ImageViews(32, local_size=10).local_size == (10, 10)
+    assert ImageViews(32, local_size=(12, 16)).local_size == (12, 16)
+    assert ImageViews(224, local_crops=1).local_blur_kernel_size == 11  # default of 112 px
+    assert ImageViews(224, local_crops=1, local_blur_kernel_size=5).local_blur_kernel_size == 5
 
 
 def test_local_views_reproducible_with_a_generator() -> None:
     x = images()
-    views = PaperViews(16, local_crops=2)
+    views = ImageViews(16, local_crops=2)
     a = views.multi(x, generator=gen(3))
     b = views.multi(x, generator=gen(3))
     c = views.multi(x, generator=gen(4))
@@ -88,13 +88,13 @@ def test_local_views_reproducible_with_a_generator() -> None:
 def test_global_views_bit_identical_to_the_pair(crops: int) -> None:
     """The local crops draw their randomness after the global views: the pair is unchanged whatever M."""
     x = images()
-    views = PaperViews(16, local_crops=crops)
+    views = ImageViews(16, local_crops=crops)
     v_a, v_b = views(x, generator=gen(7))
     globals_, locals_ = views.multi(x, generator=gen(7))
     assert torch.equal(globals_[0], v_a) and torch.equal(globals_[1], v_b)
     assert len(locals_) == crops
     # and the same as an instance without local crops
-    w_a, w_b = PaperViews(16)(x, generator=gen(7))
+    w_a, w_b = ImageViews(16)(x, generator=gen(7))
     assert torch.equal(w_a, v_a) and torch.equal(w_b, v_b)
 
 
@@ -103,7 +103,7 @@ def test_local_views_equal_apply_view_of_the_repeated_batch(interpolation: str) 
     """Batched local crops == apply_view on M copies of the batch, with the parameters drawn after the pair's."""
     x = images(n=4)
     m = 3
-    views = PaperViews(16, local_crops=m, local_size=(8, 10), normalize=False, interpolation=interpolation)
+    views = ImageViews(16, local_crops=m, local_size=(8, 10), normalize=False, interpolation=interpolation)
     _, locals_ = views.multi(x, generator=gen(11))
     g = gen(11)
     sample_view_params(views.view_a, 4, (20, 24), g)
@@ -123,7 +123,7 @@ def test_local_crops_differ_per_sample_and_per_crop() -> None:
     """One image repeated N times, no colour augmentation: every crop of every sample is its own."""
     x = images(n=1, h=32, w=32).expand(6, -1, -1, -1)
     plain = {"jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0, "solarize_p": 0.0, "flip_p": 0.0}
-    views = PaperViews(32, local_crops=4, view_local=plain)
+    views = ImageViews(32, local_crops=4, view_local=plain)
     _, locals_ = views.multi(x, generator=gen(1))
     crops = torch.cat(locals_)  # (4 * 6, ...)
     for i, j in itertools.combinations(range(crops.shape[0]), 2):
@@ -133,7 +133,7 @@ def test_local_crops_differ_per_sample_and_per_crop() -> None:
 def test_local_crop_scale_respected() -> None:
     """The crops actually used (reconstructed as above) have areas in local_crop_scale, and span it."""
     n, m, lo, hi = 64, 4, 0.1, 0.3
-    views = PaperViews(32, local_crops=m, local_crop_scale=(lo, hi))
+    views = ImageViews(32, local_crops=m, local_crop_scale=(lo, hi))
     assert views.view_local.crop_scale == (lo, hi)
     assert views.view_a.crop_scale == views.view_b.crop_scale == (0.08, 1.0)
     g = gen(5)
@@ -149,14 +149,14 @@ def test_local_crop_scale_respected() -> None:
 
 
 def test_view_local_defaults_and_overrides() -> None:
-    views = PaperViews(32, local_crops=2, hue=0.0, view_b={"solarize_p": 0.5})
+    views = ImageViews(32, local_crops=2, hue=0.0, view_b={"solarize_p": 0.5})
     # view B's configuration (after the shared and view_b overrides) with the local crop scale
     assert views.view_local == views.view_b.__class__(**{**vars(views.view_b), "crop_scale": (0.05, 0.4)})
     assert views.view_local.hue == 0.0 and views.view_local.solarize_p == 0.5
-    assert PaperViews(32, local_crops=2, view_local={"blur_p": 0.0}).view_local.blur_p == 0.0
-    a_like = PaperViews(32, local_crops=2, view_local=PAPER_VIEW_A).view_local
+    assert ImageViews(32, local_crops=2, view_local={"blur_p": 0.0}).view_local.blur_p == 0.0
+    a_like = ImageViews(32, local_crops=2, view_local=PAPER_VIEW_A).view_local
     assert (a_like.blur_p, a_like.solarize_p, a_like.crop_scale) == (1.0, 0.0, (0.05, 0.4))
-    assert "local_crops=2" in repr(views) and "local_crops" not in repr(PaperViews(32))
+    assert "local_crops=2" in repr(views) and "local_crops" not in repr(ImageViews(32))
 
 
 @pytest.mark.parametrize(
@@ -178,7 +178,7 @@ def test_view_local_defaults_and_overrides() -> None:
 )
 def test_local_view_arguments_validated(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match) as info:
-        PaperViews(32, **kwargs)
+        ImageViews(32, **kwargs)
     assert "\n" not in str(info.value)
 
 

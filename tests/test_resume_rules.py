@@ -13,14 +13,14 @@ from PIL import Image
 
 from vicreg.augment.pairs import TensorPair
 from vicreg.config import TrainConfig, config_to_dict
-from vicreg.data import ArrayDataset, FloatArrayDataset, ImageFolderSource
+from vicreg.data import FloatDataset, ImageDataset, ImageFolderSource
 from vicreg.data.fingerprint import data_fingerprint, fingerprint_changes, sample_rows
 from vicreg.resume_rules import ALLOWED, REFUSED, Change, classify_changes, describe, flatten, rule_for
 
 
-def _images(n: int = 100, seed: int = 0) -> ArrayDataset:
+def _images(n: int = 100, seed: int = 0) -> ImageDataset:
     g = torch.Generator().manual_seed(seed)
-    return ArrayDataset(torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g), name="a.npz")
+    return ImageDataset(torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g), name="a.npz")
 
 
 # ------------------------------------------------------------------------------------------------ fingerprint
@@ -50,17 +50,17 @@ def test_one_changed_sampled_row_changes_the_hash_and_a_moved_file_does_not_coun
     fp = data_fingerprint(data)
     changed = data.images.clone()
     changed[sample_rows(100)[3], 0, 0, 0] ^= 1
-    fp2 = data_fingerprint(ArrayDataset(changed, name="a.npz"))
+    fp2 = data_fingerprint(ImageDataset(changed, name="a.npz"))
     assert fingerprint_changes(fp, fp2) == [("sample_hash", fp["sample_hash"], fp2["sample_hash"])]
-    moved = data_fingerprint(ArrayDataset(data.images, name="elsewhere/a.npz"))
+    moved = data_fingerprint(ImageDataset(data.images, name="elsewhere/a.npz"))
     assert moved["source"] != fp["source"] and fingerprint_changes(fp, moved) == []
-    fewer = data_fingerprint(ArrayDataset(data.images[:96], name="a.npz"))
+    fewer = data_fingerprint(ImageDataset(data.images[:96], name="a.npz"))
     assert [k for k, _, _ in fingerprint_changes(fp, fewer)] == ["rows", "sample_hash"]
 
 
 def test_fingerprint_of_float_rows_pairs_and_tensors() -> None:
     x = torch.randn(50, 3, 20)
-    fp = data_fingerprint(FloatArrayDataset(x, name="s.npz:train"))
+    fp = data_fingerprint(FloatDataset(x, name="s.npz:train"))
     assert (fp["rows"], fp["shape"], fp["dtype"]) == (50, [3, 20], "float32")
     pair = data_fingerprint(TensorPair(x, torch.zeros(50, 5)))
     assert pair["shape"] == [[3, 20], [5]] and pair["dtype"] == "float32,float32"

@@ -27,7 +27,7 @@ from vicreg.checkpoint import (
     save_keeping,
 )
 from vicreg.plots import plot_knn
-from vicreg.report import make_report
+from vicreg.report import ReportArgs, make_report
 from vicreg.runlog import RunLog, format_duration, progress_line
 from vicreg.train import train
 
@@ -210,6 +210,6 @@ def test_the_report_captions_the_online_knn_with_its_protocol(tmp_path: Path) ->
     train(cfg)
     rows = (cfg.out / "metrics.jsonl").read_text()
     assert '"online_knn.protocol": "online kNN (k=20, cosine, T=0.07): 77 training rows as neighbours' in rows
-    make_report(cfg.out, device="cpu")
+    make_report(cfg.out, ReportArgs(device="cpu"))
     text = (cfg.out / "report.md").read_text()
     assert "The online kNN (k=20, cosine, T=0.07): 77 training rows as neighbours, 19 queries" in text

@@ -19,7 +19,7 @@ from PIL import Image
 
 from tests.helpers import REPO, free_port, tiny_config, tiny_npz
 from vicreg.build import data_kind
-from vicreg.checkpoint import load_backbone, load_checkpoint
+from vicreg.checkpoint import load_checkpoint, read_backbone_state
 from vicreg.cli import main, parse_train_args
 from vicreg.config import PRESETS, LossConfig, ModelConfig, OptimConfig, TrainConfig, ViewsConfig, load_config_file
 from vicreg.distributed import DistInfo
@@ -50,7 +50,7 @@ def test_tiny_run_writes_the_run_folder(tmp_path: Path) -> None:
     assert len(knn) == 2 and all(0 <= r["online_knn.top1"] <= 100 and "k=20" in r["online_knn.protocol"] for r in knn)
     assert list((run / "tb").iterdir()), "TensorBoard events are written"
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 12
-    backbone = load_backbone(run / "backbone.safetensors")
+    backbone = read_backbone_state(run / "backbone.safetensors")
     assert set(backbone) == {k.removeprefix("backbone.") for k in _weights(run) if k.startswith("backbone.")}
     # learning rate: warm-up then cosine
     lrs = [r["lr"] for r in steps]
@@ -324,7 +324,7 @@ def test_cli_end_to_end_on_an_image_folder(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert set(load_backbone(exported)) == set(load_backbone(out / "backbone.safetensors"))
+    assert set(read_backbone_state(exported)) == set(read_backbone_state(out / "backbone.safetensors"))
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""PaperViews and its batched operations.
+"""ImageViews and its batched operations.
 
 Each batched operation is compared, sample by sample, with the torchvision.transforms.v2.functional operation
 it reproduces, on float images in [0, 1]. Tolerances: absolute 1e-5 (float32 rounding of a different but
@@ -17,7 +17,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
-from vicreg import PaperViews, ViewConfig
+from vicreg import ImageViews, OneViewConfig
 from vicreg.augment import functional as AF
 from vicreg.augment.images import (
     PAPER_VIEW_A,
@@ -56,7 +56,7 @@ def per_sample(fn, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("out_size", [(16, 16), (40, 30), (7, 9)])
 def test_resized_crop_and_flip_match_torchvision(out_size):
     x = images(h=20, w=24)
-    p = sample_view_params(ViewConfig(), x.shape[0], (20, 24), torch.Generator().manual_seed(3))
+    p = sample_view_params(OneViewConfig(), x.shape[0], (20, 24), torch.Generator().manual_seed(3))
     flip = torch.tensor([True, False, True, False, True, False])
     got = AF.resized_crop(x, p.boxes, out_size, flip)
     for i in range(x.shape[0]):
@@ -167,7 +167,7 @@ def test_color_jitter_matches_torchvision_in_every_order():
 @pytest.mark.parametrize("channels", [3, 1])
 def test_whole_view_matches_torchvision_composition(channels):
     x = images(n=8, c=channels, h=18, w=22)
-    cfg = ViewConfig(jitter_p=0.7, grayscale_p=0.5, blur_p=0.5, solarize_p=0.5)
+    cfg = OneViewConfig(jitter_p=0.7, grayscale_p=0.5, blur_p=0.5, solarize_p=0.5)
     p = sample_view_params(cfg, x.shape[0], (18, 22), torch.Generator().manual_seed(5))
     size, k = (16, 16), 5
     got = apply_view(x, p, size, blur_kernel_size=k)
@@ -186,8 +186,8 @@ def test_whole_view_matches_torchvision_composition(channels):
 
 def test_neutral_parameters_are_the_identity():
     x = images(n=4, h=16, w=16)
-    cfg = ViewConfig(crop_scale=(1, 1), crop_ratio=(1, 1), flip_p=0, jitter_p=0, grayscale_p=0, blur_p=0)
-    views = PaperViews(16, view_a=cfg, view_b=cfg, normalize=False)
+    cfg = OneViewConfig(crop_scale=(1, 1), crop_ratio=(1, 1), flip_p=0, jitter_p=0, grayscale_p=0, blur_p=0)
+    views = ImageViews(16, view_a=cfg, view_b=cfg, normalize=False)
     v_a, v_b = views(x)
     torch.testing.assert_close(v_a, x, atol=0, rtol=0)
     torch.testing.assert_close(v_b, x, atol=0, rtol=0)
@@ -208,7 +208,7 @@ def _within_3_sigma(mask: torch.Tensor, p: float) -> None:
     [
         PAPER_VIEW_A,
         PAPER_VIEW_B,
-        ViewConfig(flip_p=0.3, jitter_p=0.1, grayscale_p=0.9, blur_p=0.0, solarize_p=1),
+        OneViewConfig(flip_p=0.3, jitter_p=0.1, grayscale_p=0.9, blur_p=0.0, solarize_p=1),
     ],
 )
 def test_each_operation_fires_with_its_probability(cfg):
@@ -243,7 +243,7 @@ def _ks_statistic(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_crop_boxes_follow_torchvision_distribution(image_size):
     height, width = image_size
     n_ours, n_ref = 20_000, 2_000
-    boxes = sample_view_params(ViewConfig(), n_ours, image_size, torch.Generator().manual_seed(0)).boxes
+    boxes = sample_view_params(OneViewConfig(), n_ours, image_size, torch.Generator().manual_seed(0)).boxes
     top, left, h, w = boxes.unbind(1)
     assert (top >= 0).all() and (left >= 0).all() and (top + h <= height).all() and (left + w <= width).all()
     area, ratio = (h * w).double() / (height * width), w.double() / h.double()
@@ -266,33 +266,33 @@ def test_crop_boxes_follow_torchvision_distribution(image_size):
 
 def test_crop_falls_back_to_torchvision_central_crop():
     # A 10 x 100 image never fits a box of ratio <= 4/3 and area >= 90%: the central crop is used.
-    cfg = ViewConfig(crop_scale=(0.9, 1.0))
+    cfg = OneViewConfig(crop_scale=(0.9, 1.0))
     boxes = sample_view_params(cfg, 16, (10, 100), torch.Generator().manual_seed(0)).boxes
     ref = RandomResizedCrop.get_params(torch.empty(1, 10, 100), [0.9, 1.0], [3 / 4, 4 / 3])
     assert (boxes == torch.tensor(ref)).all()
 
 
 # ---------------------------------------------------------------------------------------------------------
-# PaperViews: shapes, dtypes, ranges, one channel, determinism, options, errors
+# ImageViews: shapes, dtypes, ranges, one channel, determinism, options, errors
 
 
 def test_shapes_dtype_and_range():
     x = torch.randint(0, 256, (5, 3, 40, 36), dtype=torch.uint8)
-    v_a, v_b = PaperViews(32)(x)
+    v_a, v_b = ImageViews(32)(x)
     assert v_a.shape == v_b.shape == (5, 3, 32, 32)
     assert v_a.dtype == v_b.dtype == torch.float32
-    raw_a, raw_b = PaperViews((24, 16), normalize=False)(x)
+    raw_a, raw_b = ImageViews((24, 16), normalize=False)(x)
     assert raw_a.shape == (5, 3, 24, 16)
     for v in (raw_a, raw_b):
         assert v.min() >= 0 and v.max() <= 1
-    lo = (0 - max(PaperViews(32).mean)) / min(PaperViews(32).std)
-    hi = (1 - min(PaperViews(32).mean)) / min(PaperViews(32).std)
+    lo = (0 - max(ImageViews(32).mean)) / min(ImageViews(32).std)
+    hi = (1 - min(ImageViews(32).mean)) / min(ImageViews(32).std)
     assert v_a.min() >= lo and v_a.max() <= hi
 
 
 def test_uint8_and_float_input_give_the_same_views():
     x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
-    views = PaperViews(16)
+    views = ImageViews(16)
     a8, b8 = views(x, generator=torch.Generator().manual_seed(1))
     af, bf = views(x.float() / 255, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(a8, af, atol=1e-6, rtol=0)
@@ -302,7 +302,7 @@ def test_uint8_and_float_input_give_the_same_views():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_other_float_dtypes(dtype):
     x = images(n=4)
-    v_a, v_b = PaperViews(16)(x.to(dtype), generator=torch.Generator().manual_seed(0))
+    v_a, v_b = ImageViews(16)(x.to(dtype), generator=torch.Generator().manual_seed(0))
     expected = torch.float64 if dtype == torch.float64 else torch.float32
     assert v_a.dtype == v_b.dtype == expected
     assert torch.isfinite(v_a).all() and torch.isfinite(v_b).all()
@@ -310,11 +310,11 @@ def test_other_float_dtypes(dtype):
 
 def test_one_channel_input():
     x = torch.randint(0, 256, (6, 1, 20, 20), dtype=torch.uint8)
-    v_a, v_b = PaperViews(16)(x)
+    v_a, v_b = ImageViews(16)(x)
     assert v_a.shape == v_b.shape == (6, 1, 16, 16)
     assert torch.isfinite(v_a).all() and torch.isfinite(v_b).all()
-    raw, _ = PaperViews(16, normalize=False)(x, generator=torch.Generator().manual_seed(0))
-    norm, _ = PaperViews(16)(x, generator=torch.Generator().manual_seed(0))
+    raw, _ = ImageViews(16, normalize=False)(x, generator=torch.Generator().manual_seed(0))
+    norm, _ = ImageViews(16)(x, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(norm, (raw - 0.449) / 0.226, atol=1e-5, rtol=0)
     # Saturation, hue and grayscale do nothing to one channel.
     x1 = images(c=1)
@@ -329,7 +329,7 @@ def test_one_channel_input():
 
 def test_same_seed_same_views_and_different_seed_different_views():
     x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
-    views = PaperViews(16)
+    views = ImageViews(16)
     a1, b1 = views(x, generator=torch.Generator().manual_seed(7))
     a2, b2 = views(x, generator=torch.Generator().manual_seed(7))
     a3, _ = views(x, generator=torch.Generator().manual_seed(8))
@@ -339,18 +339,18 @@ def test_same_seed_same_views_and_different_seed_different_views():
 
 
 def test_defaults_are_the_paper_pair_and_options_override_them():
-    views = PaperViews(32)
+    views = ImageViews(32)
     assert views.view_a == PAPER_VIEW_A and views.view_b == PAPER_VIEW_B
     assert (views.view_a.blur_p, views.view_a.solarize_p) == (1.0, 0.0)
     assert (views.view_b.blur_p, views.view_b.solarize_p) == (0.1, 0.2)
     assert views.blur_kernel_size == 3 and default_blur_kernel_size(224) == 23 and default_blur_kernel_size(96) == 9
-    sym = PaperViews(32, symmetric=True)
+    sym = ImageViews(32, symmetric=True)
     assert sym.view_a == sym.view_b == SYMMETRIC_VIEW
-    custom = PaperViews(32, hue=0.0, view_b={"solarize_p": 0.5})
+    custom = ImageViews(32, hue=0.0, view_b={"solarize_p": 0.5})
     assert custom.view_a.hue == custom.view_b.hue == 0.0
     assert custom.view_b.solarize_p == 0.5 and custom.view_a.solarize_p == 0.0
-    given = ViewConfig(blur_p=0.25)
-    assert PaperViews(32, view_a=given).view_a == given
+    given = OneViewConfig(blur_p=0.25)
+    assert ImageViews(32, view_a=given).view_a == given
 
 
 @pytest.mark.parametrize(
@@ -366,21 +366,21 @@ def test_defaults_are_the_paper_pair_and_options_override_them():
 )
 def test_view_config_validation_names_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        ViewConfig(**kwargs)
+        OneViewConfig(**kwargs)
     with pytest.raises(ValueError, match=match):
-        PaperViews(32, **kwargs)
+        ImageViews(32, **kwargs)
 
 
 def test_bad_arguments_and_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="unknown view option"):
-        PaperViews(32, blur=0.5)
+        ImageViews(32, blur=0.5)
     with pytest.raises(ValueError, match="blur_kernel_size"):
-        PaperViews(32, blur_kernel_size=4)
+        ImageViews(32, blur_kernel_size=4)
     with pytest.raises(ValueError, match="interpolation"):
-        PaperViews(32, interpolation="nearest")
+        ImageViews(32, interpolation="nearest")
     with pytest.raises(ValueError, match="mean and std"):
-        PaperViews(32, mean=(0.5, 0.5), std=(0.5, 0.5))
-    views = PaperViews(16)
+        ImageViews(32, mean=(0.5, 0.5), std=(0.5, 0.5))
+    views = ImageViews(16)
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         views(torch.zeros(3, 16, 16, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
@@ -390,7 +390,7 @@ def test_bad_arguments_and_inputs_raise_clear_errors():
 
 
 def test_reused_scratch_memory_never_leaks_into_returned_views():
-    views = PaperViews(12)
+    views = ImageViews(12)
     x = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
     a1, b1 = views(x, generator=torch.Generator().manual_seed(2))
     kept = a1.clone(), b1.clone()
@@ -399,7 +399,7 @@ def test_reused_scratch_memory_never_leaks_into_returned_views():
     assert torch.equal(a1, kept[0]) and torch.equal(b1, kept[1])
     a2, b2 = views(x, generator=torch.Generator().manual_seed(2))
     assert torch.equal(a1, a2) and torch.equal(b1, b2)
-    fresh = PaperViews(12)(x, generator=torch.Generator().manual_seed(2))
+    fresh = ImageViews(12)(x, generator=torch.Generator().manual_seed(2))
     assert torch.equal(fresh[0], a1) and torch.equal(fresh[1], b1)
     clone = pickle.loads(pickle.dumps(views))  # DataLoader workers: the copy starts without buffers
     assert clone._scratch._buffers == {}
@@ -409,7 +409,7 @@ def test_reused_scratch_memory_never_leaks_into_returned_views():
 @pytest.mark.cuda
 def test_cpu_generator_gives_the_same_views_on_cuda():
     x = torch.randint(0, 256, (8, 3, 24, 24), dtype=torch.uint8)
-    views = PaperViews(16)
+    views = ImageViews(16)
     cpu = views(x, generator=torch.Generator().manual_seed(3))
     gpu = views(x.cuda(), generator=torch.Generator().manual_seed(3))
     for a, b in zip(cpu, gpu, strict=True):

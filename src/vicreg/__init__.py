@@ -1,7 +1,11 @@
 """VICReg: Variance-Invariance-Covariance Regularization for self-supervised learning."""
 
-from vicreg.augment import PairViews, PaperViews, SignalViews, TabularViews, ViewConfig
-from vicreg.export import export_encoder, load_backbone
+from typing import TYPE_CHECKING
+
+from vicreg.augment import ImageViews, OneViewConfig, PairViews, PaperViews, SignalViews, TableViews
+from vicreg.backbone import load_backbone
+from vicreg.deprecation import renamed
+from vicreg.export import export_encoder
 from vicreg.loss import (
     VICRegLoss,
     VICRegOutput,
@@ -16,14 +20,15 @@ from vicreg.models import Expander, VICReg
 
 __all__ = [
     "Expander",
+    "ImageViews",
+    "OneViewConfig",
     "PairViews",
     "PaperViews",
     "SignalViews",
-    "TabularViews",
+    "TableViews",
     "VICReg",
     "VICRegLoss",
     "VICRegOutput",
-    "ViewConfig",
     "covariance_term",
     "export_encoder",
     "invariance_term",
@@ -34,3 +39,9 @@ __all__ = [
     "vicreg_multiview_loss",
 ]
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # renamed names, kept one release (PaperViews stays: it is ImageViews, without a warning)
+    TabularViews = TableViews
+    ViewConfig = OneViewConfig
+else:
+    __getattr__ = renamed(__name__, {"TabularViews": TableViews, "ViewConfig": OneViewConfig})

@@ -1,8 +1,7 @@
-"""Checkpoints: atomic writes, safe loads, RNG state, and the backbone export.
+"""Checkpoints and backbone files: safe loads, kept predecessors, RNG state, and the one backbone writer.
 
-* Writes go to a temporary file in the same folder, are flushed to disk, then renamed over the target
-  (``os.replace`` is atomic on POSIX), so a crash or a full disk never leaves a half-written checkpoint and
-  the previous one stays intact.
+* Every write is atomic (:func:`vicreg.files.atomic_write`): a crash or a full disk never leaves a half-written
+  checkpoint and the previous one stays intact.
 * Loads use ``torch.load(weights_only=True)``: a checkpoint can hold tensors, numbers, strings, lists, tuples
   and dicts, never arbitrary pickled objects, so loading one never runs code.
 * A truncated, garbage or foreign file raises :class:`CheckpointError` naming the path and what to do; so
@@ -11,136 +10,75 @@
 * A run keeps its last few checkpoints (:func:`save_keeping`): ``last.pt`` is the newest, and each save first
   keeps the previous ``last.pt`` as ``step_NNNNNNNN.pt`` (a hard link: no copy). :func:`checkpoint_candidates`
   lists them newest first and :func:`newest_good_checkpoint` skips damaged ones.
+* A backbone file (:func:`write_backbone`: the run's ``backbone.safetensors`` and every ``vicreg export`` but
+  onnx) is the backbone's plain state dict plus its :class:`~vicreg.models.EncoderSpec`, so it can be rebuilt
+  from the file alone. ``.safetensors`` keeps the spec as JSON in the file's metadata (key ``vicreg_encoder``);
+  ``.pt`` keeps it in the state dict's own ``_metadata`` (where torch keeps each module's version), so
+  ``torch.load(weights_only=True)`` still returns a plain state dict that loads strictly into the architecture.
+  :func:`read_backbone_state` returns the tensors, :func:`read_backbone_spec` the description.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 import random
 import shutil
-import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torch import Tensor
 
+from vicreg.files import FileError, atomic_write, fsync_dir
+from vicreg.models import EncoderSpec
+
 __all__ = [
+    "BACKBONE_FORMAT",
+    "ENCODER_KEY",
     "FORMAT",
     "CheckpointError",
     "CheckpointWarning",
-    "atomic_write",
+    "backbone_metadata",
     "capture_rng_state",
     "check_checkpoint",
     "checkpoint_candidates",
-    "export_backbone",
     "latest_checkpoint",
-    "load_backbone",
     "load_checkpoint",
     "newest_good_checkpoint",
-    "remove_partial_writes",
+    "read_backbone_spec",
+    "read_backbone_state",
+    "read_tensor_file",
     "restore_rng_state",
     "save_checkpoint",
     "save_keeping",
+    "vicreg_version",
+    "write_backbone",
 ]
 
 FORMAT = "vicreg-checkpoint-v1"
+BACKBONE_FORMAT = "vicreg-backbone"
+ENCODER_KEY = "vicreg_encoder"
+_BACKBONE_SUFFIXES = (".safetensors", ".pt", ".pth")
 _LOAD_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError)
 
 
-# mkstemp creates files readable by their owner only; written files get the usual mode (0o666 minus the umask)
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not belong to this run."""
+CheckpointError = FileError
+"""A checkpoint or backbone file that cannot be written or read, or does not belong to this run (the same class
+as :class:`vicreg.files.FileError`: a failed atomic write is one too)."""
 
 
 class CheckpointWarning(UserWarning):
     """A damaged checkpoint was skipped in favour of an earlier one."""
-
-
-def atomic_write(path: str | os.PathLike[str], write: Any, check: Callable[[Path], object] | None = None) -> Path:
-    """Call ``write(file_object)`` on a temporary file next to ``path``, fsync it, then rename it to ``path``.
-
-    ``check(temporary_path)``, when given, runs on the written file before the rename: if it raises, nothing
-    is renamed. On any error the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise CheckpointError(
-            f"cannot write {path}: {err.strerror or err}; check that the folder exists and is writable"
-        ) from err
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if check is not None:
-            check(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        cause = _os_error_in(err)
-        if cause is not None:
-            raise CheckpointError(
-                f"could not write {path}: {cause.strerror or cause} (disk full or read-only?); "
-                "the previous file, if any, is intact"
-            ) from err
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _os_error_in(err: BaseException) -> OSError | None:
-    """The OSError behind ``err``: torch.save reports a failed write as a RuntimeError of its zip writer
-    ("unexpected pos ..."), raised while handling the OSError, which is the useful part."""
-    seen: BaseException | None = err
-    for _ in range(10):
-        if seen is None or isinstance(seen, OSError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def remove_partial_writes(folder: str | os.PathLike[str]) -> list[Path]:
-    """Delete the temporary files that :func:`atomic_write` left in ``folder`` when its process was killed
-    mid-write (``kill -9``, out-of-memory killer); returns what was removed.
-
-    Only call this where no other process is writing into ``folder`` at the same time (in training: rank 0,
-    before its first save).
-    """
-    folder = Path(folder)
-    removed = []
-    for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -313,7 +251,7 @@ def _keep_as(last: Path, kept: Path) -> None:
             atomic_write(kept, lambda f: shutil.copyfileobj(src, f))
         return
     os.replace(tmp, kept)
-    _fsync_dir(kept.parent)
+    fsync_dir(kept.parent)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -335,29 +273,105 @@ def _as_tuple(x: Any) -> Any:
     return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
 
 
-def export_backbone(state_dict: Mapping[str, Tensor], path: str | os.PathLike[str]) -> Path:
-    """Write a backbone's ``state_dict`` as ``.safetensors`` or ``.pt`` (chosen by the suffix), atomically."""
+def vicreg_version() -> str:
+    """The installed vicreg version (``unknown`` in a checkout that is not installed)."""
+    try:
+        return metadata.version("vicreg")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def backbone_metadata(spec: EncoderSpec) -> dict[str, str]:
+    """What a backbone file says about itself: its format, the encoder description (JSON) and the vicreg version."""
+    return {"format": BACKBONE_FORMAT, ENCODER_KEY: json.dumps(spec.to_dict()), "vicreg_version": vicreg_version()}
+
+
+def write_backbone(
+    state_dict: Mapping[str, Tensor],
+    spec: EncoderSpec,
+    path: str | os.PathLike[str],
+    check: Any = None,
+) -> Path:
+    """Write a backbone's ``state_dict`` with its description ``spec``, atomically: the one backbone writer.
+
+    The format follows the suffix: ``.safetensors`` (the spec in the file's metadata) or ``.pt`` / ``.pth``
+    (``torch.save`` of the plain state dict, the spec in its ``_metadata``). ``check(temporary_path)``, when
+    given, runs on the written file before it is renamed to ``path`` (see :func:`vicreg.files.atomic_write`).
+    """
     path = Path(path)
+    if path.suffix not in _BACKBONE_SUFFIXES:
+        raise ValueError(f"unknown backbone file format {path.suffix!r} for {path}: use .safetensors or .pt")
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    described = backbone_metadata(spec)
     if path.suffix == ".safetensors":
-        blob = save(tensors, metadata={"format": "vicreg-backbone"})
-        return atomic_write(path, lambda f: f.write(blob))
-    if path.suffix in (".pt", ".pth"):
-        return atomic_write(path, lambda f: torch.save(tensors, f))
-    raise ValueError(f"unknown export format {path.suffix!r} for {path}: use .safetensors or .pt")
+        blob = save(tensors, metadata=described)
+        return atomic_write(path, lambda f: f.write(blob), check=check)
+    state: Any = OrderedDict(tensors)
+    state._metadata = OrderedDict(
+        {"": dict(described)}
+    )  # torch keeps a module's version here; load_state_dict ignores the rest
+    return atomic_write(path, lambda f: torch.save(state, f), check=check)
 
 
-def load_backbone(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Read a backbone exported by :func:`export_backbone` (safely: no pickled code)."""
+def read_tensor_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a ``.safetensors`` or ``torch.save`` file holds, read safely (no pickled code): tensors by name, or
+    whatever plain data ``torch.load(weights_only=True)`` returns (a state dict, a training checkpoint, ...)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no backbone file at {path}")
+        raise CheckpointError(f"no backbone file at {path}: check the path")
     try:
-        if path.suffix == ".safetensors":
+        if _is_safetensors(path):
             return load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # safetensors raises its own error types
-        raise CheckpointError(f"{path} is truncated or not a backbone export: {err}") from err
+        raise CheckpointError(
+            f"{path} is truncated or not a backbone file ({type(err).__name__}): {_first_line(err)}"
+        ) from err
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a state_dict")
+        raise CheckpointError(f"{path} does not hold a state dict (it holds a {type(state).__name__})")
     return state
+
+
+def _is_safetensors(path: Path) -> bool:
+    """By the suffix; a file named otherwise (a temporary file being checked) by its content: ``torch.save``
+    writes a zip archive, safetensors does not."""
+    if path.suffix in (".safetensors", ".pt", ".pth"):
+        return path.suffix == ".safetensors"
+    return not zipfile.is_zipfile(path)
+
+
+def read_backbone_state(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The tensors of a backbone file (:func:`write_backbone`, or any plain state-dict file), by name."""
+    path = Path(path)
+    state = read_tensor_file(path)
+    if state.get("format") == FORMAT:
+        raise CheckpointError(
+            f"{path} is a training checkpoint, not a backbone file; load it with vicreg.load_backbone({str(path)!r}) "
+            "or export its backbone with vicreg export"
+        )
+    if not state or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is not a backbone file: it holds {', '.join(list(state)[:5]) or 'nothing'}")
+    return dict(state)
+
+
+def read_backbone_spec(path: str | os.PathLike[str]) -> EncoderSpec | None:
+    """The encoder description a backbone file carries (:func:`write_backbone`); ``None`` for a file without
+    one (a foreign state dict, or a run's ``backbone.safetensors`` written before backbones carried it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no backbone file at {path}: check the path")
+    if _is_safetensors(path):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                stored = (f.metadata() or {}).get(ENCODER_KEY)
+        except Exception as err:  # safetensors raises its own error types
+            raise CheckpointError(f"{path} is truncated or not a backbone file ({type(err).__name__}): {err}") from err
+    else:
+        described = getattr(read_tensor_file(path), "_metadata", None) or {}
+        stored = described.get("", {}).get(ENCODER_KEY) if isinstance(described, Mapping) else None
+    if stored is None:
+        return None
+    try:
+        return EncoderSpec.from_dict(json.loads(stored))
+    except ValueError as err:  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(f"{path}: its encoder description cannot be read ({err})") from err

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
+import inspect
 import os
 import platform
 import sys
@@ -23,16 +23,16 @@ import tyro
 import yaml
 
 import vicreg
-from vicreg.build import load_encoder, run_dir_of
+from vicreg.build import load_encoder
 from vicreg.checkpoint import CheckpointError, CheckpointWarning
 from vicreg.config import PRESETS, TrainConfig, config_to_dict, load_config_file
 from vicreg.data.folder import BadImageError
-from vicreg.embed import embed_to_file
-from vicreg.eval import EvalSettings, run_eval
+from vicreg.embed import EmbedArgs, embed_to_file
+from vicreg.eval import EvalArgs, EvalSettings, eval_protocol, run_eval
 from vicreg.export import export_encoder
-from vicreg.neighbors import run_neighbors
+from vicreg.neighbors import NeighborsArgs, run_neighbors
 from vicreg.probes.table import format_table
-from vicreg.report import make_report
+from vicreg.report import ReportArgs, make_report
 from vicreg.train import NonFiniteLossError
 from vicreg.train import train as run_training
 
@@ -131,8 +131,68 @@ def _train_help_only(
     """Pretrain an encoder with VICReg: `vicreg train --preset NAME [--config FILE.yaml] [--flags]`."""
 
 
+RunPath = Annotated[
+    tyro.conf.Positional[Path],
+    tyro.conf.arg(metavar="RUN_OR_CHECKPOINT", help="run folder (the --out of vicreg train) or checkpoint file"),
+]
+"""The positional argument of the commands that read a trained run."""
+
+
+def _described_by(*parts: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Use ``parts`` (a settings dataclass's docstring, ...) as the command's help: written once, where the
+    settings are."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        command.__doc__ = "\n\n".join(inspect.cleandoc(part) for part in parts if part)
+        return command
+
+    return decorate
+
+
+def _protocol_help() -> str:
+    lines = [f"{name}: {text}." for name, text in eval_protocol(EvalSettings()).items()]
+    return "\n\n".join(["The protocol (with the default settings; eval.json records the one used):", *lines])
+
+
+@_described_by(EvalArgs.__doc__ or "", _protocol_help())
+def evaluate(run: RunPath, args: Annotated[EvalArgs, tyro.conf.arg(name=""), tyro.conf.OmitArgPrefixes]) -> None:
+    report = run_eval(run, args)
+    d = report["data"]
+    print(f"{d['train']} ({d['n_train']}) -> {d['test']} ({d['n_test']}): {d['split']}")
+    for part in ("knn", "linear", "semi"):
+        print(f"{part}: {report['protocol'][part]}")
+    print(format_table(report))
+    for name, note in report["notes"].items():
+        print(f"{name}: {note}")
+    print(f"wrote {report['path']}")
+
+
+@_described_by(EmbedArgs.__doc__ or "")
+def embed(run: RunPath, args: Annotated[EmbedArgs, tyro.conf.arg(name="")]) -> None:
+    path, rows, dim = embed_to_file(run, args)
+    print(f"wrote {path} ({rows} x {dim})")
+
+
+@_described_by(NeighborsArgs.__doc__ or "")
+def neighbors(run: RunPath, args: Annotated[NeighborsArgs, tyro.conf.arg(name="")]) -> None:
+    result = run_neighbors(run, args)
+    print(result.summary)
+    for path in result.files:
+        print(f"wrote {path}")
+
+
+@_described_by(ReportArgs.__doc__ or "")
+def report(
+    run: Annotated[
+        tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_DIR", help="run folder (vicreg train --out)")
+    ],
+    args: Annotated[ReportArgs, tyro.conf.arg(name="")],
+) -> None:
+    print(f"wrote {make_report(run, args)}")
+
+
 def export(
-    checkpoint: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_OR_CHECKPOINT")],
+    checkpoint: RunPath,
     out: Path = Path("backbone.safetensors"),
     format: Literal["safetensors", "pt", "hf", "onnx"] | None = None,
     branch: Literal["a", "b"] = "a",
@@ -150,254 +210,14 @@ def export(
     check leaves nothing at --out.
 
     Args:
-        checkpoint: run folder or checkpoint file.
         out: the file (or folder for hf) to write.
         format: safetensors, pt, hf or onnx (default: from the suffix of --out; a folder name means hf).
         branch: which encoder of a two-encoder run (b: branch B's own backbone).
     """
     enc = load_encoder(checkpoint)
-    backbone, spec = enc.model.backbone, enc.spec
-    if branch == "b":
-        if enc.model.backbone_b is None or enc.spec_b is None:
-            raise ValueError(f"{checkpoint} has one shared encoder; drop --branch b")
-        backbone, spec = enc.model.backbone_b, enc.spec_b
-    result = export_encoder(backbone.state_dict(), spec, out, format, summary=_run_summary(enc))
+    backbone, spec = enc.branch(branch)
+    result = export_encoder(backbone.state_dict(), spec, out, format, summary=enc.summary())
     print(f"wrote {result.path} ({result.format}): {result.check}")
-
-
-def _run_summary(enc: Any) -> dict[str, Any]:
-    """What the model card and config.json say about the run: data, steps, and eval.json's numbers if any."""
-    summary: dict[str, Any] = {"data": enc.config.data, "steps": enc.step, "backbone": enc.spec.name}
-    summary["expander"] = enc.config.model.expander
-    summary["batch_size"] = enc.config.batch_size
-    eval_json = run_dir_of(enc.checkpoint) / "eval.json"
-    if eval_json.is_file():
-        results = json.loads(eval_json.read_text()).get("results", {}).get("vicreg", {})
-        knn = {k: v.get("top1") for k, v in results.get("knn", {}).items()}
-        summary["eval"] = {"knn_top1": knn, "linear_top1": results.get("linear", {}).get("last_top1")}
-    return summary
-
-
-def neighbors(
-    run: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_OR_CHECKPOINT")],
-    out: Path = Path("neighbors.png"),
-    data: str | None = None,
-    split: str = "train",
-    query: tuple[str, ...] = (),
-    k: int = 8,
-    duplicates: float | None = None,
-    device: str = "auto",
-    batch_size: int = 512,
-    cache: bool = True,
-    seed: int = 0,
-    data_column: str = "",
-    label_column: str = "",
-    download: bool = False,
-) -> None:
-    """Look at what the encoder learned: each query's nearest rows in the data, and near-duplicate pairs.
-
-    Cosine similarity of the frozen representation (cached in RUN/features/ like vicreg eval). Images: --out is a
-    grid (each query, then its k nearest rows with their similarity; neighbours of another class framed red);
-    signals: a plot of each query with its nearest series; tables: the CSV only. Always writes <out>.csv.
-
-    Args:
-        run: run folder or checkpoint file.
-        out: the picture to write (PNG); the CSV goes next to it.
-        data: the rows to search (default: the run's training data).
-        split: split of a named dataset or dataset file.
-        query: row numbers of the data and/or image files (default: 8 random rows).
-        k: neighbours per query.
-        duplicates: also list every pair with cosine similarity >= this (e.g. 0.98) in <out>_duplicates.csv,
-            and draw the most similar pairs (images).
-        device: cpu, cuda, cuda:N, mps or auto.
-        batch_size: rows per forward pass.
-        cache: read/write features under RUN/features/.
-        seed: seed of the random queries.
-        data_column: Hugging Face sources: the image column.
-        label_column: Hugging Face sources: the label column.
-        download: allow downloading a named dataset.
-    """
-    result = run_neighbors(
-        run,
-        out,
-        data,
-        split=split,
-        queries=query,
-        k=k,
-        duplicates=duplicates,
-        device=device,
-        batch_size=batch_size,
-        cache=cache,
-        seed=seed,
-        data_column=data_column,
-        label_column=label_column,
-        download=download,
-    )
-    print(result.summary)
-    for path in result.files:
-        print(f"wrote {path}")
-
-
-def evaluate(
-    run: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_OR_CHECKPOINT")],
-    data: str | None = None,
-    test_data: str | None = None,
-    out: Path | None = None,
-    k: tuple[int, ...] = (20, 200),
-    temperature: float = 0.07,
-    probe_epochs: int = 100,
-    probe_lr: float = 0.1,
-    probe_weight_decay: float = 1e-4,
-    probe_batch_size: int = 1024,
-    fractions: tuple[float, ...] = (0.01, 0.1),
-    seed: int = 0,
-    baselines: bool = True,
-    cache: bool = True,
-    device: str = "auto",
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32",
-    batch_size: int = 512,
-    download: bool = False,
-    data_column: str = "",
-    label_column: str = "",
-) -> None:
-    """Evaluate a run folder or checkpoint: kNN, linear probe and 1%/10% label probes, with baselines.
-
-    Features of the frozen backbone (cached in RUN/features/) on whole images brought to the training views'
-    size, normalised as in training. kNN: cosine, temperature-weighted votes (InstDisc/DINO). Linear probe:
-    logistic regression on standardised features, SGD + cosine schedule; 'last' is the honest number, 'best'
-    peeks at the test set. Label fractions: the same probe on class-balanced seeded subsets (linear on frozen
-    features, not fine-tuning). Baselines in the same run: a randomly initialised backbone of the same
-    architecture, and raw pixels. Writes RUN/eval.json (or --out) and prints a table.
-
-    Args:
-        run: run folder (the --out of vicreg train) or checkpoint file.
-        data: labelled data: a dataset name or path (default: the run's training data). Names and dataset
-            folders use their train/test splits; a .npy/.npz file or image folder is split 80/20 (seeded)
-            unless --test-data is given.
-        test_data: a separate labelled test set (e.g. imagenet/val).
-        out: where to write the results (default: RUN/eval.json).
-        k: neighbour counts of the kNN classifier.
-        temperature: temperature of the kNN votes.
-        probe_epochs: epochs of every linear probe.
-        probe_lr: peak learning rate of the probes (cosine schedule to 0).
-        probe_weight_decay: weight decay of the probes.
-        probe_batch_size: minibatch size of the probes.
-        fractions: label fractions of the semi-supervised probes.
-        seed: seed of the label subsets, the 80/20 split, the probes and the random-init baseline.
-        baselines: also evaluate a random-init backbone and raw pixels.
-        cache: read/write features under RUN/features/.
-        device: cpu, cuda, cuda:N, mps or auto.
-        precision: autocast precision of the feature extraction.
-        batch_size: images per forward pass.
-        download: allow downloading a named dataset.
-        data_column: Hugging Face sources (hf:...): the image column (default: found from the features).
-        label_column: Hugging Face sources: the label column (default: the ClassLabel feature).
-    """
-    try:
-        settings = EvalSettings(
-            ks=tuple(k),
-            temperature=temperature,
-            probe_epochs=probe_epochs,
-            probe_lr=probe_lr,
-            probe_weight_decay=probe_weight_decay,
-            probe_batch_size=probe_batch_size,
-            fractions=tuple(fractions),
-            seed=seed,
-        )
-        report = run_eval(
-            run,
-            data,
-            test_data=test_data,
-            out=out,
-            settings=settings,
-            baselines=baselines,
-            cache=cache,
-            device=device,
-            precision=precision,
-            batch_size=batch_size,
-            download=download,
-            data_column=data_column,
-            label_column=label_column,
-        )
-    except (CheckpointError, ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"vicreg eval: {err}") from err
-    d = report["data"]
-    print(f"{d['train']} ({d['n_train']}) -> {d['test']} ({d['n_test']}): {d['split']}")
-    print(eval_knn_protocol(d["n_train"], d["n_test"], settings.ks, settings.temperature))
-    print(format_table(report))
-    for name, note in report["notes"].items():
-        print(f"{name}: {note}")
-    print(f"wrote {report['path']}")
-
-
-def embed(
-    checkpoint: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_OR_CHECKPOINT")],
-    out: Path,
-    data: str | None = None,
-    split: str = "train",
-    device: str = "auto",
-    batch_size: int = 512,
-    download: bool = False,
-    data_column: str = "",
-    label_column: str = "",
-) -> None:
-    """Write the frozen representation (backbone output) of every image of a dataset.
-
-    Formats by the suffix of --out: .npy (the float32 matrix N x D), .npz (embeddings, labels, index) or
-    .parquet (index, path, label, embedding; needs pyarrow). Images are brought to the training views' size
-    and normalised as in training; rows keep the data's order.
-
-    Args:
-        checkpoint: run folder or checkpoint file.
-        out: output file (.npy, .npz or .parquet).
-        data: dataset name or path (default: the run's training data).
-        split: split of a named dataset or dataset folder (ignored for .npy/.npz files and image folders).
-        device: cpu, cuda, cuda:N, mps or auto.
-        batch_size: images per forward pass.
-        download: allow downloading a named dataset.
-        data_column: Hugging Face sources (hf:...): the image column.
-        label_column: Hugging Face sources: the label column.
-    """
-    try:
-        path, rows, dim = embed_to_file(
-            checkpoint,
-            data,
-            out,
-            split=split,
-            device=device,
-            batch_size=batch_size,
-            download=download,
-            data_column=data_column,
-            label_column=label_column,
-        )
-    except (CheckpointError, ValueError, FileNotFoundError, ImportError) as err:
-        raise SystemExit(f"vicreg embed: {err}") from err
-    print(f"wrote {path} ({rows} x {dim})")
-
-
-def report(
-    run: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_DIR")],
-    data: str | None = None,
-    device: str = "auto",
-    max_points: int = 2000,
-    seed: int = 0,
-) -> None:
-    """Plot a run (loss and its terms, lr, per-dimension std, covariance spectrum and effective rank, a 2-D
-    map of test embeddings, kNN accuracy over epochs) and write RUN/report.md with the plots, the eval table
-    (from RUN/eval.json, see vicreg eval) and the config. The PNGs go to RUN/report/.
-
-    Args:
-        run: run folder (the --out of vicreg train).
-        data: labelled data for the embedding plots (default: that of RUN/eval.json, else the training data).
-        device: cpu, cuda, cuda:N, mps or auto.
-        max_points: test images used by the embedding plots (a seeded subset).
-        seed: seed of that subset and of the 2-D map.
-    """
-    try:
-        path = make_report(run, data=data, device=device, max_points=max_points, seed=seed)
-    except (CheckpointError, FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"vicreg report: {err}") from err
-    print(f"wrote {path}")
 
 
 def info() -> None:
@@ -414,6 +234,7 @@ def info() -> None:
         print("cuda        not available")
 
 
+DESCRIPTION = "VICReg self-supervised pretraining, evaluation and export."
 COMMANDS: dict[str, Callable[..., Any]] = {
     "train": _train_help_only,
     "eval": evaluate,
@@ -433,9 +254,8 @@ def main(argv: list[str] | None = None) -> None:
         if command == "train":
             train(args[1:])
             return
-        tyro.extras.subcommand_cli_from_dict(
-            COMMANDS, args=args, prog="vicreg", description="VICReg self-supervised pretraining, evaluation and export."
-        )
+        with _config_errors_as_value_errors():
+            tyro.extras.subcommand_cli_from_dict(COMMANDS, args=args, prog="vicreg", description=DESCRIPTION)
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -524,14 +344,6 @@ def error_boundary(command: str) -> Iterator[None]:
 
 def _debug() -> bool:
     return os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
-
-
-def eval_knn_protocol(n_train: int, n_test: int, ks: tuple[int, ...], temperature: float) -> str:
-    """How ``vicreg eval`` computes its kNN numbers, printed above its table (the online monitor differs)."""
-    return (
-        f"kNN (vicreg eval): k = {', '.join(map(str, ks))}, cosine, T = {temperature:g}; all {n_train} training rows "
-        f"as neighbours, all {n_test} test rows as queries (the online kNN during training uses seeded subsets)"
-    )
 
 
 if __name__ == "__main__":

@@ -11,16 +11,17 @@ reads them), written to ``.npy``, ``.npz`` or ``.parquet``.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vicreg.build import load_encoder, resolve_device, use_data_root
-from vicreg.checkpoint import atomic_write
+from vicreg.build import DataArgs, open_run_with
+from vicreg.files import atomic_write
 from vicreg.probes.features import extract_features
 
-__all__ = ["SUFFIXES", "embed_to_file", "write_embeddings"]
+__all__ = ["SUFFIXES", "EmbedArgs", "embed_to_file", "write_embeddings"]
 
 SUFFIXES = (".npy", ".npz", ".parquet")
 
@@ -64,33 +65,35 @@ def write_embeddings(
     return atomic_write(path, lambda f: pq.write_table(table, f))
 
 
-def embed_to_file(
-    checkpoint: str | os.PathLike[str],
-    data: str | None,
-    out: str | os.PathLike[str],
-    *,
-    split: str = "train",
-    device: str = "auto",
-    batch_size: int = 512,
-    download: bool = False,
-    data_column: str = "",
-    label_column: str = "",
-) -> tuple[Path, int, int]:
-    """Embed ``data`` (default: the run's training data) with a run's encoder; returns ``(path, rows, dim)``."""
-    if Path(out).suffix.lower() not in SUFFIXES:
-        raise ValueError(f"unknown output format {Path(out).suffix!r} for {out}: use one of {', '.join(SUFFIXES)}")
-    if Path(out).suffix.lower() == ".parquet":
+@dataclass(frozen=True, kw_only=True)
+class EmbedArgs(DataArgs):
+    """Write the frozen representation (backbone output) of every row of a dataset.
+
+    Formats by the suffix of --out: .npy (the float32 matrix N x D), .npz (embeddings, labels, index) or the
+    .parquet format (index, path, label, embedding; needs pyarrow). Images are brought to the training views'
+    size and normalised as in training; rows keep the data's order.
+    """
+
+    out: Path
+    """Output file (.npy, .npz or .parquet)."""
+    split: str = "train"
+    """Split of a named dataset or dataset folder (ignored for .npy/.npz files and image folders)."""
+
+
+def embed_to_file(run_or_checkpoint: str | os.PathLike[str], args: EmbedArgs) -> tuple[Path, int, int]:
+    """Embed ``args.data`` (default: the run's training data) with a run's encoder into ``args.out``; returns
+    ``(path, rows, dim)``."""
+    out = Path(args.out)
+    if out.suffix.lower() not in SUFFIXES:
+        raise ValueError(f"unknown output format {out.suffix!r} for {out}: use one of {', '.join(SUFFIXES)}")
+    if out.suffix.lower() == ".parquet":
         _pyarrow()  # fail before any work
-    dev = resolve_device(device)
-    enc = load_encoder(checkpoint, dev)
-    if not data:
-        use_data_root(enc.config.data_root)
-    got = enc.kind_for(data, data_column=data_column, label_column=label_column).load_split(
-        data or enc.config.data, split, enc.spec, download=download
-    )
+    run = open_run_with(run_or_checkpoint, args)
+    enc = run.encoder
+    got = run.kind.load_split(run.source, args.split, enc.spec, download=args.download)
     rows = got.data
     features = extract_features(
-        enc.model.embed, rows.rows, batch_size=batch_size, device=dev, mean=enc.mean, std=enc.std
+        enc.model.embed, rows.rows, batch_size=args.batch_size, device=run.device, mean=enc.mean, std=enc.std
     )
     labels = rows.labels.cpu().numpy() if rows.labels is not None else np.full(len(rows), -1, dtype=np.int64)
     written = write_embeddings(out, features.numpy(), labels, got.paths)

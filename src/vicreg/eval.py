@@ -6,11 +6,9 @@ One call evaluates three feature sets on the same data with the same protocols:
 * ``random_init``: the same architecture freshly initialised (seed fixed), frozen;
 * ``pixels``: the normalised input itself, flattened (pixels for images, the raw values for signals and tables).
 
-Protocols: weighted kNN (cosine similarity, votes ``exp(sim / T)``, InstDisc / DINO) for each ``k``; a linear
-probe on standardised features (:func:`vicreg.probes.linear.linear_probe`); and the same linear probe
-trained on class-balanced, seeded 1% and 10% subsets of the training labels (the "linear on frozen
-features" variant of the semi-supervised protocol, not the paper's fine-tuning). Encoder features are cached
-under ``RUN/features/``. The result is written to ``eval.json``.
+The protocols are described in one place, :func:`eval_protocol`: eval.json records its text, ``vicreg eval``
+prints it above the table and in its help, and the report shows it. Encoder features are cached under
+``RUN/features/``. The result is written to ``eval.json``.
 """
 
 from __future__ import annotations
@@ -19,31 +17,29 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from vicreg.build import (
-    LoadedEncoder,
+    DataArgs,
+    OpenRun,
+    Split,
     autocast_dtype,
+    encoder_features,
     labelled_splits,
-    load_encoder,
-    random_init_model,
+    open_run_with,
     resolve_device,
-    run_dir_of,
-    use_data_root,
 )
-from vicreg.checkpoint import atomic_write
-from vicreg.config import config_to_dict
-from vicreg.probes.cache import cached, file_identity, tensor_digest
-from vicreg.probes.features import extract_features, raw_features
+from vicreg.files import atomic_write
+from vicreg.probes.features import raw_features
 from vicreg.probes.knn import knn_evaluate
 from vicreg.probes.linear import balanced_subset, linear_probe
 
-__all__ = ["EvalSettings", "encoder_features", "evaluate_features", "run_eval"]
+__all__ = ["EvalArgs", "EvalSettings", "encoder_features", "eval_protocol", "evaluate_features", "run_eval"]
 
 #: Feature sets larger than this many floats are not evaluated as raw pixels (ImageNet-sized data).
 MAX_PIXEL_ELEMENTS = 400_000_000
@@ -51,20 +47,28 @@ MAX_PIXEL_ELEMENTS = 400_000_000
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """Protocol settings; they are written into eval.json with the results."""
+    """The protocol's settings; they are written into eval.json with the results."""
 
-    ks: tuple[int, ...] = (20, 200)
+    k: tuple[int, ...] = (20, 200)
+    """Neighbour counts of the kNN classifier."""
     temperature: float = 0.07
+    """Temperature of the kNN votes."""
     probe_epochs: int = 100
+    """Epochs of every linear probe."""
     probe_lr: float = 0.1
+    """Peak learning rate of the probes (cosine schedule to 0)."""
     probe_weight_decay: float = 1e-4
+    """Weight decay of the probes."""
     probe_batch_size: int = 1024
+    """Minibatch size of the probes."""
     fractions: tuple[float, ...] = (0.01, 0.1)
+    """Label fractions of the semi-supervised probes."""
     seed: int = 0
+    """Seed of the label subsets, the 80/20 split, the probes and the random-init baseline."""
 
     def __post_init__(self) -> None:
-        if not self.ks or min(self.ks) < 1:
-            raise ValueError(f"ks must be positive neighbour counts, got {self.ks}")
+        if not self.k or min(self.k) < 1:
+            raise ValueError(f"k must be positive neighbour counts, got {self.k}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.probe_epochs < 1 or self.probe_batch_size < 1 or self.probe_lr <= 0 or self.probe_weight_decay < 0:
@@ -73,59 +77,53 @@ class EvalSettings:
             raise ValueError(f"label fractions must be in (0, 1], got {self.fractions}")
 
 
-def encoder_features(
-    enc: LoadedEncoder,
-    rows: Tensor,
-    *,
-    which: str = "vicreg",
-    cache_dir: Path | None = None,
-    device: torch.device | str = "cpu",
-    batch_size: int = 512,
-    precision: str = "fp32",
-    seed: int = 0,
-    labels: Tensor | None = None,
-) -> tuple[Tensor, bool]:
-    """Frozen features of ``rows`` (images, signals or table rows, as the run's data kind loads them).
+@dataclass(frozen=True, kw_only=True)
+class EvalArgs(DataArgs):
+    """Evaluate a run folder or checkpoint: kNN, linear probe and label-fraction probes, with baselines.
 
-    ``which``: ``vicreg`` (representation), ``expander`` (representation
-    and expander output side by side, ``(N, feature_dim + embedding_dim)``) or ``random_init``.
-
-    Cached under ``cache_dir`` (``None``: not cached). Returns ``(features, cache_hit)``.
+    Features of the frozen backbone (cached in RUN/features/), on labelled data: names and dataset folders use
+    their own train/test splits, other data (a .npy/.npz file, an image folder) a seeded 80/20 split unless a
+    test set is given. Baselines in the same run: a randomly initialised backbone of the same architecture, and
+    the raw input. Writes RUN/eval.json (or --out) and prints a table.
     """
-    device = torch.device(device)
-    if which == "random_init":
-        model = random_init_model(enc, seed).to(device)
-    elif which in ("vicreg", "expander"):
-        model = enc.model.to(device).eval()
-    else:
-        raise ValueError(f"which must be vicreg, expander or random_init, got {which!r}")
-    key = {
-        "which": which,
-        "checkpoint": file_identity(enc.checkpoint),
-        "model": config_to_dict(enc.config.model),
-        "seed": seed if which == "random_init" else None,
-        "images": tensor_digest(rows, labels),
-        "mean": list(enc.mean),
-        "std": list(enc.std),
-        "precision": precision,
+
+    test_data: str | None = None
+    """A separate labelled test set (e.g. imagenet/val)."""
+    out: Path | None = None
+    """Where to write the results (default: RUN/eval.json)."""
+    protocol: EvalSettings = field(default_factory=EvalSettings)
+    """The protocol (written into eval.json)."""
+    baselines: bool = True
+    """Also evaluate a random-init backbone and the raw input."""
+    cache: bool = True
+    """Read/write features under RUN/features/."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast precision of the feature extraction."""
+
+
+def eval_protocol(settings: EvalSettings, n_train: int | None = None, n_test: int | None = None) -> dict[str, str]:
+    """The evaluation protocol in words, one entry per part (``features``, ``knn``, ``linear``, ``semi``,
+    ``baselines``): the one description that eval.json records, ``vicreg eval`` prints and the report shows."""
+    s = settings
+    train = f"all {n_train} training rows" if n_train is not None else "all training rows"
+    test = f"all {n_test} test rows" if n_test is not None else "all test rows"
+    fractions = ", ".join(f"{100 * f:g}%" for f in s.fractions) or "none"
+    return {
+        "features": "backbone output (model.embed) in eval mode, frozen, on whole inputs normalised as in training "
+        "(images of another size: shorter side resized to the training views' size, bilinear and antialiased, "
+        "then centre-cropped)",
+        "knn": f"k = {', '.join(map(str, s.k))}, cosine similarity of L2-normalised features, the k nearest vote "
+        f"exp(sim / T) with T = {s.temperature:g} (InstDisc / DINO); {train} as neighbours, {test} as queries "
+        "(the online kNN during training uses seeded subsets); accuracies in %",
+        "linear": f"multinomial logistic regression on standardised features (train statistics), SGD momentum 0.9, "
+        f"lr {s.probe_lr:g} with a cosine schedule, weight decay {s.probe_weight_decay:g}, batch "
+        f"{s.probe_batch_size}, {s.probe_epochs} epochs; 'last' (after the final epoch) is the honest number, "
+        "'best' (the best epoch on the test set) peeks at the test set",
+        "semi": f"the same linear probe trained on class-balanced seeded label fractions ({fractions}) of the "
+        "training set (linear on frozen features, not fine-tuning); tested on the whole test set",
+        "baselines": "random_init: same architecture, seed-fixed fresh weights; pixels: the normalised input "
+        "(pixels, series or table rows), flattened",
     }
-
-    def embed(x: Tensor) -> Tensor:
-        h = model.embed(x)
-        return torch.cat([h, model.expander(h)], dim=1) if which == "expander" else h
-
-    def compute() -> Tensor:
-        return extract_features(
-            embed,
-            rows,
-            batch_size=batch_size,
-            device=device,
-            mean=enc.mean,
-            std=enc.std,
-            autocast_dtype=autocast_dtype(precision, device),
-        )
-
-    return cached(cache_dir, key, compute)
 
 
 def evaluate_features(
@@ -151,7 +149,7 @@ def evaluate_features(
     classes = int(max(int(train_y.max()), int(test_y.max()))) + 1
     t0 = time.perf_counter()
     out: dict[str, Any] = {"feature_dim": int(train_f.shape[1])}
-    out["knn"] = knn_evaluate(train_f, train_y, test_f, test_y, ks=s.ks, temperature=s.temperature)
+    out["knn"] = knn_evaluate(train_f, train_y, test_f, test_y, ks=s.k, temperature=s.temperature)
     t1 = time.perf_counter()
     out["linear"] = linear_probe(train_f, train_y, test_f, test_y, num_classes=classes, **probe).as_dict()
     semi = {}
@@ -164,56 +162,35 @@ def evaluate_features(
     return out
 
 
-def run_eval(
-    run_or_checkpoint: str | os.PathLike[str],
-    data: str | None = None,
-    *,
-    test_data: str | None = None,
-    out: str | os.PathLike[str] | None = None,
-    settings: EvalSettings | None = None,
-    baselines: bool = True,
-    cache: bool = True,
-    device: str = "auto",
-    precision: str = "fp32",
-    batch_size: int = 512,
-    download: bool = False,
-    data_column: str = "",
-    label_column: str = "",
-) -> dict[str, Any]:
-    """Evaluate a run folder or checkpoint on ``data`` (default: the run's training data); write eval.json.
-
-    Returns the dict that was written (see the module doc). ``out`` defaults to ``RUN/eval.json``.
-    """
-    settings = settings or EvalSettings()
-    dev = resolve_device(device)
-    autocast_dtype(precision, dev)  # reject a bad precision before any work
+def run_eval(run_or_checkpoint: str | os.PathLike[str], args: EvalArgs | None = None) -> dict[str, Any]:
+    """Evaluate a run folder or checkpoint as ``args`` say (default: the run's training data, the default
+    protocol); write eval.json (``args.out``, default ``RUN/eval.json``) and return what was written."""
+    args = args or EvalArgs()
+    settings = args.protocol
     t_start = time.perf_counter()
-    enc = load_encoder(run_or_checkpoint, dev)
-    run_dir = run_dir_of(enc.checkpoint)
-    source = data or enc.config.data
-    if not data:
-        use_data_root(enc.config.data_root)
-    kind = enc.kind_for(data, data_column=data_column, label_column=label_column)
+    autocast_dtype(args.precision, resolve_device(args.device))  # reject a bad precision before any work
+    run = open_run_with(run_or_checkpoint, args)
+    enc = run.encoder
     train_split, test_split, split_note = labelled_splits(
-        kind, enc.spec, source, test_source=test_data, seed=settings.seed, download=download
+        run.kind, enc.spec, run.source, test_source=args.test_data, seed=settings.seed, download=args.download
     )
     train_set, test_set = train_split.data, test_split.data
     train_y, test_y = train_set.labels, test_set.labels
     assert train_y is not None and test_y is not None  # labelled_splits guarantees labels
-    cache_dir = run_dir / "features" if cache else None
-    kw: dict[str, Any] = {"cache_dir": cache_dir, "device": dev, "batch_size": batch_size, "precision": precision}
+    cache_dir = run.run_dir / "features" if args.cache else None
+    kw: dict[str, Any] = {"cache_dir": cache_dir, "device": run.device, "batch_size": args.batch_size}
+    kw.update(precision=args.precision, seed=settings.seed)
 
     feature_sets: dict[str, tuple[Tensor, Tensor]] = {}
     hits: dict[str, bool] = {}
     t_feat = time.perf_counter()
-    which_list = ["vicreg", "random_init"] if baselines else ["vicreg"]
-    for which in which_list:
-        f_train, hit_a = encoder_features(enc, train_set.rows, which=which, seed=settings.seed, labels=train_y, **kw)
-        f_test, hit_b = encoder_features(enc, test_set.rows, which=which, seed=settings.seed, labels=test_y, **kw)
+    for which in ["vicreg", "random_init"] if args.baselines else ["vicreg"]:
+        f_train, hit_a = encoder_features(enc, train_set.rows, which=which, labels=train_y, **kw)
+        f_test, hit_b = encoder_features(enc, test_set.rows, which=which, labels=test_y, **kw)
         feature_sets[which] = (f_train, f_test)
         hits[which] = hit_a and hit_b
     notes: dict[str, str] = {}
-    if baselines:
+    if args.baselines:
         n_pixels = (len(train_set) + len(test_set)) * train_set.rows[0].numel()
         if n_pixels <= MAX_PIXEL_ELEMENTS:
             feature_sets["pixels"] = (
@@ -226,7 +203,7 @@ def run_eval(
 
     results = {}
     for name, (f_train, f_test) in feature_sets.items():
-        results[name] = evaluate_features(f_train, train_y.cpu(), f_test, test_y.cpu(), settings, device=dev)
+        results[name] = evaluate_features(f_train, train_y.cpu(), f_test, test_y.cpu(), settings, device=run.device)
         if name in hits:
             results[name]["cached_features"] = hits[name]
 
@@ -234,43 +211,15 @@ def run_eval(
         "checkpoint": str(enc.checkpoint),
         "step": enc.step,
         "backbone": enc.config.model.backbone,
-        "data": {
-            "source": str(source),
-            "kind": enc.spec.kind,
-            "train": train_set.name,
-            "test": test_set.name,
-            "n_train": len(train_set),
-            "n_test": len(test_set),
-            "num_classes": int(max(int(train_y.max()), int(test_y.max()))) + 1,
-            "classes": list(train_set.classes),
-            "split": split_note,
-            "native_size": list(native[-2:]) if (native := train_split.native_shape) else None,
-            "eval_size": enc.image_size or None,
-            "input_shape": list(train_set.rows.shape[1:]),
-            "resize": (
-                "none"
-                if not enc.image_size or native == (enc.image_size, enc.image_size)
-                else "shorter side to eval_size (bilinear, antialiased), centre crop; whole images, no random crop"
-            ),
-            "normalize": {"mean": list(enc.mean), "std": list(enc.std)},
-        },
+        "data": _data_report(run, train_split, test_split, split_note),
         "protocol": {
             "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
-            "features": "backbone output (model.embed) in eval mode, frozen",
-            "knn": "cosine similarity of L2-normalised features; the k nearest vote exp(sim / temperature) "
-            "(InstDisc / DINO); accuracies in %",
-            "linear": "multinomial logistic regression on standardised features (train statistics), SGD momentum "
-            "0.9, cosine schedule; 'last_top1' after the final epoch is the honest number, 'best_top1' is the "
-            "best epoch on the test set and peeks at it",
-            "semi": "the same linear probe trained on class-balanced seeded label fractions of the training set "
-            "(linear on frozen features, not fine-tuning); tested on the whole test set",
-            "baselines": "random_init: same architecture, seed-fixed fresh weights; pixels: the normalised input "
-            "(pixels, series or table rows), flattened",
+            **eval_protocol(settings, len(train_set), len(test_set)),
         },
         "results": results,
         "notes": notes,
-        "device": str(dev),
-        "precision": precision,
+        "device": str(run.device),
+        "precision": args.precision,
         "machine": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -278,8 +227,36 @@ def run_eval(
         },
         "seconds": {"features": round(feature_seconds, 3), "total": round(time.perf_counter() - t_start, 3)},
     }
-    target = Path(out) if out is not None else run_dir / "eval.json"
+    target = Path(args.out) if args.out is not None else run.run_dir / "eval.json"
     text = json.dumps(report, indent=2, allow_nan=False)
     atomic_write(target, lambda f: f.write(text.encode()))
     report["path"] = str(target)
     return report
+
+
+def _data_report(run: OpenRun, train: Split, test: Split, split_note: str) -> dict[str, Any]:
+    """eval.json's ``data``: what was read, how it was split, resized and normalised."""
+    enc = run.encoder
+    train_y, test_y = train.data.labels, test.data.labels
+    assert train_y is not None and test_y is not None
+    native = train.native_shape
+    return {
+        "source": run.source,
+        "kind": enc.spec.kind,
+        "train": train.data.name,
+        "test": test.data.name,
+        "n_train": len(train.data),
+        "n_test": len(test.data),
+        "num_classes": int(max(int(train_y.max()), int(test_y.max()))) + 1,
+        "classes": list(train.data.classes),
+        "split": split_note,
+        "native_size": list(native[-2:]) if native else None,
+        "eval_size": enc.image_size or None,
+        "input_shape": list(train.data.rows.shape[1:]),
+        "resize": (
+            "none"
+            if not enc.image_size or native == (enc.image_size, enc.image_size)
+            else "shorter side to eval_size (bilinear, antialiased), centre crop; whole images, no random crop"
+        ),
+        "normalize": {"mean": list(enc.mean), "std": list(enc.std)},
+    }

@@ -4,9 +4,10 @@ Formats (:data:`FORMATS`):
 
 * ``safetensors``: the backbone's state dict (it loads with ``strict=True`` into the architecture, e.g.
   torchvision's ``resnet18()`` with ``fc = Identity``), its :class:`~vicreg.models.EncoderSpec` as JSON in the
-  file's metadata (key ``vicreg_encoder``), so :func:`load_backbone` rebuilds it from the file alone.
+  file's metadata (key ``vicreg_encoder``), so ``vicreg.load_backbone`` rebuilds it from the file alone. The
+  run's own ``backbone.safetensors`` is this format: both are written by :func:`vicreg.checkpoint.write_backbone`.
 * ``pt``: the same state dict through ``torch.save``, plain tensors only (``torch.load(weights_only=True)``
-  reads it); :func:`load_backbone` needs ``spec=`` for it.
+  reads it), the spec in the state dict's ``_metadata``; ``vicreg.load_backbone`` rebuilds it too.
 * ``hf``: a folder with ``model.safetensors``, ``config.json`` and a ``README.md`` model card. ``config.json``
   follows timm's layout (``architecture``, ``model_args``, ``num_classes``, ``num_features``,
   ``pretrained_cfg`` with ``input_size``, ``mean`` and ``std``) plus a ``vicreg`` section (the encoder spec,
@@ -32,20 +33,16 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file as load_safetensors
-from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
-from vicreg.checkpoint import CheckpointError, atomic_write
-from vicreg.checkpoint import load_backbone as read_backbone_file
+from vicreg.checkpoint import CheckpointError, read_backbone_spec, vicreg_version, write_backbone
+from vicreg.files import UMASK, atomic_write
 from vicreg.models import EncoderSpec
-from vicreg.weights import load_strict
+from vicreg.weights import load_backbone_file, load_strict
 
 __all__ = [
     "FORMATS",
@@ -53,7 +50,6 @@ __all__ = [
     "ExportResult",
     "export_encoder",
     "hf_config",
-    "load_backbone",
     "model_card",
     "resolve_format",
 ]
@@ -61,11 +57,9 @@ __all__ = [
 FORMATS = ("safetensors", "pt", "hf", "onnx")
 _SUFFIXES = {".safetensors": "safetensors", ".pt": "pt", ".pth": "pt", ".onnx": "onnx"}
 _HF_FILES = ("model.safetensors", "config.json", "README.md")
-_META_KEY = "vicreg_encoder"
+_META_KEY = "vicreg_encoder"  # the key of the spec in the ONNX model's metadata_props, as in backbone files
 _CHECK_BATCH = 4  # the batch the checks compare features on (ONNX: traced with 2, run with 5 and 1)
 _ONNX_INSTALL = "pip install 'vicreg[onnx]'"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class ExportCheckError(CheckpointError):
@@ -79,13 +73,6 @@ class ExportResult:
     path: Path
     format: str
     check: str
-
-
-def _version() -> str:
-    try:
-        return metadata.version("vicreg")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def resolve_format(out: str | os.PathLike[str], fmt: str | None = None) -> str:
@@ -143,17 +130,9 @@ def export_encoder(
         return _export_hf(state, spec, reference, out, summary or {})
     if fmt == "onnx":
         return _export_onnx(spec, reference, out)
-    check = _StateFileCheck(spec, reference, fmt)
-    if fmt == "safetensors":
-        blob = safetensors_bytes(state, metadata=_safetensors_metadata(spec))
-        atomic_write(out, lambda f: f.write(blob), check=check)
-    else:
-        atomic_write(out, lambda f: torch.save(state, f), check=check)
+    check = _StateFileCheck(spec, reference)
+    write_backbone(state, spec, out, check=check)
     return ExportResult(out, fmt, check.described)
-
-
-def _safetensors_metadata(spec: EncoderSpec) -> dict[str, str]:
-    return {"format": "vicreg-backbone", _META_KEY: json.dumps(spec.to_dict()), "vicreg_version": _version()}
 
 
 def _check_batch(spec: EncoderSpec, n: int = _CHECK_BATCH) -> Tensor:
@@ -177,20 +156,23 @@ def _compare(expected: Tensor, got: Tensor, what: str) -> None:
 
 
 class _StateFileCheck:
-    """The check of a written state-dict file (for :func:`atomic_write`); it keeps the line it reports."""
+    """The check of a written backbone file (for :func:`write_backbone`); it keeps the line it reports."""
 
-    def __init__(self, spec: EncoderSpec, reference: nn.Module, fmt: str) -> None:
-        self.spec, self.reference, self.fmt, self.described = spec, reference, fmt, ""
+    def __init__(self, spec: EncoderSpec, reference: nn.Module) -> None:
+        self.spec, self.reference, self.described = spec, reference, ""
 
     def __call__(self, tmp: Path) -> None:
         x = _check_batch(self.spec)
-        fresh = self.spec.build()
-        state = load_safetensors(tmp) if self.fmt == "safetensors" else read_backbone_file(tmp)
-        load_strict(fresh, state, str(tmp))
+        if read_backbone_spec(tmp) != self.spec:
+            raise ExportCheckError(
+                f"export check failed: the written file does not carry the description of {self.spec.name}; "
+                "nothing was written"
+            )
+        fresh = load_backbone_file(tmp)  # rebuilt from the description the file carries
         _compare(_features(self.reference, x), _features(fresh, x), f"the written file loaded into {self.spec.name}")
         self.described = (
-            f"read back, loaded strictly into a new {self.spec.name}: identical features on a random batch "
-            f"{tuple(x.shape)}"
+            f"read back, rebuilt from its description and loaded strictly into a new {self.spec.name}: identical "
+            f"features on a random batch {tuple(x.shape)}"
         )
 
 
@@ -202,18 +184,18 @@ def _export_hf(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes it private; the export gets a folder's usual mode
+        tmp.chmod(0o777 & ~UMASK)  # mkdtemp makes it private; the export gets a folder's usual mode
         config = hf_config(spec, summary)
-        (tmp / "model.safetensors").write_bytes(safetensors_bytes(dict(state), metadata=_safetensors_metadata(spec)))
+        write_backbone(state, spec, tmp / "model.safetensors")
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "README.md").write_text(model_card(spec, summary, out.name))
         x = _check_batch(spec)
-        _compare(_features(reference, x), _features(load_backbone(tmp), x), "the folder loaded by load_backbone")
+        _compare(_features(reference, x), _features(load_backbone_file(tmp), x), "the folder loaded back")
         _install_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    described = f"load_backbone(folder) rebuilt {spec.name}: identical features on a random batch {tuple(x.shape)}"
+    described = f"the folder loaded back rebuilt {spec.name}: identical features on a random batch {tuple(x.shape)}"
     return ExportResult(out, "hf", described)
 
 
@@ -273,7 +255,7 @@ def _export_onnx(spec: EncoderSpec, reference: nn.Module, out: Path) -> ExportRe
         ) from err
     assert program is not None
     proto = program.model_proto
-    for key, value in (("vicreg_version", _version()), (_META_KEY, json.dumps(spec.to_dict()))):
+    for key, value in (("vicreg_version", vicreg_version()), (_META_KEY, json.dumps(spec.to_dict()))):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     blob = proto.SerializeToString()
@@ -336,7 +318,7 @@ def hf_config(spec: EncoderSpec, summary: Mapping[str, Any] | None = None) -> di
             "num_classes": 0,
         },
         "vicreg": {
-            "version": _version(),
+            "version": vicreg_version(),
             "encoder": spec.to_dict(),
             "input": _input_description(spec),
             "summary": _plain(summary or {}),
@@ -377,7 +359,7 @@ def model_card(spec: EncoderSpec, summary: Mapping[str, Any] | None = None, fold
     lines += [
         f"# VICReg encoder: `{spec.name}`",
         "",
-        f"A `{spec.name}` backbone ({args}) pretrained with VICReg (vicreg {_version()}). It maps a batch to "
+        f"A `{spec.name}` backbone ({args}) pretrained with VICReg (vicreg {vicreg_version()}). It maps a batch to "
         f"{spec.feature_dim} features (no classifier head).",
         "",
         "## Input",
@@ -448,59 +430,3 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-# --------------------------------------------------------------------------------------------- load
-
-
-def load_backbone(path: str | os.PathLike[str], spec: EncoderSpec | None = None) -> nn.Module:
-    """Rebuild an exported backbone, in eval mode, its weights loaded strictly.
-
-    ``path`` is an ``hf`` export folder (it carries its ``config.json``), a ``.safetensors`` file written by
-    :func:`export_encoder` (its metadata holds the spec), or any ``.safetensors`` / ``.pt`` backbone state dict
-    together with ``spec=``. The module's attributes tell how to feed it: ``vicreg_spec`` (the
-    :class:`EncoderSpec`), ``vicreg_input_shape`` (one sample, no batch dimension) and ``vicreg_normalize``
-    (``{"mean": ..., "std": ...}``).
-    """
-    path = Path(path).expanduser()
-    if path.suffix == ".onnx":
-        raise ValueError(f"{path} is an ONNX model: run it with onnxruntime.InferenceSession({str(path)!r})")
-    weights = path / "model.safetensors" if path.is_dir() else path
-    if not weights.is_file():
-        raise FileNotFoundError(f"no exported backbone at {weights}: give an hf export folder or a weights file")
-    if spec is None:
-        spec = _stored_spec(path, weights)
-    module = spec.build()
-    load_strict(module, read_backbone_file(weights), str(weights))
-    module.eval()
-    vars(module).update(  # plain attributes, as nn.Module.__setattr__ stores non-tensor values
-        vicreg_spec=spec,
-        vicreg_input_shape=tuple(spec.input_shape),
-        vicreg_normalize={"mean": tuple(spec.mean), "std": tuple(spec.std)},
-    )
-    return module
-
-
-def _stored_spec(path: Path, weights: Path) -> EncoderSpec:
-    """The encoder spec stored with an export: ``config.json`` of a folder, else the safetensors metadata."""
-    if path.is_dir():
-        try:
-            config = json.loads((path / "config.json").read_text())
-            return EncoderSpec.from_dict(config["vicreg"]["encoder"])
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ValueError(
-                f"{path}/config.json does not describe a vicreg encoder ({type(err).__name__}: {err}); pass spec="
-            ) from err
-    stored = None
-    if weights.suffix == ".safetensors":
-        try:
-            with safe_open(str(weights), framework="pt") as f:
-                stored = (f.metadata() or {}).get(_META_KEY)
-        except Exception as err:  # safetensors raises its own error types
-            raise CheckpointError(f"{weights} is truncated or not a backbone export: {err}") from err
-    if stored is None:
-        raise ValueError(
-            f"{weights} does not say which architecture it holds: pass spec=EncoderSpec(...) (a .pt export never "
-            "does; a .safetensors written by vicreg export and an hf export folder do)"
-        )
-    return EncoderSpec.from_dict(json.loads(stored))

@@ -15,8 +15,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from vicreg.checkpoint import atomic_write
 from vicreg.diagnostics import covariance_spectrum, per_dim_std, spectral_effective_rank
+from vicreg.files import atomic_write
 
 __all__ = [
     "NeighborPanel",

@@ -24,6 +24,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,12 @@ import torch
 import yaml
 from torch import Tensor
 
-from vicreg.build import LoadedEncoder, Split, labelled_splits, load_encoder, resolve_device, use_data_root
+from vicreg.build import DataArgs, LoadedEncoder, OpenRun, Split, encoder_features, labelled_splits, open_run_with
 from vicreg.diagnostics import covariance_spectrum, spectral_effective_rank
-from vicreg.eval import encoder_features
-from vicreg.neighbors import report_neighbors
 from vicreg.plots import (
+    NeighborPanel,
     embedding_map,
+    neighbor_grids_compare,
     plot_diagnostics,
     plot_embedding_map,
     plot_knn,
@@ -44,10 +45,31 @@ from vicreg.plots import (
     plot_lr,
     plot_spectrum,
     plot_std_hist,
+    save_figure,
+    signal_neighbors_figure,
 )
+from vicreg.probes.features import raw_features
+from vicreg.probes.retrieval import label_agreement, nearest_neighbors, pixel_features, random_queries
 from vicreg.probes.table import markdown_table
 
-__all__ = ["covariance_spectrum", "make_report", "read_metrics", "spectral_effective_rank"]
+__all__ = ["ReportArgs", "covariance_spectrum", "make_report", "read_metrics", "report_neighbors"]
+__all__ += ["spectral_effective_rank"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportArgs(DataArgs):
+    """Plot a run (loss and its terms, lr, per-dimension std, covariance spectrum and effective rank, a 2-D map of
+    test embeddings, kNN accuracy over epochs, nearest neighbours) and write RUN/report.md with the plots, the
+    eval table (from RUN/eval.json, see vicreg eval) and the config. The PNGs go to RUN/report/.
+
+    --data gives the labelled data of the embedding plots (default: that of RUN/eval.json, else the training
+    data).
+    """
+
+    max_points: int = 2000
+    """Test rows used by the embedding plots (a seeded subset)."""
+    seed: int = 0
+    """Seed of that subset, of the 2-D map and of the neighbours' queries."""
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -72,29 +94,27 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def _test_embeddings(
-    enc: LoadedEncoder, test_split: Split, run_dir: Path, max_points: int, seed: int
+    run: OpenRun, test_split: Split, args: ReportArgs
 ) -> tuple[Tensor, Tensor, Tensor, tuple[str, ...], str, float]:
     """Representation, expander output and labels of (a seeded subset of) the test rows."""
-    test = test_split.data
-    if len(test) > max_points:
-        idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:max_points].sort().values
-        test = test.subset(idx)
+    enc, test = run.encoder, test_split.data
+    if len(test) > args.max_points:
+        order = torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))
+        test = test.subset(order[: args.max_points].sort().values)
     assert test.labels is not None
-    device = next(enc.model.parameters()).device
-    both, _ = encoder_features(
-        enc, test.rows, which="expander", cache_dir=run_dir / "features", device=device, labels=test.labels
-    )
+    kw: dict[str, Any] = {"cache_dir": run.run_dir / "features", "device": run.device, "batch_size": args.batch_size}
+    both, _ = encoder_features(enc, test.rows, which="expander", labels=test.labels, **kw)
     dim = enc.model.feature_dim
     return both[:, :dim], both[:, dim:], test.labels.cpu(), test.classes, test.name, enc.config.loss.gamma
 
 
-def _neighbours(enc: LoadedEncoder, train: Split, test: Split, run_dir: Path, seed: int) -> tuple[Path | None, str]:
+def _neighbours(run: OpenRun, train: Split, test: Split, args: ReportArgs) -> tuple[Path | None, str]:
     """The "Nearest neighbours" figure (features cached as vicreg eval caches them)."""
-    device = next(enc.model.parameters()).device
-    kw: dict[str, Any] = {"cache_dir": run_dir / "features", "device": device}
-    f_train, _ = encoder_features(enc, train.data.rows, labels=train.data.labels, **kw)
-    f_test, _ = encoder_features(enc, test.data.rows, labels=test.data.labels, **kw)
-    return report_neighbors(enc, train, test, f_train, f_test, run_dir / "report" / "neighbors.png", seed=seed)
+    kw: dict[str, Any] = {"cache_dir": run.run_dir / "features", "device": run.device, "batch_size": args.batch_size}
+    f_train, _ = encoder_features(run.encoder, train.data.rows, labels=train.data.labels, **kw)
+    f_test, _ = encoder_features(run.encoder, test.data.rows, labels=test.data.labels, **kw)
+    path = run.run_dir / "report" / "neighbors.png"
+    return report_neighbors(run.encoder, train, test, f_train, f_test, path, seed=args.seed)
 
 
 def _online_knn_caption(rows: list[dict[str, Any]]) -> str:
@@ -105,19 +125,16 @@ def _online_knn_caption(rows: list[dict[str, Any]]) -> str:
     return "Online kNN monitor (k=20): at most 10k training rows as neighbours and 2k test queries (seeded subsets)."
 
 
-def make_report(
-    run_dir: str | os.PathLike[str],
-    *,
-    data: str | None = None,
-    device: str = "auto",
-    max_points: int = 2000,
-    seed: int = 0,
-) -> Path:
-    """Write the plots and ``RUN/report.md``; returns the Markdown file's path.
+Plot = tuple[str, str, str]  # (title, file, caption)
 
-    ``data`` (default: the data of ``RUN/eval.json``, else the run's training data) gives the test images of
-    the embedding plots; at most ``max_points`` of them (a seeded subset) are used.
+
+def make_report(run_dir: str | os.PathLike[str], args: ReportArgs | None = None) -> Path:
+    """Write the plots and ``RUN/report.md`` as ``args`` say; returns the Markdown file's path.
+
+    ``args.data`` (default: the data of ``RUN/eval.json``, else the run's training data) gives the test rows of
+    the embedding plots; at most ``args.max_points`` of them (a seeded subset) are used.
     """
+    args = args or ReportArgs()
     run = Path(run_dir).expanduser()
     if not run.is_dir():
         raise FileNotFoundError(f"{run} is not a run folder (the --out of vicreg train)")
@@ -136,7 +153,7 @@ def make_report(
     if (run / "eval.json").is_file():
         eval_report = json.loads((run / "eval.json").read_text())
 
-    plots: list[tuple[str, str, str]] = []  # (title, file, caption)
+    plots: list[Plot] = []
     notes: list[str] = []
     train_rows = [r for r in rows if "loss" in r]
     plot_loss(train_rows, loss_cfg, out / "loss.png")
@@ -153,38 +170,40 @@ def make_report(
     if plot_diagnostics(rows, out / "diagnostics.png") is not None:
         plots.append(("Collapse diagnostics during training", "diagnostics.png", ""))
 
-    eval_data = data or (eval_report["data"]["source"] if eval_report else None)
+    if not args.data and eval_report:
+        args = replace(args, data=eval_report["data"]["source"])
     ranks: dict[str, float] = {}
     try:
-        enc = load_encoder(run, resolve_device(device))
-        if not eval_data:
-            use_data_root(enc.config.data_root)
-        own = eval_data is None or str(eval_data) == str(enc.config.data)
-        train, test, _ = labelled_splits(
-            enc.kind_for(None if own else eval_data), enc.spec, eval_data or enc.config.data, seed=seed
-        )
-        h, z, labels, classes, name, gamma = _test_embeddings(enc, test, run, max_points, seed)
+        ranks = _embedding_plots(run, args, plots, notes)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         notes.append(f"Embedding plots skipped: {err}")
-    else:
-        parts = {"representation": h, "expander output": z}
-        plot_std_hist(parts, gamma, out / "std_hist.png")
-        plots.append(("Per-dimension standard deviation", "std_hist.png", f"{len(labels)} rows of {name}."))
-        _, ranks = plot_spectrum(parts, out / "spectrum.png")
-        plots.append(("Covariance spectrum", "spectrum.png", f"{len(labels)} rows of {name}."))
-        coords, method = embedding_map(h, seed)
-        plot_embedding_map(coords, labels.numpy(), classes, method, out / "embedding_map.png")
-        plots.append((f"{method} map of the representation", "embedding_map.png", f"{len(labels)} rows of {name}."))
-        figure, caption = _neighbours(enc, train, test, run, seed)
-        if figure is not None:
-            plots.append(("Nearest neighbours", figure.name, caption))
-        else:
-            notes.append(f"Nearest neighbours: {caption}")
 
     md = _markdown(run, rows, config, eval_report, plots, ranks, notes)
     target = run / "report.md"
     target.write_text(md)
     return target
+
+
+def _embedding_plots(run_dir: Path, args: ReportArgs, plots: list[Plot], notes: list[str]) -> dict[str, float]:
+    """The plots of test embeddings and the neighbours figure, added to ``plots``; the effective ranks."""
+    out = run_dir / "report"
+    run = open_run_with(run_dir, args)
+    train, test, _ = labelled_splits(run.kind, run.encoder.spec, run.source, seed=args.seed, download=args.download)
+    h, z, labels, classes, name, gamma = _test_embeddings(run, test, args)
+    parts = {"representation": h, "expander output": z}
+    plot_std_hist(parts, gamma, out / "std_hist.png")
+    plots.append(("Per-dimension standard deviation", "std_hist.png", f"{len(labels)} rows of {name}."))
+    _, ranks = plot_spectrum(parts, out / "spectrum.png")
+    plots.append(("Covariance spectrum", "spectrum.png", f"{len(labels)} rows of {name}."))
+    coords, method = embedding_map(h, args.seed)
+    plot_embedding_map(coords, labels.numpy(), classes, method, out / "embedding_map.png")
+    plots.append((f"{method} map of the representation", "embedding_map.png", f"{len(labels)} rows of {name}."))
+    figure, caption = _neighbours(run, train, test, args)
+    if figure is not None:
+        plots.append(("Nearest neighbours", figure.name, caption))
+    else:
+        notes.append(f"Nearest neighbours: {caption}")
+    return ranks
 
 
 def _markdown(
@@ -215,10 +234,10 @@ def _markdown(
             "",
             markdown_table(eval_report),
             "",
-            "kNN: cosine, temperature-weighted votes. Linear: logistic regression on standardised frozen features; "
-            "*last* is the honest number, *(best)* peeks at the test set. Label fractions: the same probe on a "
-            "class-balanced seeded subset (linear on frozen features, not fine-tuning).",
         ]
+        protocol = eval_report.get("protocol", {})  # as vicreg eval described it (vicreg.eval.eval_protocol)
+        names = {"knn": "kNN", "linear": "Linear probe", "semi": "Label fractions", "baselines": "Baselines"}
+        lines += [f"- {title}: {protocol[key]}." for key, title in names.items() if isinstance(protocol.get(key), str)]
     else:
         lines.append(f"No eval.json yet: run `vicreg eval {run}` and then this report again.")
     for title, file, caption in plots:
@@ -229,3 +248,64 @@ def _markdown(
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     lines += ["", "## Configuration", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def report_neighbors(
+    enc: LoadedEncoder,
+    train: Split,
+    test: Split,
+    train_features: Tensor,
+    test_features: Tensor,
+    path: Path,
+    *,
+    queries: int = 8,
+    k: int = 8,
+    seed: int = 0,
+) -> tuple[Path | None, str]:
+    """The report's "Nearest neighbours": ``queries`` random test rows and their ``k`` nearest training rows for
+    the trained encoder and, beside it, for the raw input (pixels / values), so the figure shows what
+    pretraining added. Returns the figure's path (``None`` for tables) and a caption."""
+    q = random_queries(len(test.data), queries, seed=seed)
+    y_train, y_test = train.data.labels, test.data.labels
+    assert y_train is not None and y_test is not None  # labelled_splits guarantees labels
+    vs, vi = nearest_neighbors(train_features, test_features[q], k)
+    if enc.spec.kind == "image":
+        kw: dict[str, Any] = {"mean": enc.mean, "std": enc.std, "size": min(enc.image_size, 32)}
+        raw_train = pixel_features(train.data.rows, **kw)
+        raw_query = pixel_features(test.data.rows[q], **kw)
+    else:
+        raw_train = raw_features(train.data.rows, enc.mean, enc.std)
+        raw_query = raw_features(test.data.rows[q], enc.mean, enc.std)
+    ps, pi = nearest_neighbors(raw_train, raw_query, k)
+    agree_v = 100 * label_agreement(vi, y_train, y_test[q])
+    agree_p = 100 * label_agreement(pi, y_train, y_test[q])
+    caption = (
+        f"{len(q)} random test rows and their {k} nearest training rows (cosine similarity). Share of neighbours "
+        f"with the query's label: trained encoder {agree_v:.0f}%, raw input {agree_p:.0f}%."
+    )
+    classes = list(train.data.classes) or None
+    if enc.spec.kind == "image":
+        fig = neighbor_grids_compare(
+            test.data.rows[q],
+            {
+                f"VICReg encoder ({agree_v:.0f}% same label)": NeighborPanel(train.data.rows[vi], vs, y_train[vi]),
+                f"raw pixels ({agree_p:.0f}% same label)": NeighborPanel(train.data.rows[pi], ps, y_train[pi]),
+            },
+            query_labels=y_test[q],
+            class_names=classes,
+            title=f"{len(q)} random test images and their {k} nearest training images",
+            cell=0.8,
+        )
+        return save_figure(fig, path), caption
+    if enc.spec.kind == "signal":
+        fig = signal_neighbors_figure(
+            test.data.rows[q],
+            train.data.rows[vi],
+            vs,
+            query_labels=y_test[q],
+            neighbor_labels=y_train[vi],
+            class_names=classes,
+            title="trained encoder: test series and their nearest training series",
+        )
+        return save_figure(fig, path), caption
+    return None, caption

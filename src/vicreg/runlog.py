@@ -10,18 +10,36 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
+from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from vicreg.checkpoint import atomic_write
+from vicreg.budget import Schedule
+from vicreg.files import atomic_write
 
-__all__ = ["QUIET_SECONDS", "RunLog", "drop_rows_after", "format_duration", "progress_line"]
+__all__ = [
+    "ONLINE_PROTOCOL",
+    "QUIET_SECONDS",
+    "RunHeader",
+    "RunLog",
+    "TermWindow",
+    "drop_rows_after",
+    "format_duration",
+    "knn_words",
+    "progress_line",
+]
 
 QUIET_SECONDS = 30.0
 """Without a bar, a progress line is printed at least this often, even inside a long log window."""
+
+ONLINE_PROTOCOL = "online_knn.protocol"
+"""The metrics key of the online kNN monitor's protocol (a sentence); its values are ``online_knn.top1/top5``."""
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -91,6 +109,11 @@ class RunLog:
         if self.lines and time.monotonic() - self.last_line >= QUIET_SECONDS:
             self._line()
 
+    def knn(self, step: int, epoch: float, online: Mapping[str, float], protocol: str) -> None:
+        """The online kNN monitor's result: a metrics row naming its protocol, and a message."""
+        self.log({"step": step, "epoch": epoch, **online, ONLINE_PROTOCOL: protocol})
+        self.message(f"step {step}: {knn_words(online)} -- {protocol}")
+
     def message(self, text: str) -> None:
         """A line for the person running it (the header, the resume line, monitor results), above the bar."""
         if not self.enabled:
@@ -112,6 +135,133 @@ class RunLog:
             self.tb.close()
         if self.bar is not None:
             self.bar.close()
+
+
+class TermWindow:
+    """The loss terms of the steps since the last log line, summed on the device (no host sync per step), and the
+    first step whose terms were not finite with which of them were not (the loop's NaN guard reads it)."""
+
+    def __init__(self, names: tuple[str, ...], device: torch.device) -> None:
+        self.names = names
+        self.sums = torch.zeros(len(names), device=device, dtype=torch.float64)
+        self.first_bad = torch.full((), -1, device=device, dtype=torch.long)
+        self.bad_terms = torch.zeros(len(names), device=device, dtype=torch.bool)
+        self.steps, self.started = 0, time.perf_counter()
+
+    def add(self, terms: Tensor, step: int) -> None:
+        """The terms of ``step`` (a vector, one per name); the non-finite ones are left out of the sums."""
+        terms = terms.detach().double()
+        bad = ~torch.isfinite(terms)
+        newly = bad.any() & (self.first_bad < 0)
+        self.first_bad = torch.where(newly, torch.full_like(self.first_bad, step), self.first_bad)
+        self.bad_terms = torch.where(newly, bad, self.bad_terms)
+        self.sums += torch.where(bad, torch.zeros_like(terms), terms)
+        self.steps += 1
+
+    def first_non_finite(self) -> tuple[int, list[str]] | None:
+        """The first step with a non-finite term and the names of those terms; ``None`` when all were finite."""
+        step = int(self.first_bad)
+        if step < 0:
+            return None
+        return step, [name for name, bad in zip(self.names, self.bad_terms.tolist(), strict=True) if bad]
+
+    def read(self) -> tuple[dict[str, float], int, float]:
+        """The window's mean terms, its steps and seconds (``time.perf_counter``); then a new window begins."""
+        steps, seconds = self.steps, time.perf_counter() - self.started
+        means = dict(zip(self.names, (self.sums / steps).tolist(), strict=True))
+        self.sums.zero_()
+        self.steps, self.started = 0, time.perf_counter()
+        return means, steps, seconds
+
+
+def knn_words(row: Mapping[str, float]) -> str:
+    """``online kNN top1 78.9%, top5 ...`` of a row of ``online_knn.*`` accuracies."""
+    return "online kNN " + ", ".join(f"{key.removeprefix('online_knn.')} {value:.1f}%" for key, value in row.items())
+
+
+@dataclass(frozen=True)
+class RunHeader:
+    """What a run is about to train, as plain facts; :meth:`lines` is the header it prints first."""
+
+    modalities: str  # "image", or "signal + table" for a pair
+    out: str
+    data: Mapping[str, Any]  # the data kind's summary: source, split, count, shape, classes
+    encoders: tuple[tuple[str, str, int, int], ...]  # (branch, name, parameters, features) of each branch
+    expander: str
+    expander_params: int
+    params: int
+    device: str
+    precision: str
+    world_size: int
+    batch_size: int  # global
+    schedule: Schedule
+    steps_per_epoch: int
+    epochs: int
+    max_steps: int | None
+    optimizer: str
+    base_lr: float
+    peak_lr: float
+    final_lr_ratio: float
+    ckpt_every: int
+    keep_checkpoints: int
+    init: str | None = None  # the initial weights applied now (what was loaded), or...
+    init_source: str = ""  # ...the source of those applied when the run started
+    resumed_from: str | None = None  # the checkpoint this run resumes from
+    step: int = 0  # the step it resumes at
+
+    def lines(self) -> list[str]:
+        """Data, model, device, batch, length and schedule, run folder, initial weights; new run or resumed."""
+        s, sched = self.data, self.schedule
+        shape = s.get("shape")
+        shape_words = "x".join(map(str, shape)) if isinstance(shape, list | tuple) else str(shape)
+        classes = f", {s['classes']} classes" if s.get("classes") else ", unlabelled"
+        lines = [
+            f"vicreg train: {self.modalities} -> {self.out}",
+            f"  data        {s.get('source')} ({s.get('split')}): {s.get('count')} samples of {shape_words}{classes}",
+        ]
+        for branch, name, params, features in self.encoders:
+            lines.append(f"  encoder{branch:<4} {name}: {params:,} parameters, {features} features")
+        lines.append(f"  expander    {self.expander}: {self.expander_params:,} parameters ({self.params:,} in all)")
+        precision = "fp32" if self.precision == "fp32" else f"{self.precision} autocast (loss in fp32)"
+        n = self.world_size
+        lines.append(
+            f"  device      {self.device}, {precision}, {n} process{'es' if n > 1 else ''}, batch "
+            f"{self.batch_size // n} per process ({self.batch_size} global)"
+        )
+        lines.append(f"  length      {self._length()}")
+        lines.append(
+            f"  schedule    {self.optimizer}, peak lr {self.peak_lr:.4g} (base {self.base_lr:g} x "
+            f"{self.batch_size}/256), {min(sched.warmup, sched.total or sched.warmup)} warm-up steps, cosine to "
+            f"{self.peak_lr * self.final_lr_ratio:.3g}"
+            + (f" at step {sched.total}" if sched.total is not None else " at the budget's end")
+        )
+        lines.append(
+            f"  run folder  {self.out} (checkpoints every {self.ckpt_every} steps, {self.keep_checkpoints} kept)"
+        )
+        if self.init is not None:
+            lines.append(f"  init        {self.init}")
+        elif self.init_source:
+            lines.append(f"  init        {self.init_source} applied when the run started (not again on resume)")
+        if self.resumed_from is None:
+            return [*lines, "starting a new run"]
+        at = f"at step {self.step} of {sched.total or '?'} (epoch {self.step / self.steps_per_epoch:.2f})"
+        return [*lines, f"resuming from {self.resumed_from} {at}"]
+
+    def _length(self) -> str:
+        sched, spe = self.schedule, self.steps_per_epoch
+        if sched.total is None:
+            cap = f", at most {self.max_steps} steps (--max-steps)" if self.max_steps else ""
+            return (
+                f"set by --budget-minutes {sched.budget_minutes:g} after timing the first steps{cap}; "
+                f"--epochs {self.epochs} is ignored ({spe} steps per epoch)"
+            )
+        length = f"{sched.total} steps = {sched.total / spe:.4g} epochs of {spe} steps"
+        if sched.budget_minutes is not None:
+            length += f", bought by a {sched.budget_minutes:g}-minute budget (stored in the checkpoint)"
+        stop = sched.last_step(self.max_steps)
+        if stop < sched.total:
+            length += f"; stops at step {stop} (--max-steps)"
+        return length
 
 
 def progress_line(step: int, total: int, start: int, elapsed: float, row: dict[str, Any]) -> str:

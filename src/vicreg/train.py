@@ -1,10 +1,11 @@
 """VICReg pretraining: one code path for one process and for ``torchrun`` (DDP).
 
-The loop is a plain function of a :class:`~vicreg.config.TrainConfig`. Under torchrun (``WORLD_SIZE > 1`` in
-the environment) it joins the process group, wraps the model in DistributedDataParallel and lets the loss gather
-the global batch; in one process all of that is skipped. Everything that decides a step's outcome is a function
-of the step number (data order: seed and epoch; views: seed, step and rank; learning rate: the schedule), so a
-run resumed from its last checkpoint continues exactly as if it had never stopped.
+:func:`train` is the loop; :func:`_setup` builds what it needs, in order, into one :class:`_Run`; :func:`_step`
+is one step's forward and loss. Under torchrun (``WORLD_SIZE > 1`` in the environment) it joins the process
+group, wraps the model in DistributedDataParallel and lets the loss gather the global batch; in one process all
+of that is skipped. Everything that decides a step's outcome is a function of the step number (data order: seed
+and epoch; views: seed, step and rank; learning rate: the schedule), so a run resumed from its last checkpoint
+continues exactly as if it had never stopped.
 
 Gradient accumulation is deliberately not offered: VICReg's variance and covariance are batch statistics, so
 accumulating the gradients of small batches is not the gradient of the large batch. Use more processes (the
@@ -13,12 +14,10 @@ loss gathers the global batch) or a smaller expander instead.
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import torch.distributed as dist
 import yaml
 from torch import Tensor, nn
 
+from vicreg.budget import Budget, Schedule, budget_words, plan_schedule
 from vicreg.build import (
     BatchLoader,
     TrainingData,
@@ -36,40 +36,25 @@ from vicreg.build import (
     run_data_kind,
     setup_distributed,
 )
-from vicreg.checkpoint import (
-    CheckpointError,
-    atomic_write,
-    capture_rng_state,
-    checkpoint_candidates,
-    export_backbone,
-    load_checkpoint,
-    no_readable_checkpoint,
-    remove_partial_writes,
-    restore_rng_state,
-    save_keeping,
-)
+from vicreg.checkpoint import save_keeping, write_backbone
 from vicreg.config import TrainConfig, config_to_dict
 from vicreg.diagnostics import collapse_stats
+from vicreg.distributed import DistInfo
+from vicreg.files import atomic_write, remove_partial_writes
 from vicreg.loss import VICRegOutput, vicreg_loss, vicreg_multiview_loss
 from vicreg.models import EncoderSpec
 from vicreg.monitors import OnlineProbe
-from vicreg.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
-from vicreg.runlog import RunLog
+from vicreg.optim import build_optimizer, scaled_lr, set_lr
+from vicreg.resume import newest_readable, restore, training_state
+from vicreg.runlog import RunHeader, RunLog, TermWindow
+from vicreg.stop import StopSignal
 from vicreg.weights import load_initial_weights
 
-__all__ = [
-    "ONLINE_PROTOCOL",
-    "NonFiniteLossError",
-    "Objective",
-    "Schedule",
-    "TrainResult",
-    "budget_total",
-    "plan_schedule",
-    "run_header",
-    "train",
-]
+__all__ = ["NonFiniteLossError", "Objective", "TrainResult", "train"]
 
 TERMS = ("loss", "invariance", "variance", "covariance")
+
+Objective = Callable[[Tensor, Tensor], VICRegOutput]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -85,174 +70,149 @@ class TrainResult:
     is_main: bool = True
 
 
-# ------------------------------------------------------------------------------------------------ loop
-
-
-class _StopSignal:
-    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the next step boundary and exits."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignal:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(ValueError):  # ValueError: not the main thread, signals stay as they are
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
-        self.received = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def _batches(loader: BatchLoader, epoch: int, start_batch: int) -> Iterator[tuple[Tensor, Tensor | None]]:
-    loader.set_epoch(epoch, start_batch)
-    yield from loader
-
-
-def _view_generator(device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device if device.type in ("cuda", "cpu") else "cpu")
-
-
-Objective = Callable[[Tensor, Tensor], VICRegOutput]
-
-# Time budgets (--budget-minutes): the first WARM_STEPS steps of a process are not timed (allocations, first
-# calls); then at least MEASURED_STEPS steps and min(MEASURE_MAX_S, MEASURE_FRACTION of the budget) seconds are.
-WARM_STEPS = 2
-MEASURED_STEPS = 5
-MEASURE_MAX_S = 30.0
-MEASURE_FRACTION = 0.05
-BUDGET_MARGIN = 0.03
-"""The budgeted run is planned to end this fraction of the budget early (step rates drift on shared machines)."""
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """The learning-rate schedule's length: ``total`` steps (``None`` while a time budget is being measured),
-    ``warmup`` of them linear from 0, then a cosine to the end; ``budget_minutes`` when a budget decided it."""
-
-    total: int | None
-    warmup: int
-    budget_minutes: float | None = None
-
-    def lr(self, step: int, peak: float, final_ratio: float) -> float:
-        """The rate at ``step``. While the total is unknown, the warm-up (whose length does not depend on the
-        total) or the peak: the steps taken while measuring follow the schedule that is decided after them."""
-        if self.total is None:
-            return peak * step / self.warmup if step < self.warmup else peak
-        return warmup_cosine(step, self.total, min(self.warmup, self.total), peak, final_ratio)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "warmup": self.warmup, "budget_minutes": self.budget_minutes}
-
-
-def plan_schedule(cfg: TrainConfig, steps_per_epoch: int, stored: Mapping[str, Any] | None, resumed: bool) -> Schedule:
-    """The schedule of a run: the one a budgeted checkpoint stores (never re-measured), else ``--epochs``
-    long, else (``--budget-minutes``) to be measured. ``stored``: the checkpoint's ``schedule`` entry."""
-    warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
-    if stored is not None and stored.get("budget_minutes") is not None:
-        total = stored.get("total")
-        if total is not None:
-            return Schedule(int(total), int(stored["warmup"]), float(stored["budget_minutes"]))
-        return Schedule(None, warmup, cfg.budget_minutes or float(stored["budget_minutes"]))
-    if cfg.budget_minutes is not None:
-        if resumed:
-            raise ValueError(
-                f"{cfg.out} holds a run started without --budget-minutes; resume it without --budget-minutes "
-                "(its schedule spans --epochs), or start the budgeted run in another --out folder"
-            )
-        return Schedule(None, warmup, cfg.budget_minutes)
-    total = cfg.epochs * steps_per_epoch
-    return Schedule(total, min(total, warmup), None)
-
-
-def budget_total(
-    step: int,
-    seconds: float,
-    step_s: float,
-    *,
-    steps_per_epoch: int,
-    knn_every: int,
-    monitor_s: float,
-    ckpt_every: int,
-    ckpt_s: float,
-) -> int:
-    """The largest total ``T >= step`` such that the steps ``step+1 .. T`` (``step_s`` each), the kNN monitors
-    of the epochs ending in them (``monitor_s`` each, every ``knn_every`` epochs; 0: none), the checkpoints
-    every ``ckpt_every`` steps before ``T``, the final one and the backbone export (``ckpt_s`` each) take at
-    most ``seconds``. ``step`` itself when not even one step fits."""
-    if step_s <= 0:
-        raise ValueError(f"step_s must be > 0, got {step_s}")
-    every = steps_per_epoch * knn_every
-
-    def cost(total: int) -> float:
-        monitors = total // every - step // every if knn_every > 0 else 0
-        saves = (total - 1) // ckpt_every - step // ckpt_every + 2  # periodic, the final one, the export
-        return (total - step) * step_s + monitors * monitor_s + max(saves, 1) * ckpt_s
-
-    lo, hi = step, step + int(seconds / step_s) + 1  # cost(hi) > seconds: the steps alone exceed it
-    if cost(lo + 1) > seconds:
-        return step
-    lo += 1
-    while hi - lo > 1:  # cost grows with the total: the last total that fits
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if cost(mid) <= seconds else (lo, mid)
-    return lo
-
-
-@dataclass
-class _Clock:
-    """Times the steps of a budgeted run until it can decide the total, less the monitors and checkpoints
-    inside the timed window (which are timed on their own)."""
-
-    started: float
-    minutes: float
-    first_step: int
-    window_start: float | None = None
-    extra_s: float = 0.0
-    monitor_s: float | None = None
-    ckpt_s: float | None = None
-
-    def begin(self, step: int) -> None:
-        if step == self.first_step + WARM_STEPS:
-            self.window_start, self.extra_s = time.monotonic(), 0.0
-
-    def step_s(self, step: int) -> float | None:
-        """Seconds per step once enough steps were timed, else ``None``."""
-        if self.window_start is None:
-            return None
-        n = step - self.first_step - WARM_STEPS
-        spent = time.monotonic() - self.window_start - self.extra_s
-        if n < MEASURED_STEPS or spent < min(MEASURE_MAX_S, MEASURE_FRACTION * 60 * self.minutes):
-            return None
-        return spent / n
-
-    def left_s(self) -> float:
-        """Seconds left before the budget's planned end (the margin already taken off)."""
-        return self.started + 60 * self.minutes * (1 - BUDGET_MARGIN) - time.monotonic()
-
-
-def train(cfg: TrainConfig, *, objective: Objective | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig, *, objective: Objective | None = None, clock: Callable[[], float] = time.monotonic
+) -> TrainResult:
     """Pretrain (or resume) the run described by ``cfg``; returns where it stands at the end.
 
-    ``objective(z_a, z_b)`` replaces the VICReg loss of ``cfg.loss``: it returns a :class:`VICRegOutput`
-    whose ``loss`` is minimised and whose three terms are logged under the usual names (for ablations, e.g. a
+    ``objective(z_a, z_b)`` replaces the VICReg loss of ``cfg.loss``: it returns a :class:`VICRegOutput` whose
+    ``loss`` is minimised and whose three terms are logged under the usual names (for ablations, e.g. a
     SimSiam-style cosine term plus :func:`vicreg.variance_covariance_loss`). It sees the local batch; gathering
     across processes is its job.
 
-    With ``cfg.budget_minutes`` the total number of steps is decided after the first steps (see
-    :func:`budget_total`): from the measured step rate, one timed kNN monitor call and one timed checkpoint,
-    so that the whole call ends within the budget; the warm-up keeps its length in steps
-    (``optim.warmup_epochs``, at most half the total), so the steps taken while measuring were already on the
-    final schedule. The decided total is stored in every checkpoint and a resumed run keeps it.
+    With ``cfg.budget_minutes`` the total number of steps is decided after the first steps, read on ``clock``
+    (:class:`vicreg.budget.Budget`), so that the whole call ends within the budget; the decided total is stored
+    in every checkpoint and a resumed run keeps it.
     """
-    started = time.monotonic()
+    run = _setup(cfg, objective, clock)
+    spe, interrupted = run.steps_per_epoch, False
+    with StopSignal() as stop:
+        try:
+            epoch = run.step // spe
+            batches = _batches(run.data.loader, epoch, run.step % spe)
+            while run.step < run.last_step:
+                if stop.received is not None:  # SIGTERM/SIGINT: save at this step boundary and stop
+                    interrupted = True
+                    break
+                if run.step // spe != epoch:  # each epoch has its own order
+                    epoch = run.step // spe
+                    batches = _batches(run.data.loader, epoch, 0)
+                images, labels = next(batches)
+
+                # the VICReg step: two views (and local crops) seeded by (seed, step, rank), forward under
+                # autocast, the loss in fp32, backward, the optimiser's update at the schedule's rate
+                v_a, v_b, crops = _views(run, images.to(run.device, non_blocking=True))
+                set_lr(run.optimizer, run.schedule.lr(run.step, run.peak_lr, cfg.optim.final_lr_ratio))
+                out, z_a = _step(run, v_a, v_b, crops, objective)
+                run.optimizer.zero_grad(set_to_none=True)
+                run.scaler.scale(out.loss).backward()
+                run.scaler.step(run.optimizer)
+                run.scaler.update()
+                if run.probe is not None:
+                    run.probe.step(labels)
+                run.window.add(torch.stack([t.detach() for t in out]), run.step)  # no host sync here
+                run.step += 1
+                run.log.advance()
+
+                if run.step % cfg.log_every == 0 or run.step == run.last_step:
+                    _log_window(run, z_a)
+                if run.data.monitor is not None and _knn_due(run.step, spe, cfg.knn_every):
+                    _monitor(run)
+                if run.step % cfg.ckpt_every == 0 and run.step != run.last_step:
+                    _checkpoint(run)
+                if run.budget is not None:  # a time budget: decide the total once the steps are timed
+                    _time_budget(run)
+            if run.budget is not None:  # --max-steps came first: the run's length is what it did
+                run.schedule = run.schedule.with_total(run.step)
+            _checkpoint(run)
+        finally:
+            run.log.close()
+    info, model, run_dir, step = run.info, run.model, run.run_dir, run.step
+    if info.is_main and not interrupted and step >= run.last_step:
+        spec, spec_b = run.specs
+        write_backbone(model.backbone.state_dict(), spec, run_dir / "backbone.safetensors")
+        if model.backbone_b is not None and spec_b is not None:
+            write_backbone(model.backbone_b.state_dict(), spec_b, run_dir / "backbone_b.safetensors")
+    if interrupted and info.is_main:
+        last = run_dir / "checkpoints" / "last.pt"
+        print(f"stopped by signal at step {step}; checkpoint saved to {last}", file=sys.stderr)
+    return TrainResult(run_dir, step, run.metrics, interrupted, info.is_main)
+
+
+def _views(run: _Run, images: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """The step's pair (and local crops), drawn from a generator seeded by (seed, step, rank)."""
+    run.generator.manual_seed(_view_seed(run.cfg.seed, run.step, run.info.rank))
+    crops: list[Tensor] = []
+    if getattr(run.data.views, "local_crops", 0) > 0:  # the same pair as without crops; the crops draw after it
+        (v_a, v_b), crops = run.data.views.multi(images, generator=run.generator)
+    else:
+        v_a, v_b = run.data.views(images, generator=run.generator)
+    if run.cfg.channels_last:
+        v_a, v_b = (v.contiguous(memory_format=torch.channels_last) for v in (v_a, v_b))
+        crops = [v.contiguous(memory_format=torch.channels_last) for v in crops]
+    return v_a, v_b, crops
+
+
+def _step(
+    run: _Run, v_a: Tensor, v_b: Tensor, crops: list[Tensor], objective: Objective | None
+) -> tuple[VICRegOutput, Tensor]:
+    """The forward pass (under autocast) and the loss (in fp32): the loss output and the embeddings of view A."""
+    amp, loss = run.amp_dtype, run.cfg.loss
+    with torch.autocast(run.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        if run.probe is not None:
+            run.probe.arm()
+        if crops:  # through forward, so that DDP sees every view
+            (z_a, z_b), z_crops = run.forward(v_a, v_b, local_views=crops)
+        else:
+            (z_a, z_b), z_crops = run.forward(v_a, v_b), []
+    if objective is not None:
+        return objective(z_a, z_b), z_a
+    # LossConfig's fields are the loss's arguments; the loop's NaN guard checks without a host sync
+    coeffs: dict[str, Any] = {k: v for k, v in asdict(loss).items() if k != "multiview_weighting"}
+    coeffs["check_finite"] = False
+    if not z_crops:
+        return vicreg_loss(z_a, z_b, **coeffs), z_a
+    return vicreg_multiview_loss([z_a, z_b], z_crops, weighting=loss.multiview_weighting, **coeffs), z_a
+
+
+# ------------------------------------------------------------------------------------------------ setup
+
+
+@dataclass
+class _Run:
+    """Everything the loop reads and advances, built once by :func:`_setup`."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    run_dir: Path
+    data: TrainingData
+    model: Any  # models.VICReg (SyncBatchNorm-converted under torchrun with sync_bn)
+    forward: Callable[..., Any]  # the model, under DDP and torch.compile when asked
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    probe: OnlineProbe | None
+    meta: dict[str, Any]  # what every checkpoint stores beside the state: data kind, encoder specs, init
+    steps_per_epoch: int
+    peak_lr: float
+    schedule: Schedule
+    budget: Budget | None  # a time budget still timing the steps
+    step: int
+    last_step: int
+    previous_step: int | None  # the step of the intact checkpoint at last.pt, kept by the next save
+    log: RunLog
+    clock: Callable[[], float]
+    generator: torch.Generator
+    window: TermWindow  # the loss terms since the last log line, and the NaN guard's record
+    specs: tuple[EncoderSpec, EncoderSpec | None]  # what the backbone files say they hold
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _setup(cfg: TrainConfig, objective: Objective | None, clock: Callable[[], float]) -> _Run:
+    """Everything before the first step, in order: processes and device, run folder, data and model, optimiser,
+    the checkpoint to resume from, the schedule (or the budget that will decide it), the log and its header."""
+    started = clock()
     info = setup_distributed(cfg.device)
     device = resolve_device(cfg.device, info)
     amp_dtype = autocast_dtype(cfg.precision, device)
@@ -270,7 +230,6 @@ def train(cfg: TrainConfig, *, objective: Objective | None = None) -> TrainResul
     torch.manual_seed(cfg.seed)
 
     data: TrainingData = run_data_kind(cfg).training_data(cfg, info, device)
-    views = data.views
     model, spec, spec_b = data.model(cfg)
     meta = checkpoint_meta(data, spec, spec_b)
     if cfg.model.init and not (ckpt_dir / "last.pt").is_file():  # a resumed run has its own weights
@@ -279,49 +238,41 @@ def train(cfg: TrainConfig, *, objective: Objective | None = None) -> TrainResul
         )
     if cfg.sync_bn and info.world_size > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device)
-    model.to(memory_format=memory_format)
-
+    model.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     steps_per_epoch = len(data.loader)
     if steps_per_epoch < 1:
         raise ValueError(f"{cfg.data} gives no full batch of {cfg.batch_size} per epoch; lower --batch-size")
     peak_lr = scaled_lr(cfg.optim.base_lr, cfg.batch_size)
+    o = cfg.optim
     optimizer = build_optimizer(
-        cfg.optim.name,
-        model,
-        lr=peak_lr,
-        weight_decay=cfg.optim.weight_decay,
-        momentum=cfg.optim.momentum,
-        eta=cfg.optim.lars_eta,
-        clip_lr=cfg.optim.lars_clip,
+        o.name, model, lr=peak_lr, weight_decay=o.weight_decay, momentum=o.momentum, eta=o.lars_eta, clip_lr=o.lars_clip
     )
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-
     probe = OnlineProbe(model.backbone, model.feature_dim, data.num_classes, device) if data.num_classes else None
 
-    step = 0
-    say: Callable[[str], None] = (lambda text: print(text, file=sys.stderr, flush=True)) if info.is_main else _quiet
-    found = _newest_readable(ckpt_dir, device, say)
-    previous_step: int | None = None  # the step of the intact checkpoint at last.pt, kept by the next save
+    step, previous_step = 0, None
+    found = newest_readable(ckpt_dir, device, _say if info.is_main else lambda text: None)
     if found is not None:
-        step = _resume(found[0], found[1], cfg, model, optimizer, scaler, probe)
+        step = restore(found[0], found[1], config_to_dict(cfg), model, optimizer, scaler, probe)
         previous_step = step if found[0].name == "last.pt" else None
     elif info.is_main:
-        _write_config(run_dir, cfg)
-    schedule = plan_schedule(cfg, steps_per_epoch, found[1].get("schedule") if found else None, found is not None)
-    clock = None
-    if schedule.total is None:
-        clock = _Clock(started, schedule.budget_minutes or 0.0, step)
-        if cfg.max_steps is not None and cfg.max_steps <= step + WARM_STEPS + MEASURED_STEPS:
-            schedule, clock = (
-                Schedule(cfg.max_steps, min(schedule.warmup, cfg.max_steps // 2), schedule.budget_minutes),
-                None,
-            )
-    last_step = _last_step(cfg, schedule, step)
+        text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+        atomic_write(run_dir / "config.yaml", lambda f: f.write(text.encode()))
+    schedule = plan_schedule(
+        epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, warmup_epochs=cfg.optim.warmup_epochs,
+        budget_minutes=cfg.budget_minutes, stored=found[1].get("schedule") if found else None,
+        resumed=found is not None, where=str(cfg.out),
+    )  # fmt: skip
+    budget = None
+    if schedule.total is None and cfg.max_steps is not None and Budget.too_short(step, cfg.max_steps):
+        schedule = schedule.with_total(cfg.max_steps)  # --max-steps ends it before its steps could be timed
+    elif schedule.total is None:
+        knn_every = cfg.knn_every if data.monitor else 0
+        minutes = schedule.budget_minutes or 0.0
+        budget = Budget(minutes, started, step, steps_per_epoch, knn_every, cfg.ckpt_every, cfg.max_steps, clock)
 
-    multi_crop = getattr(views, "local_crops", 0) > 0
-    if multi_crop and objective is not None:
+    if objective is not None and getattr(data.views, "local_crops", 0) > 0:
         raise ValueError("an objective hook sees the pair only; train without local crops (views.local_crops 0)")
     ddp_model: nn.Module = model
     if info.world_size > 1:
@@ -330,316 +281,140 @@ def train(cfg: TrainConfig, *, objective: Objective | None = None) -> TrainResul
         )
     forward = torch.compile(ddp_model) if cfg.compile else ddp_model
 
-    logger = RunLog(run_dir, info.is_main, cfg.progress, schedule.total or 0, step)
-    for line in run_header(cfg, info.world_size, device, data, model, (spec, spec_b), steps_per_epoch, schedule):
-        logger.message(line)
-    if "init" in meta:
-        logger.message(f"  init        {meta['init']}")
-    elif cfg.model.init:
-        logger.message(f"  init        {cfg.model.init} applied when the run started (not again on resume)")
-    if found is None:
-        logger.message("starting a new run")
-    else:
-        logger.message(
-            f"resuming from {found[0]} at step {step} of {schedule.total or '?'} (epoch {step / steps_per_epoch:.2f})"
-        )
-    generator = _view_generator(device)
-    window = torch.zeros(len(TERMS), device=device, dtype=torch.float64)
-    first_bad = torch.full((), -1, device=device, dtype=torch.long)
-    bad_terms = torch.zeros(len(TERMS), device=device, dtype=torch.bool)
-    window_steps, window_start = 0, time.perf_counter()
-    metrics: dict[str, float] = {}
-    interrupted = False
+    log = RunLog(run_dir, info.is_main, cfg.progress, schedule.total or 0, step)
+    run = _Run(
+        cfg, info, device, amp_dtype, run_dir, data, model, forward, optimizer, scaler, probe, meta, steps_per_epoch,
+        peak_lr, schedule, budget, step, schedule.last_step(cfg.max_steps), previous_step, log, clock,
+        torch.Generator(device=device if device.type in ("cuda", "cpu") else "cpu"), TermWindow(TERMS, device),
+        (spec, spec_b),
+    )  # fmt: skip
+    for line in _header(cfg, run, (spec, spec_b), found[0] if found else None).lines():
+        log.message(line)
     model.train()
-
-    def epoch_due(epoch: int) -> bool:
-        return cfg.knn_every > 0 and epoch % cfg.knn_every == 0
-
-    def checkpoint(at: int) -> float:
-        """Save (rank 0) and wait for every rank; returns the seconds it took."""
-        nonlocal previous_step
-        began = time.monotonic()
-        _raise_if_non_finite(first_bad, bad_terms)
-        if info.is_main:
-            state = {
-                "step": at,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": capture_rng_state(),
-                "config": config_to_dict(cfg),
-                "world_size": info.world_size,
-                "schedule": schedule.to_dict(),
-                **meta,
-            }
-            if probe is not None:
-                state["probe"] = probe.state_dict()
-            save_keeping(state, ckpt_dir, keep=cfg.keep_checkpoints, previous_step=previous_step)
-            previous_step = at
-        if info.world_size > 1:
-            dist.barrier()
-        return time.monotonic() - began
-
-    def run_monitor(at: int) -> float:
-        """The online kNN monitor: logged (its protocol named) and printed; returns the seconds it took."""
-        assert data.monitor is not None
-        began = time.monotonic()
-        model.eval()
-        acc = data.monitor(model.embed, device, amp_dtype)
-        model.train()
-        online = {f"online_{key}": value for key, value in acc.items()}
-        logger.log(
-            {"step": at, "epoch": round(at / steps_per_epoch, 4), **online, ONLINE_PROTOCOL: data.monitor.protocol}
-        )
-        logger.message(f"step {at}: {_knn_words(online)} -- {data.monitor.protocol}")
-        metrics.update(online)
-        return time.monotonic() - began
-
-    def decide_budget(at: int, step_s: float) -> None:
-        """Fix the total of a budgeted run (see :func:`budget_total`) and save it in a checkpoint."""
-        nonlocal schedule, last_step, clock
-        assert clock is not None
-        timing = {"steps_per_epoch": steps_per_epoch, "knn_every": cfg.knn_every if data.monitor else 0}
-        timing |= {"ckpt_every": cfg.ckpt_every}
-        guess = budget_total(at, clock.left_s(), step_s, **timing, monitor_s=0.0, ckpt_s=0.0)
-        if cfg.max_steps is not None:
-            guess = min(guess, cfg.max_steps)
-        if clock.monitor_s is None and data.monitor is not None and cfg.knn_every > 0:
-            every = steps_per_epoch * cfg.knn_every
-            if guess // every > at // every:  # a monitor will run: time one now
-                clock.monitor_s = run_monitor(at)
-        if clock.ckpt_s is None:
-            schedule = Schedule(guess, min(schedule.warmup, guess // 2), schedule.budget_minutes)
-            clock.ckpt_s = checkpoint(at)
-        total = budget_total(
-            at, clock.left_s(), step_s, **timing, monitor_s=clock.monitor_s or 0.0, ckpt_s=clock.ckpt_s
-        )
-        if cfg.max_steps is not None:
-            total = min(total, cfg.max_steps)
-        if info.world_size > 1:  # every rank takes rank 0's decision
-            decided = torch.tensor([total], device=_collective(device))
-            dist.broadcast(decided, 0)
-            total = int(decided.item())
-        schedule = Schedule(total, min(schedule.warmup, total // 2), schedule.budget_minutes)
-        last_step, clock = total, None
-        checkpoint(at)
-        logger.set_total(total)
-        logger.message(budget_words(schedule, at, steps_per_epoch, step_s, time.monotonic() - started))
-
-    with _StopSignal() as stop:
-        try:
-            epoch = step // steps_per_epoch
-            batches = _batches(data.loader, epoch, step % steps_per_epoch)
-            while step < last_step:
-                if stop.received is not None:
-                    interrupted = True
-                    break
-                if step // steps_per_epoch != epoch:
-                    epoch = step // steps_per_epoch
-                    batches = _batches(data.loader, epoch, 0)
-                images, labels = next(batches)
-                images = images.to(device, non_blocking=True)
-                generator.manual_seed(_view_seed(cfg.seed, step, info.rank))
-                local_views: list[Tensor] = []
-                if multi_crop:  # the pair is the same as without local crops; the crops draw afterwards
-                    (v_a, v_b), local_views = views.multi(images, generator=generator)
-                else:
-                    v_a, v_b = views(images, generator=generator)
-                if cfg.channels_last:
-                    v_a = v_a.contiguous(memory_format=torch.channels_last)
-                    v_b = v_b.contiguous(memory_format=torch.channels_last)
-                    local_views = [v.contiguous(memory_format=torch.channels_last) for v in local_views]
-                set_lr(optimizer, schedule.lr(step, peak_lr, cfg.optim.final_lr_ratio))
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    if probe is not None:
-                        probe.arm()
-                    if multi_crop:  # through forward, so that DDP sees every view
-                        (z_a, z_b), z_local = forward(v_a, v_b, local_views=local_views)
-                    else:
-                        z_a, z_b = forward(v_a, v_b)
-                        z_local = []
-                out = objective(z_a, z_b) if objective is not None else _vicreg_objective(cfg, [z_a, z_b], z_local)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(out.loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                if probe is not None:
-                    probe.step(labels)
-
-                # bookkeeping on the device: no host sync until the next log line
-                terms = torch.stack([t.detach() for t in out]).double()
-                bad = ~torch.isfinite(terms)
-                newly = bad.any() & (first_bad < 0)
-                first_bad = torch.where(newly, torch.full_like(first_bad, step), first_bad)
-                bad_terms = torch.where(newly, bad, bad_terms)
-                window += torch.where(bad, torch.zeros_like(terms), terms)
-                window_steps += 1
-                step += 1
-                logger.advance()
-
-                if step % cfg.log_every == 0 or step == last_step:
-                    _raise_if_non_finite(first_bad, bad_terms)
-                    elapsed = time.perf_counter() - window_start
-                    values = (window / window_steps).tolist()
-                    metrics = dict(zip(TERMS, values, strict=True))
-                    row: dict[str, Any] = {
-                        "step": step,
-                        "epoch": round(step / steps_per_epoch, 4),
-                        "lr": optimizer.param_groups[0]["lr"],
-                        **metrics,
-                        "images_per_s": window_steps * cfg.batch_size / max(elapsed, 1e-9),
-                        **(probe.read() if probe is not None else {}),
-                    }
-                    if step % cfg.diag_every == 0 or step == last_step:
-                        stats = collapse_stats(z_a.detach().float(), gamma=cfg.loss.gamma)
-                        row.update({f"diag.{k}": v for k, v in stats.items()})
-                    logger.log(row)
-                    window.zero_()
-                    window_steps, window_start = 0, time.perf_counter()
-                if data.monitor is not None and step % steps_per_epoch == 0 and epoch_due(step // steps_per_epoch):
-                    spent = run_monitor(step)
-                    if clock is not None:
-                        clock.monitor_s, clock.extra_s = spent, clock.extra_s + spent
-                if step % cfg.ckpt_every == 0 and step != last_step:
-                    spent = checkpoint(step)
-                    if clock is not None:
-                        clock.ckpt_s, clock.extra_s = spent, clock.extra_s + spent
-                if clock is not None:
-                    clock.begin(step)
-                    step_s = clock.step_s(step)
-                    if info.world_size > 1:  # decide at the same step on every rank: rank 0's timing
-                        ready = torch.tensor([step_s or 0.0], dtype=torch.float64, device=_collective(device))
-                        dist.broadcast(ready, 0)
-                        step_s = float(ready.item()) or None
-                    if step_s is not None:
-                        decide_budget(step, step_s)
-            if clock is not None:  # --max-steps came first: the run's length is what it did
-                schedule = Schedule(step, min(schedule.warmup, step // 2), schedule.budget_minutes)
-            checkpoint(step)
-        finally:
-            logger.close()
-    if info.is_main and not interrupted and step >= last_step:
-        export_backbone(model.backbone.state_dict(), run_dir / "backbone.safetensors")
-        if model.backbone_b is not None:
-            export_backbone(model.backbone_b.state_dict(), run_dir / "backbone_b.safetensors")
-    if interrupted and info.is_main:
-        print(f"stopped by signal at step {step}; checkpoint saved to {ckpt_dir / 'last.pt'}", file=sys.stderr)
-    return TrainResult(run_dir, step, metrics, interrupted, info.is_main)
+    return run
 
 
-def _vicreg_objective(cfg: TrainConfig, z_globals: list[Tensor], z_locals: list[Tensor]) -> VICRegOutput:
-    """The VICReg loss of ``cfg.loss`` on the pair, or on the pair and the local crops (multi-crop)."""
-    coeffs: dict[str, Any] = {
-        "sim_coeff": cfg.loss.sim_coeff,
-        "std_coeff": cfg.loss.std_coeff,
-        "cov_coeff": cfg.loss.cov_coeff,
-        "gamma": cfg.loss.gamma,
-        "eps": cfg.loss.eps,
-        "gather": cfg.loss.gather,
-        "check_finite": False,
+def _header(
+    cfg: TrainConfig, run: _Run, specs: tuple[EncoderSpec, EncoderSpec | None], found: Path | None
+) -> RunHeader:
+    """What is about to be trained (:class:`vicreg.runlog.RunHeader`)."""
+    model, o, expander_b = run.model, cfg.optim, cfg.model.expander_b
+    branches = (("", specs[0], model.backbone), (" (B)", specs[1], model.backbone_b))
+    return RunHeader(
+        modalities=cfg.modality + (f" + {cfg.modality_b}" if cfg.modality_b else ""), out=str(cfg.out),
+        data=run.data.summary,
+        encoders=tuple((b, spec.name, _params(m), spec.feature_dim) for b, spec, m in branches if spec is not None),
+        expander=cfg.model.expander + (f", branch B {expander_b}" if expander_b else ""),
+        expander_params=_params(model.expander) + _params(model.expander_b), params=_params(model),
+        device=str(run.device), precision=cfg.precision, world_size=run.info.world_size, batch_size=cfg.batch_size,
+        schedule=run.schedule, steps_per_epoch=run.steps_per_epoch, epochs=cfg.epochs, max_steps=cfg.max_steps,
+        optimizer=o.name, base_lr=o.base_lr, peak_lr=run.peak_lr, final_lr_ratio=o.final_lr_ratio,
+        ckpt_every=cfg.ckpt_every, keep_checkpoints=cfg.keep_checkpoints,
+        init=run.meta.get("init"), init_source=cfg.model.init or "", resumed_from=str(found) if found else None,
+        step=run.step,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ loop parts
+
+
+def _log_window(run: _Run, z_a: Tensor) -> None:
+    """The log window's mean terms (the NaN guard first), rate and learning rate; collapse statistics when due."""
+    cfg, step = run.cfg, run.step
+    _guard(run.window)
+    run.metrics, steps, seconds = run.window.read()
+    row: dict[str, Any] = {
+        "step": step,
+        "epoch": round(step / run.steps_per_epoch, 4),
+        "lr": run.optimizer.param_groups[0]["lr"],
+        **run.metrics,
+        "images_per_s": steps * cfg.batch_size / max(seconds, 1e-9),
+        **(run.probe.read() if run.probe is not None else {}),
     }
-    if not z_locals:
-        return vicreg_loss(*z_globals, **coeffs)
-    return vicreg_multiview_loss(z_globals, z_locals, weighting=cfg.loss.multiview_weighting, **coeffs)
+    if step % cfg.diag_every == 0 or step == run.last_step:
+        stats = collapse_stats(z_a.detach().float(), gamma=cfg.loss.gamma)
+        row.update({f"diag.{k}": v for k, v in stats.items()})
+    run.log.log(row)
 
 
-ONLINE_PROTOCOL = "online_knn.protocol"
-"""The metrics key of the online kNN monitor's protocol (a sentence); its values are ``online_knn.top1/top5``."""
-
-
-def _collective(device: torch.device) -> torch.device:
-    """Where tensors for a collective live: the GPU under NCCL, else the CPU (gloo)."""
-    return device if device.type == "cuda" else torch.device("cpu")
-
-
-def _quiet(text: str) -> None:
-    """Messages of ranks other than 0 go nowhere."""
-
-
-def _last_step(cfg: TrainConfig, schedule: Schedule, step: int) -> int:
-    """Where this process stops: the schedule's end, or ``--max-steps`` when sooner. While a budget is measured:
-    ``--max-steps``, or no limit yet."""
-    if schedule.total is None:
-        return cfg.max_steps if cfg.max_steps is not None else sys.maxsize
-    return schedule.total if cfg.max_steps is None else min(cfg.max_steps, schedule.total)
-
-
-def _knn_words(row: Mapping[str, float]) -> str:
-    return "online kNN " + ", ".join(f"{key.removeprefix('online_knn.')} {value:.1f}%" for key, value in row.items())
-
-
-def _params(module: nn.Module | None) -> int:
-    return 0 if module is None else sum(p.numel() for p in module.parameters())
-
-
-def run_header(
-    cfg: TrainConfig,
-    world_size: int,
-    device: torch.device,
-    data: TrainingData,
-    model: Any,
-    specs: tuple[EncoderSpec, EncoderSpec | None],
-    steps_per_epoch: int,
-    schedule: Schedule,
-) -> list[str]:
-    """What is about to be trained, in a few lines: data, model, device, batch, length and schedule, run folder."""
-    s = data.summary
-    shape = s.get("shape")
-    shape_words = "x".join(map(str, shape)) if isinstance(shape, list | tuple) else str(shape)
-    classes = f", {s['classes']} classes" if s.get("classes") else ", unlabelled"
-    lines = [f"vicreg train: {cfg.modality}{' + ' + cfg.modality_b if cfg.modality_b else ''} -> {cfg.out}"]
-    lines.append(
-        f"  data        {s.get('source')} ({s.get('split')}): {s.get('count')} samples of {shape_words}{classes}"
-    )
-    for branch, spec, backbone in (("", specs[0], model.backbone), (" (B)", specs[1], model.backbone_b)):
-        if spec is not None:
-            lines.append(
-                f"  encoder{branch:<4} {spec.name}: {_params(backbone):,} parameters, {spec.feature_dim} features"
-            )
-    expander = f"{cfg.model.expander}" + (f", branch B {cfg.model.expander_b}" if cfg.model.expander_b else "")
-    lines.append(
-        f"  expander    {expander}: {_params(model.expander) + _params(model.expander_b):,} parameters "
-        f"({_params(model):,} in all)"
-    )
-    precision = "fp32" if cfg.precision == "fp32" else f"{cfg.precision} autocast (loss in fp32)"
-    lines.append(
-        f"  device      {device}, {precision}, {world_size} process{'es' if world_size > 1 else ''}, batch "
-        f"{cfg.batch_size // world_size} per process ({cfg.batch_size} global)"
-    )
-    if schedule.total is None:
-        cap = f", at most {cfg.max_steps} steps (--max-steps)" if cfg.max_steps else ""
-        lines.append(
-            f"  length      set by --budget-minutes {schedule.budget_minutes:g} after timing the first steps"
-            f"{cap}; --epochs {cfg.epochs} is ignored ({steps_per_epoch} steps per epoch)"
+def _guard(window: TermWindow) -> None:
+    """The NaN guard: stop with a :class:`NonFiniteLossError` naming the first step whose loss was not finite."""
+    bad = window.first_non_finite()
+    if bad is not None:
+        raise NonFiniteLossError(
+            f"the loss became non-finite at step {bad[0]} (terms: {', '.join(bad[1])}); the run stopped and its "
+            "last good checkpoint is kept. Lower the learning rate, use fp32/bf16 instead of fp16, or check the "
+            "data for NaN/inf values"
         )
-    else:
-        stop = _last_step(cfg, schedule, 0)
-        length = f"{schedule.total} steps = {schedule.total / steps_per_epoch:.4g} epochs of {steps_per_epoch} steps"
-        if schedule.budget_minutes is not None:
-            length += f", bought by a {schedule.budget_minutes:g}-minute budget (stored in the checkpoint)"
-        if stop < schedule.total:
-            length += f"; stops at step {stop} (--max-steps)"
-        lines.append(f"  length      {length}")
-    peak = scaled_lr(cfg.optim.base_lr, cfg.batch_size)
-    lines.append(
-        f"  schedule    {cfg.optim.name}, peak lr {peak:.4g} (base {cfg.optim.base_lr:g} x {cfg.batch_size}/256), "
-        f"{min(schedule.warmup, schedule.total or schedule.warmup)} warm-up steps, cosine to "
-        f"{peak * cfg.optim.final_lr_ratio:.3g}"
-        + (f" at step {schedule.total}" if schedule.total is not None else " at the budget's end")
-    )
-    lines.append(f"  run folder  {cfg.out} (checkpoints every {cfg.ckpt_every} steps, {cfg.keep_checkpoints} kept)")
-    return lines
 
 
-def budget_words(schedule: Schedule, step: int, steps_per_epoch: int, step_s: float, elapsed_s: float) -> str:
-    """The line that says what a time budget bought."""
-    assert schedule.total is not None and schedule.budget_minutes is not None
-    return (
-        f"budget: {schedule.budget_minutes:g} minutes buy {schedule.total} steps = "
-        f"{schedule.total / steps_per_epoch:.3g} epochs ({step_s:.3g} s per step measured over the first {step}; "
-        f"{elapsed_s:.0f} s spent so far); warm-up {min(schedule.warmup, schedule.total)} steps, cosine to step "
-        f"{schedule.total}"
-    )
+def _checkpoint(run: _Run, guess: int | None = None) -> float:
+    """Save the state at this step (rank 0; the NaN guard first) and wait for every rank; returns the seconds.
+    ``guess``: a budget's first guess of the total, which the schedule holds until the budget decides."""
+    if guess is not None:
+        run.schedule = run.schedule.with_total(guess)
+    began = run.clock()
+    _guard(run.window)
+    if run.info.is_main:
+        state = training_state(
+            run.step, config_to_dict(run.cfg), run.model, run.optimizer, run.scaler, run.probe,
+            world_size=run.info.world_size, schedule=run.schedule.to_dict(), **run.meta,
+        )  # fmt: skip
+        keep = run.cfg.keep_checkpoints
+        save_keeping(state, run.run_dir / "checkpoints", keep=keep, previous_step=run.previous_step)
+        run.previous_step = run.step
+    if run.info.world_size > 1:
+        dist.barrier()
+    spent = run.clock() - began
+    if run.budget is not None:  # the budget plans for it
+        run.budget.spent_on_checkpoint(spent)
+    return spent
+
+
+def _monitor(run: _Run) -> float:
+    """The online kNN monitor: logged (its protocol named) and printed; returns the seconds it took."""
+    assert run.data.monitor is not None
+    began = run.clock()
+    run.model.eval()
+    acc = run.data.monitor(run.model.embed, run.device, run.amp_dtype)
+    run.model.train()
+    online = {f"online_{key}": value for key, value in acc.items()}
+    run.log.knn(run.step, round(run.step / run.steps_per_epoch, 4), online, run.data.monitor.protocol)
+    run.metrics.update(online)
+    spent = run.clock() - began
+    if run.budget is not None:  # the budget plans for it
+        run.budget.spent_on_monitor(spent)
+    return spent
+
+
+def _time_budget(run: _Run) -> None:
+    """A budgeted run still timing its steps: once the step time is known, decide the total (timing a monitor and
+    a checkpoint first, see :meth:`Budget.decide`), store it in a checkpoint and say what the budget bought."""
+    budget, at = run.budget, run.step
+    assert budget is not None
+    budget.begin(at)
+    step_s = budget.step_s(at)
+    if run.info.world_size > 1:  # decide at the same step on every rank: rank 0's timing
+        step_s = _rank0(step_s or 0.0, run.device) or None
+    if step_s is None:
+        return
+    total = budget.decide(at, step_s, lambda: _monitor(run), lambda guess: _checkpoint(run, guess))
+    if run.info.world_size > 1:  # every rank takes rank 0's decision
+        total = int(_rank0(total, run.device))
+    run.schedule, run.last_step, run.budget = run.schedule.with_total(total), total, None
+    _checkpoint(run)
+    run.log.set_total(total)
+    run.log.message(budget_words(run.schedule, at, run.steps_per_epoch, step_s, run.clock() - budget.started))
+
+
+def _batches(loader: BatchLoader, epoch: int, start_batch: int) -> Iterator[tuple[Tensor, Tensor | None]]:
+    loader.set_epoch(epoch, start_batch)
+    yield from loader
+
+
+def _knn_due(step: int, steps_per_epoch: int, knn_every: int) -> bool:
+    """The online kNN monitor runs at the end of every ``knn_every``-th epoch (0: never)."""
+    return knn_every > 0 and step % steps_per_epoch == 0 and (step // steps_per_epoch) % knn_every == 0
 
 
 def _view_seed(seed: int, step: int, rank: int) -> int:
@@ -647,83 +422,16 @@ def _view_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step) * 4099 + rank
 
 
-def _raise_if_non_finite(first_bad: Tensor, bad_terms: Tensor) -> None:
-    bad_step = int(first_bad)
-    if bad_step >= 0:
-        names = [name for name, bad in zip(TERMS, bad_terms.tolist(), strict=True) if bad]
-        raise NonFiniteLossError(
-            f"the loss became non-finite at step {bad_step} (terms: {', '.join(names)}); the run stopped and its "
-            "last good checkpoint is kept. Lower the learning rate, use fp32/bf16 instead of fp16, or check the "
-            "data for NaN/inf values"
-        )
+def _rank0(value: float, device: torch.device) -> float:
+    """Rank 0's ``value`` on every rank (float64: integers up to 2**53 are exact)."""
+    tensor = torch.tensor([value], dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+    dist.broadcast(tensor, 0)  # under NCCL from the GPU, under gloo from the CPU
+    return float(tensor.item())
 
 
-def _write_config(run_dir: Path, cfg: TrainConfig) -> None:
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-    atomic_write(run_dir / "config.yaml", lambda f: f.write(text.encode()))
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
-# Settings a checkpoint's state depends on: the weights' shapes, the optimiser's state, the step -> data map.
-_RESUME_MUST_MATCH = ("model", "optim.name", "batch_size")
-
-
-def _newest_readable(
-    folder: Path, device: torch.device, say: Callable[[str], None]
-) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint of ``folder`` that loads (``last.pt``, then the kept ``step_*.pt``), each damaged one
-    before it reported; ``None`` when there is none. Raises :class:`CheckpointError` when none loads."""
-    candidates = checkpoint_candidates(folder)
-    errors: list[CheckpointError] = []
-    for path in candidates:
-        try:
-            state = load_checkpoint(path, map_location=device)
-        except CheckpointError as err:
-            errors.append(err)
-            continue
-        for skipped in errors:
-            say(f"warning: {skipped}")
-        if errors:
-            say(f"warning: skipped {len(errors)} damaged checkpoint(s); resuming from the previous one, {path}")
-        return path, state
-    if errors:
-        raise CheckpointError(no_readable_checkpoint(folder, errors))
-    return None
-
-
-def _resume(
-    path: Path,
-    state: dict[str, Any],
-    cfg: TrainConfig,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    probe: OnlineProbe | None = None,
-) -> int:
-    saved = state.get("config")
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{path} holds no run config; it was not written by `vicreg train`")
-    mine = config_to_dict(cfg)
-    for key in _RESUME_MUST_MATCH:  # the rest (epochs, max_steps, logging, device...) may change on resume
-        section, _, name = key.partition(".")
-        theirs = saved.get(section)
-        if name:
-            theirs = theirs.get(name) if isinstance(theirs, dict) else None
-        ours = mine[section] if not name else mine[section][name]
-        if theirs != ours:
-            raise CheckpointError(
-                f"{path} was written by a run with a different {key} config ({theirs}) than "
-                f"this one ({ours}); use another --out folder or the same settings"
-            )
-    try:
-        model.load_state_dict(state["model"], strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        if probe is not None and "probe" in state:
-            probe.load_state_dict(state["probe"])
-        restore_rng_state(state["rng"])
-        step = state["step"]
-    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as err:
-        raise CheckpointError(f"{path} does not match this model: {type(err).__name__}: {err}") from err
-    if type(step) is not int or step < 0:
-        raise CheckpointError(f"{path} holds an invalid step {step!r}")
-    return step
+def _params(module: nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())

@@ -13,7 +13,9 @@ Sources (the ``--model.init`` of ``vicreg train``):
 Loading is strict. A mismatch raises :class:`ValueError` listing, in a few lines, the counts and the first names
 of the missing, unexpected and mis-shaped keys (:func:`mismatch_report`). Classifier heads of ImageNet
 checkpoints (``fc.*``, ``head.*``, ``classifier.*`` keys the backbone does not have) are dropped explicitly, and
-the description returned says so. A missing ``num_batches_tracked`` BatchNorm counter (absent from old
+the description returned says so. RGB weights for a backbone of ``C != 3`` input channels have their first
+convolution adapted as timm's ``adapt_input_conv`` does (:func:`adapt_first_conv`), and the description says
+so too. A missing ``num_batches_tracked`` BatchNorm counter (absent from old
 checkpoints) is filled with the backbone's own, as ``torch.nn.BatchNorm`` does for such checkpoints.
 """
 
@@ -29,9 +31,20 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from vicreg.checkpoint import FORMAT, load_backbone
+from vicreg.checkpoint import FORMAT, CheckpointError, read_backbone_spec, read_backbone_state, read_tensor_file
+from vicreg.models import EncoderSpec
 
-__all__ = ["HEAD_PREFIXES", "load_initial_weights", "load_strict", "mismatch_report", "read_state_dict"]
+__all__ = [
+    "HEAD_PREFIXES",
+    "adapt_first_conv",
+    "adapt_input_conv",
+    "backbone_from_state",
+    "load_backbone_file",
+    "load_initial_weights",
+    "load_strict",
+    "mismatch_report",
+    "read_state_dict",
+]
 
 #: Key prefixes of the classifier heads of torchvision / timm ImageNet checkpoints (our backbones have none).
 HEAD_PREFIXES = ("fc.", "head.", "classifier.")
@@ -91,7 +104,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         raise FileNotFoundError(
             f"no weights file at {path}: give a .safetensors/.pt state dict, torchvision:<WeightsName> or timm"
         )
-    state: Any = load_backbone(path)
+    state: Any = read_tensor_file(path)
     if state.get("format") == FORMAT:
         model = state.get("model", {})
         state = {k.removeprefix("backbone."): v for k, v in model.items() if k.startswith("backbone.")}
@@ -104,15 +117,99 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     return dict(state)
 
 
+def backbone_from_state(state: Mapping[str, Tensor], spec: EncoderSpec, source: str) -> nn.Module:
+    """``spec.build()`` with ``state`` loaded strictly, in eval mode, carrying how to feed it: the attributes
+    ``vicreg_spec`` (the :class:`EncoderSpec`), ``vicreg_input_shape`` (one sample, no batch dimension) and
+    ``vicreg_normalize`` (``{"mean": ..., "std": ...}``)."""
+    module = spec.build()
+    load_strict(module, state, source)
+    module.eval()
+    vars(module).update(  # plain attributes, as nn.Module.__setattr__ stores non-tensor values
+        vicreg_spec=spec,
+        vicreg_input_shape=tuple(spec.input_shape),
+        vicreg_normalize={"mean": tuple(spec.mean), "std": tuple(spec.std)},
+    )
+    return module
+
+
+def load_backbone_file(path: str | os.PathLike[str], spec: EncoderSpec | None = None) -> nn.Module:
+    """The backbone of a backbone file (``.safetensors`` / ``.pt`` written by vicreg) or an ``hf`` export
+    folder, rebuilt from the description it carries (:func:`backbone_from_state`); ``spec`` rebuilds a file
+    without one (a foreign state dict)."""
+    path = Path(path).expanduser()
+    if path.suffix == ".onnx":
+        raise ValueError(f"{path} is an ONNX model: run it with onnxruntime.InferenceSession({str(path)!r})")
+    weights = path / "model.safetensors" if path.is_dir() else path
+    if not weights.is_file():
+        raise FileNotFoundError(f"no backbone at {weights}: give a run folder, a backbone file or an hf export folder")
+    state = read_backbone_state(weights)  # first: a file that is no backbone at all says so
+    if spec is None:
+        spec = read_backbone_spec(weights)
+    if spec is None:
+        raise CheckpointError(
+            f"{weights} does not say which architecture it holds (it was not written by vicreg, or before backbone "
+            "files carried their description): pass spec=EncoderSpec(...), or load its run folder"
+        )
+    return backbone_from_state(state, spec, str(weights))
+
+
 def _drop_heads(state: Mapping[str, Tensor], model_keys: Mapping[str, Any]) -> tuple[dict[str, Tensor], list[str]]:
     dropped = [k for k in state if k.startswith(HEAD_PREFIXES) and k not in model_keys]
     return {k: v for k, v in state.items() if k not in dropped}, dropped
 
 
+def adapt_input_conv(weight: Tensor, in_channels: int) -> Tensor:
+    """A first-convolution weight ``(O, 3, k, k)`` of RGB weights for ``in_channels`` input channels.
+
+    As timm's ``adapt_input_conv`` (timm/models/_manipulate.py): one channel gets the sum of the RGB filters;
+    ``C != 3`` channels get the RGB filters repeated (R, G, B, R, G, B, ...) and scaled by ``3 / C``, so an
+    input with the same value on every channel gives the same response as the RGB weights did on grey.
+    """
+    if weight.ndim != 4 or weight.shape[1] != 3:
+        raise ValueError(f"adapt_input_conv needs RGB convolution weights (O, 3, kh, kw), got {tuple(weight.shape)}")
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    w = weight.float()
+    if in_channels == 1:
+        w = w.sum(dim=1, keepdim=True)
+    elif in_channels != 3:
+        w = w.repeat(1, -(-in_channels // 3), 1, 1)[:, :in_channels] * (3 / in_channels)
+    return w.to(weight.dtype)
+
+
+def adapt_first_conv(state: Mapping[str, Tensor], model_state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], str]:
+    """``state`` with its one RGB stem convolution adapted to the model's input channels, and a note saying so.
+
+    The stem is the one 4-D weight that differs from the model's only in its input channels, 3 in ``state``;
+    the note is ``""`` when nothing was adapted (the shapes fit, or no such weight, or more than one).
+    """
+    candidates = [
+        k
+        for k, v in state.items()
+        if k in model_state
+        and v.ndim == 4
+        and v.shape[1] == 3
+        and model_state[k].ndim == 4
+        and model_state[k].shape[1] != 3
+        and (v.shape[0], *v.shape[2:]) == (model_state[k].shape[0], *model_state[k].shape[2:])
+    ]
+    if len(candidates) != 1:
+        return dict(state), ""
+    key = candidates[0]
+    c = int(model_state[key].shape[1])
+    out = dict(state)
+    out[key] = adapt_input_conv(state[key], c)
+    how = "summed" if c == 1 else f"repeated and scaled by 3/{c}"
+    return out, f"adapted the first convolution ({key}) from 3 to {c} channels (RGB filters {how}, as timm does)"
+
+
 def _apply(backbone: nn.Module, state: Mapping[str, Tensor], source: str) -> str:
-    kept, dropped = _drop_heads(state, backbone.state_dict())
+    own = backbone.state_dict()
+    kept, dropped = _drop_heads(state, own)
+    kept, adapted = adapt_first_conv(kept, own)
     load_strict(backbone, kept, source)
     note = f"; dropped the classifier head ({', '.join(dropped)})" if dropped else ""
+    note += f"; {adapted}" if adapted else ""
     return f"{source}, {len(kept)} tensors{note}"
 
 
@@ -226,7 +323,9 @@ def _from_timm(backbone: nn.Module, backbone_name: str, kwargs: Mapping[str, Any
             raise
     cfg = getattr(pretrained, "pretrained_cfg", {}) or {}
     where = _timm_weights_location(cfg)
-    return _apply(backbone, pretrained.state_dict(), f"timm {name} pretrained weights ({where}; timm drops the head)")
+    adapted = f", timm adapted the first convolution from 3 to {in_chans} channels" if in_chans != 3 else ""
+    source = f"timm {name} pretrained weights ({where}; timm drops the head{adapted})"
+    return _apply(backbone, pretrained.state_dict(), source)
 
 
 def _timm_weights_location(cfg: Mapping[str, Any]) -> str:

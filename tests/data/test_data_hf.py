@@ -24,7 +24,7 @@ from PIL import Image
 datasets = pytest.importorskip("datasets")
 
 from tests.helpers import free_port  # noqa: E402
-from vicreg.data import BadImageWarning, decode_image  # noqa: E402
+from vicreg.data import BadImageError, BadImageWarning, decode_image  # noqa: E402
 from vicreg.data.hf import (  # noqa: E402
     HFSource,
     HFStreamLoader,
@@ -33,7 +33,7 @@ from vicreg.data.hf import (  # noqa: E402
     hf_splits,
     hf_stream_loader,
     is_hf_source,
-    load_hf_arrays,
+    load_hf_images,
     open_hf_dataset,
     parse_hf_source,
 )
@@ -210,7 +210,7 @@ def test_a_hub_name_in_the_local_cache_loads_offline(tmp_path):
     config.rename(cache / "me___tiny" / "default")
     for f in glob.glob(str(cache / "me___tiny" / "default" / "*" / "*" / "parquet-*.arrow")):
         os.rename(f, f.replace("parquet-", "tiny-"))
-    data = load_hf_arrays("hf:me/tiny", "test", size=12)
+    data = load_hf_images("hf:me/tiny", "test", size=12)
     assert data.images.shape == (2, 3, 12, 12) and data.classes == CLASSES
     assert data.labels is not None and data.labels.tolist() == [100 % 3, 101 % 3]
 
@@ -268,18 +268,18 @@ def test_rank_shards_are_disjoint_and_equal(saved):
 
 def test_grey_images_give_one_channel(tmp_path):
     _split(0, 4, mode="L").save_to_disk(str(tmp_path / "grey"))
-    data = load_hf_arrays(f"hf:{tmp_path / 'grey'}", "train", size=12)
+    data = load_hf_images(f"hf:{tmp_path / 'grey'}", "train", size=12)
     assert data.channels == 1
-    assert load_hf_arrays(f"hf:{tmp_path / 'grey'}", "train", size=12, channels=3).channels == 3
+    assert load_hf_images(f"hf:{tmp_path / 'grey'}", "train", size=12, channels=3).channels == 3
 
 
-def test_load_arrays(saved):
-    data = load_hf_arrays(f"hf:{saved}", "test", size=12, num_workers=0)
+def test_load_hf_images(saved):
+    data = load_hf_images(f"hf:{saved}", "test", size=12, num_workers=0)
     assert data.images.shape == (N_TEST, 3, 12, 12) and data.classes == CLASSES
     assert data.labels is not None and data.labels.tolist() == [i % 3 for i in range(100, 100 + N_TEST)]
     assert torch.equal(data.images[2], decode_image(_png(102), 12))  # type: ignore[arg-type]
     assert data.name == f"hf:{saved}:test"
-    ids = load_hf_arrays(f"hf:{saved}:test", None, size=12, label_column="idx", num_workers=0)
+    ids = load_hf_images(f"hf:{saved}:test", None, size=12, label_column="idx", num_workers=0)
     assert ids.labels is not None and ids.labels.tolist() == list(range(100, 100 + N_TEST)) and ids.classes == ()
 
 
@@ -290,8 +290,31 @@ def test_a_bad_image_is_skipped_with_a_warning(tmp_path):
     broken = datasets.Dataset.from_dict(rows, features=_features())
     broken.save_to_disk(str(tmp_path / "broken"))
     with pytest.warns(BadImageWarning, match=r"skipped 1 unusable image"):
-        data = load_hf_arrays(f"hf:{tmp_path / 'broken'}", "train", size=12, label_column="idx", num_workers=0)
+        data = load_hf_images(f"hf:{tmp_path / 'broken'}", "train", size=12, label_column="idx", num_workers=0)
     assert data.labels is not None and data.labels.tolist() == [0, 2, 3]
+
+
+def _broken(tmp_path: Path, bad_rows: dict[int, bytes]) -> Path:
+    """Rows 0..7 saved with ``save_to_disk``; the rows of ``bad_rows`` hold those bytes (no path) instead."""
+    rows = _split(0, 8).cast_column("img", datasets.Image(decode=False)).to_dict()
+    for i, data in bad_rows.items():
+        rows["img"][i] = {"bytes": data, "path": None}
+    datasets.Dataset.from_dict(rows, features=_features()).save_to_disk(str(tmp_path / "broken"))
+    return tmp_path / "broken"
+
+
+def test_a_stream_reports_bad_images_as_the_folder_loader_does(tmp_path):
+    root = _broken(tmp_path, {1: b"not an image", 5: b"nor this"})
+    loader = hf_stream_loader(f"hf-stream:{root}", 12, 4, shuffle=False, num_workers=0, label_column="idx")
+    with pytest.warns(BadImageWarning, match=r"skipped 2 unusable image.*each slot got another image of its batch"):
+        assert len(_rows(loader)) == 2  # batches keep their size
+    assert len(loader.bad_files) == 2  # rows without a path are told apart by their bytes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _rows(loader, epochs=(1,))  # nothing new in the next epoch: no second warning
+    strict = hf_stream_loader(f"hf-stream:{root}", 12, 4, shuffle=False, num_workers=0, strict=True)
+    with pytest.raises(BadImageError, match=r"unusable image file .*streamed row .*strict=True"):
+        _rows(strict)
 
 
 # ---------------------------------------------------------------------------------------------- streaming

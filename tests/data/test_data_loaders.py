@@ -8,13 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.data.make_files import save_image
-from vicreg.data import ArrayDataset, InMemoryLoader, folder_loader, shard_indices
+from vicreg.data import ImageDataset, InMemoryLoader, folder_loader, shard_indices
 
 
-def _dataset(n: int, labelled: bool = True) -> ArrayDataset:
+def _dataset(n: int, labelled: bool = True) -> ImageDataset:
     """Image i is filled with i mod 256 and its label is i: batches can be checked against their labels."""
     images = (torch.arange(n) % 256).to(torch.uint8).view(n, 1, 1, 1).expand(n, 3, 4, 4).contiguous()
-    return ArrayDataset(images, torch.arange(n) if labelled else None)
+    return ImageDataset(images, torch.arange(n) if labelled else None)
 
 
 @settings(max_examples=60, deadline=None)

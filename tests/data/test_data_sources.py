@@ -19,7 +19,7 @@ from tests.data.make_files import (
     write_mnist,
     write_stl10,
 )
-from vicreg.data import ArrayDataset, channel_stats, find_dataset, has_splits, load, read_idx, resize_images
+from vicreg.data import ImageDataset, channel_stats, find_dataset, has_splits, load, read_idx, resize_images
 from vicreg.data import sources as sources_module
 from vicreg.data.readers import read_idx_folder
 
@@ -256,7 +256,7 @@ def test_several_datasets_in_one_root_is_ambiguous(tmp_path):
         load(tmp_path)
 
 
-# --- ArrayDataset ----------------------------------------------------------------------------------------
+# --- ImageDataset ----------------------------------------------------------------------------------------
 
 
 def test_channel_stats_match_numpy():
@@ -265,20 +265,20 @@ def test_channel_stats_match_numpy():
     a = x.numpy().astype(np.float64) / 255
     np.testing.assert_allclose(mean, a.mean(axis=(0, 2, 3)), rtol=1e-10)
     np.testing.assert_allclose(std, a.std(axis=(0, 2, 3)), rtol=1e-8)
-    data = ArrayDataset(x)
+    data = ImageDataset(x)
     assert data.mean == mean and data.std == std
 
 
 def test_array_dataset_validation_and_channels():
     with pytest.raises(ValueError, match="uint8 tensor"):
-        ArrayDataset(torch.zeros(2, 3, 4, 4))
+        ImageDataset(torch.zeros(2, 3, 4, 4))
     with pytest.raises(ValueError, match="3 images but 2 labels"):
-        ArrayDataset.from_arrays(np.zeros((3, 4, 4), np.uint8), [0, 1])
-    rgb = ArrayDataset.from_arrays(np.stack([np.full((2, 2, 3), (255, 0, 0), np.uint8)] * 2))
+        ImageDataset.from_arrays(np.zeros((3, 4, 4), np.uint8), [0, 1])
+    rgb = ImageDataset.from_arrays(np.stack([np.full((2, 2, 3), (255, 0, 0), np.uint8)] * 2))
     grey = rgb.with_channels(1)
     assert grey.images.shape == (2, 1, 2, 2) and int(grey.images[0, 0, 0, 0]) == 76  # PIL's L of pure red
     assert torch.equal(grey.with_channels(3).images[:, 1], grey.images[:, 0])
-    sub = ArrayDataset.from_arrays(np.zeros((4, 3, 3), np.uint8), [5, 6, 7, 8]).subset([3, 1])
+    sub = ImageDataset.from_arrays(np.zeros((4, 3, 3), np.uint8), [5, 6, 7, 8]).subset([3, 1])
     assert sub.labels.tolist() == [8, 6] and len(sub) == 2
 
 
@@ -291,7 +291,7 @@ def test_resize_images_keeps_the_centre_and_leaves_right_sized_images_alone():
     assert int(out.min()) > 150  # the dark margins were cropped away (squeezed in, the edges would be 75)
     square = torch.randint(0, 255, (2, 3, 4, 4), dtype=torch.uint8)
     assert resize_images(square, 4) is square
-    data = ArrayDataset(images, torch.arange(3), ("a", "b", "c"), "wide")
+    data = ImageDataset(images, torch.arange(3), ("a", "b", "c"), "wide")
     small = data.resized(4)
     assert torch.equal(small.images, out) and torch.equal(small.labels, data.labels)
     assert (small.classes, small.name) == (data.classes, data.name) and small.resized(4) is small

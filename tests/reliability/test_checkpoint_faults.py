@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from tests.helpers import env_int, tiny_npz
-from vicreg.checkpoint import CheckpointError, load_backbone, load_checkpoint, save_checkpoint
+from vicreg.checkpoint import CheckpointError, load_checkpoint, read_backbone_state, save_checkpoint
 from vicreg.config import ModelConfig, OptimConfig, TrainConfig, ViewsConfig
 from vicreg.train import train
 
@@ -218,7 +218,7 @@ def _evil_state(base: dict[str, Any], payload: Any, place: str) -> dict[str, Any
 @pytest.mark.parametrize("place", PLACES)
 def test_pickled_objects_never_run(tmp_path: Path, real_checkpoint, place: str) -> None:
     """Every payload, anywhere in the checkpoint, in the new and the legacy torch format and as a plain
-    pickle: refused by load_checkpoint, by resuming a run and by load_backbone; the payload never runs."""
+    pickle: refused by load_checkpoint, by resuming a run and by read_backbone_state; the payload never runs."""
     _, blob = real_checkpoint
     base = load_checkpoint(_write(tmp_path / "ok.pt", blob))
     marker = tmp_path / "pwned"
@@ -236,7 +236,7 @@ def test_pickled_objects_never_run(tmp_path: Path, real_checkpoint, place: str) 
                 load_checkpoint(path)
             assert "could run code" in str(err.value) or "not a checkpoint" in str(err.value), what
             with pytest.raises(CheckpointError):
-                load_backbone(path)
+                read_backbone_state(path)
             if kind == "zip":  # the others are refused before unpickling, as load_checkpoint shows
                 cfg_here, ckpt = _fresh_run(tmp_path / "runs" / name, real_checkpoint, data)
                 with pytest.raises(CheckpointError, match="could run code"):

@@ -21,8 +21,9 @@ import pytest
 import torch
 
 from tests.helpers import assert_same_state, subprocess_env, tiny_npz
-from vicreg.checkpoint import CheckpointError, export_backbone, load_checkpoint, save_checkpoint
+from vicreg.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_backbone
 from vicreg.config import ModelConfig, OptimConfig, TrainConfig, ViewsConfig
+from vicreg.models import EncoderSpec
 from vicreg.train import train
 
 pytestmark = pytest.mark.reliability
@@ -89,7 +90,7 @@ def test_read_only_file_system(tmp_path: Path) -> None:
             with pytest.raises(CheckpointError, match="Read-only file system"):
                 save_checkpoint(_state(100, 2), path)
             with pytest.raises(CheckpointError, match="Read-only file system"):
-                export_backbone({"w": torch.zeros(3)}, fs / "run" / "backbone.safetensors")
+                write_backbone({"w": torch.zeros(3)}, EncoderSpec("mlp"), fs / "run" / "backbone.safetensors")
             with pytest.raises(CheckpointError, match="Read-only file system"):
                 save_checkpoint(_state(100, 2), fs / "run" / "new" / "last.pt")  # the folder cannot be made
             assert load_checkpoint(path)["step"] == 1

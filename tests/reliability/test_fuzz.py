@@ -28,7 +28,7 @@ from PIL import Image
 from tests.helpers import env_int
 from vicreg import vicreg_loss
 from vicreg.config import TrainConfig, load_config_file, merge
-from vicreg.data import ArrayDataset, ImageFolderSource, as_uint8_images, decode_image, load
+from vicreg.data import ImageDataset, ImageFolderSource, as_uint8_images, decode_image, load
 from vicreg.train import train
 
 # PIL warns about the damage it meets in fuzzed files (then decodes or raises)
@@ -152,7 +152,7 @@ def test_arrays_give_a_dataset_or_a_value_error(shape, dtype, fill, spots, label
         n = (x.shape[0] if x.ndim else 0) + n_labels
         y = np.full(max(n, 0), labels, dtype=np.float64 if isinstance(labels, float) else np.int64)
     try:
-        data = ArrayDataset.from_arrays(x, y)
+        data = ImageDataset.from_arrays(x, y)
     except ValueError as err:
         assert str(err).startswith("arrays:")
         return
@@ -172,7 +172,7 @@ def test_nan_and_inf_images_are_refused(bad: float) -> None:
     with pytest.raises(ValueError, match=r"NaN or infinite|must lie in \[0, 1\]"):
         as_uint8_images(x)
     with pytest.raises(ValueError, match=r"NaN or infinite|must lie in \[0, 1\]"):
-        ArrayDataset.from_arrays(torch.from_numpy(x))
+        ImageDataset.from_arrays(torch.from_numpy(x))
 
 
 def test_label_files_that_do_not_match(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 seen between kills loads, and the final state is bit-identical to an uninterrupted run (CPU, one thread).
 
 No hook in the library: kills that must land *during a checkpoint write* watch the checkpoint folder for
-the temporary file that :func:`vicreg.checkpoint.atomic_write` creates and kill the process while it exists.
+the temporary file that :func:`vicreg.files.atomic_write` creates and kill the process while it exists.
 ``VICREG_RELIABILITY_KILLS`` (default 5) sets the number of kills, ``VICREG_RELIABILITY_SEED`` the random
 delays (default: a fresh seed, printed on failure).
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import assert_same_state, env_int, subprocess_env, tiny_npz, train_args
-from vicreg.checkpoint import load_backbone, load_checkpoint
+from vicreg.checkpoint import load_checkpoint, read_backbone_state
 
 KILLS = env_int("VICREG_RELIABILITY_KILLS", 5)
 pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.timeout(240 + 40 * KILLS)]
@@ -116,7 +116,7 @@ def test_kill_9_at_random_points_then_resume_equals_uninterrupted(tmp_path: Path
         done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"{context}\n{done.stderr[-3000:]}"
         assert_same_state(out / "checkpoints" / "last.pt", ref / "checkpoints" / "last.pt")
-        a, b = load_backbone(out / "backbone.safetensors"), load_backbone(ref / "backbone.safetensors")
+        a, b = read_backbone_state(out / "backbone.safetensors"), read_backbone_state(ref / "backbone.safetensors")
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), context
         # metrics: every step exactly once, with the values of the uninterrupted run; no half-written line
         assert _rows(out) == _rows(ref), context

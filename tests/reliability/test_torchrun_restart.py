@@ -34,7 +34,7 @@ from vicreg.cli import main
 rank = int(os.environ["RANK"])
 attempt = int(os.environ["TORCHELASTIC_RESTART_COUNT"])
 die_at = int(os.environ["DIE_AT"])
-view_seed, resume = train_module._view_seed, train_module._resume
+view_seed, restore = train_module._view_seed, train_module.restore
 
 
 def dying_view_seed(seed, step, r):  # called once per step, before the step's work
@@ -44,13 +44,13 @@ def dying_view_seed(seed, step, r):  # called once per step, before the step's w
 
 
 def logged_resume(*args, **kwargs):
-    step = resume(*args, **kwargs)
+    step = restore(*args, **kwargs)
     with open(os.path.join(os.environ["LOG_DIR"], f"resumed-attempt{attempt}-rank{rank}"), "w") as f:
         f.write(str(step))
     return step
 
 
-train_module._view_seed, train_module._resume = dying_view_seed, logged_resume
+train_module._view_seed, train_module.restore = dying_view_seed, logged_resume
 main(sys.argv[1:])
 """
 

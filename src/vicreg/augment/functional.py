@@ -39,7 +39,7 @@ class Scratch:
     """Named temporary tensors, reused while their shape, dtype and device stay the same.
 
     On CPU every fresh image-sized tensor is fresh memory from the OS, and touching it costs a page fault
-    per 4 KiB: at 32 px that was about 40% of the time of a view. :class:`~vicreg.augment.PaperViews` keeps
+    per 4 KiB: at 32 px that was about 40% of the time of a view. :class:`~vicreg.augment.ImageViews` keeps
     one ``Scratch`` between calls on CPU; the public functions here use a throwaway one. Not for use by two
     threads at once. Pickling drops the buffers (DataLoader workers start empty).
     """

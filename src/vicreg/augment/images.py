@@ -1,10 +1,11 @@
 """The paper's two augmented views of an image batch, batched on the batch's device.
 
-:class:`PaperViews` turns a ``(N, C, H, W)`` batch into the two normalised views of VICReg. Its defaults are
-the official recipe (facebookresearch/vicreg ``augmentations.py``, the paper's appendix); every probability
-and strength is a field of :class:`ViewConfig` and can be overridden per view. Each sample draws its own
+:class:`ImageViews` turns a ``(N, C, H, W)`` batch into the two normalised views of VICReg (``PaperViews`` is
+the same class under its first name, kept as public API). Its defaults are the official recipe
+(facebookresearch/vicreg ``augmentations.py``, the paper's appendix); every probability and strength of one
+view is a field of :class:`OneViewConfig` and can be overridden per view. Each sample draws its own
 parameters (:func:`sample_view_params`), then :func:`apply_view` applies them with the batched operations of
-:mod:`vicreg.augment.functional`. ``PaperViews(..., local_crops=M).multi(x)`` adds ``M`` small local crops per
+:mod:`vicreg.augment.functional`. ``ImageViews(..., local_crops=M).multi(x)`` adds ``M`` small local crops per
 image (multi-crop, as SwAV, DINO and VICRegL), all ``M * N`` of them drawn and applied as one batch
 (:func:`apply_local_views`).
 """
@@ -14,13 +15,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from vicreg.augment import functional as AF
+from vicreg.deprecation import renamed
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -28,9 +30,10 @@ __all__ = [
     "PAPER_VIEW_A",
     "PAPER_VIEW_B",
     "SYMMETRIC_VIEW",
+    "ImageViews",
     "ImageViewsConfig",
+    "OneViewConfig",
     "PaperViews",
-    "ViewConfig",
     "ViewParams",
     "apply_local_views",
     "apply_view",
@@ -44,7 +47,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
-class ViewConfig:
+class OneViewConfig:
     """The random augmentation of one view. The defaults are the paper's view A.
 
     Attributes:
@@ -76,32 +79,32 @@ class ViewConfig:
         for name in ("crop_scale", "crop_ratio", "blur_sigma"):
             value = getattr(self, name)
             if not isinstance(value, Sequence) or len(value) != 2:
-                raise ValueError(f"ViewConfig.{name} must be a (min, max) pair, got {value!r}")
+                raise ValueError(f"OneViewConfig.{name} must be a (min, max) pair, got {value!r}")
             lo, hi = float(value[0]), float(value[1])
             if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
-                raise ValueError(f"ViewConfig.{name} must satisfy 0 < min <= max, got {value!r}")
+                raise ValueError(f"OneViewConfig.{name} must satisfy 0 < min <= max, got {value!r}")
             object.__setattr__(self, name, (lo, hi))
         if self.crop_scale[1] > 1:
-            raise ValueError(f"ViewConfig.crop_scale max must be <= 1 (the whole image), got {self.crop_scale}")
+            raise ValueError(f"OneViewConfig.crop_scale max must be <= 1 (the whole image), got {self.crop_scale}")
         for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
             p = float(getattr(self, name))
             if not 0 <= p <= 1:
-                raise ValueError(f"ViewConfig.{name} is a probability and must be in [0, 1], got {p}")
+                raise ValueError(f"OneViewConfig.{name} is a probability and must be in [0, 1], got {p}")
             object.__setattr__(self, name, p)
         for name in ("brightness", "contrast", "saturation", "hue"):
             s = float(getattr(self, name))
             if not (math.isfinite(s) and s >= 0):
-                raise ValueError(f"ViewConfig.{name} must be a finite strength >= 0, got {s}")
+                raise ValueError(f"OneViewConfig.{name} must be a finite strength >= 0, got {s}")
             object.__setattr__(self, name, s)
         if self.hue > 0.5:
-            raise ValueError(f"ViewConfig.hue must be <= 0.5 (half a turn of the colour wheel), got {self.hue}")
+            raise ValueError(f"OneViewConfig.hue must be <= 0.5 (half a turn of the colour wheel), got {self.hue}")
 
 
-PAPER_VIEW_A = ViewConfig(blur_p=1.0, solarize_p=0.0)
+PAPER_VIEW_A = OneViewConfig(blur_p=1.0, solarize_p=0.0)
 """The official ``TrainTransform.transform``: always blurred, never solarized."""
-PAPER_VIEW_B = ViewConfig(blur_p=0.1, solarize_p=0.2)
+PAPER_VIEW_B = OneViewConfig(blur_p=0.1, solarize_p=0.2)
 """The official ``TrainTransform.transform_prime``: blurred with p = 0.1, solarized with p = 0.2."""
-SYMMETRIC_VIEW = ViewConfig(blur_p=0.5, solarize_p=0.1)
+SYMMETRIC_VIEW = OneViewConfig(blur_p=0.5, solarize_p=0.1)
 """One pipeline for both views, as lightly's ``VICRegTransform`` (blur 0.5, solarize 0.1) does."""
 
 
@@ -138,7 +141,7 @@ def _bernoulli(n: int, p: float, generator: torch.Generator | None, device: torc
 
 
 def _sample_boxes(
-    cfg: ViewConfig,
+    cfg: OneViewConfig,
     n: int,
     height: int,
     width: int,
@@ -181,7 +184,7 @@ def _sample_boxes(
 
 
 def sample_view_params(
-    cfg: ViewConfig,
+    cfg: OneViewConfig,
     n: int,
     image_size: tuple[int, int],
     generator: torch.Generator | None = None,
@@ -306,22 +309,26 @@ def apply_local_views(
     return AF._solarize_(v, p.solarize, 0.5, scratch)
 
 
-def _view_config(base: ViewConfig, shared: Mapping[str, Any], own: ViewConfig | Mapping[str, Any] | None) -> ViewConfig:
-    if isinstance(own, ViewConfig):
+def _view_config(
+    base: OneViewConfig, shared: Mapping[str, Any], own: OneViewConfig | Mapping[str, Any] | None
+) -> OneViewConfig:
+    if isinstance(own, OneViewConfig):
         base, own = own, None
-    names = {f.name for f in fields(ViewConfig)}
+    names = {f.name for f in fields(OneViewConfig)}
     for overrides in (shared, own or {}):
         unknown = sorted(set(overrides) - names)
         if unknown:
-            raise ValueError(f"unknown view option(s) {unknown}; the options are the ViewConfig fields {sorted(names)}")
+            raise ValueError(
+                f"unknown view option(s) {unknown}; the options are the OneViewConfig fields {sorted(names)}"
+            )
         base = replace(base, **overrides)
     return base
 
 
-class PaperViews:
+class ImageViews:
     """The two augmented views of VICReg, for a whole batch at once, on the batch's device.
 
-    ``views = PaperViews(size=32); v_a, v_b = views(x)`` with ``x`` a ``(N, C, H, W)`` uint8 batch (or float
+    ``views = ImageViews(size=32); v_a, v_b = views(x)`` with ``x`` a ``(N, C, H, W)`` uint8 batch (or float
     in ``[0, 1]``), ``C`` = 1 or 3, on any device: two float batches ``(N, C, size, size)``, normalised
     (float32; float64 input stays float64). Each sample draws its own parameters; pass ``generator=`` to the
     call for reproducible views: the parameters are drawn on the generator's device, so a CPU generator gives
@@ -376,7 +383,7 @@ class PaperViews:
 
     Args:
         size: output size, ``int`` or ``(height, width)``.
-        view_a, view_b: a :class:`ViewConfig` to use instead of the paper's, or a mapping of fields to
+        view_a, view_b: a :class:`OneViewConfig` to use instead of the paper's, or a mapping of fields to
             override on it for that view only, e.g. ``view_b={"solarize_p": 0.0}``.
         symmetric: both views start from :data:`SYMMETRIC_VIEW` instead of the paper's asymmetric pair.
         mean, std: normalisation statistics per channel (default ImageNet; pass your dataset's).
@@ -389,11 +396,11 @@ class PaperViews:
             at least 8 (and at most ``size``).
         local_crop_scale: their crop area range as a fraction of the image (DINO's (0.05, 0.4)); it always
             replaces the ``crop_scale`` of the local crops' configuration.
-        view_local: a :class:`ViewConfig` or a mapping of fields overriding view B's configuration for the
+        view_local: a :class:`OneViewConfig` or a mapping of fields overriding view B's configuration for the
             local crops (``crop_scale`` excepted: see ``local_crop_scale``).
         local_blur_kernel_size: blur taps of the local crops; default :func:`default_blur_kernel_size` of
             their smaller side.
-        **overrides: :class:`ViewConfig` fields applied to both views, e.g. ``hue=0.0``; ``view_a``/``view_b``
+        **overrides: :class:`OneViewConfig` fields applied to both views, e.g. ``hue=0.0``; ``view_a``/``view_b``
             mappings are applied after them.
     """
 
@@ -401,8 +408,8 @@ class PaperViews:
         self,
         size: int | tuple[int, int] = 224,
         *,
-        view_a: ViewConfig | Mapping[str, Any] | None = None,
-        view_b: ViewConfig | Mapping[str, Any] | None = None,
+        view_a: OneViewConfig | Mapping[str, Any] | None = None,
+        view_b: OneViewConfig | Mapping[str, Any] | None = None,
         symmetric: bool = False,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -412,7 +419,7 @@ class PaperViews:
         local_crops: int = 0,
         local_size: int | tuple[int, int] | None = None,
         local_crop_scale: tuple[float, float] = (0.05, 0.4),
-        view_local: ViewConfig | Mapping[str, Any] | None = None,
+        view_local: OneViewConfig | Mapping[str, Any] | None = None,
         local_blur_kernel_size: int | None = None,
         **overrides: Any,
     ) -> None:
@@ -443,7 +450,7 @@ class PaperViews:
         crops: int,
         size: int | tuple[int, int] | None,
         crop_scale: tuple[float, float],
-        view: ViewConfig | Mapping[str, Any] | None,
+        view: OneViewConfig | Mapping[str, Any] | None,
         blur_kernel_size: int | None,
     ) -> None:
         if isinstance(crops, bool) or not isinstance(crops, int) or crops < 0:
@@ -477,7 +484,7 @@ class PaperViews:
         if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] not in (1, 3):
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(
-                f"PaperViews expects a (N, C, H, W) tensor with C = 1 or 3, got {shape}; "
+                f"ImageViews expects a (N, C, H, W) tensor with C = 1 or 3, got {shape}; "
                 "stack the images into one batch and put channels first (e.g. x.permute(0, 3, 1, 2))"
             )
         if x.dtype == torch.uint8:
@@ -485,7 +492,7 @@ class PaperViews:
             out = self._scratch.get("input", tuple(x.shape), x, torch.float32) if keep else None
             return torch.div(x, 255, out=out)
         if not x.is_floating_point():
-            raise ValueError(f"PaperViews expects uint8 or float in [0, 1], got dtype {x.dtype}")
+            raise ValueError(f"ImageViews expects uint8 or float in [0, 1], got dtype {x.dtype}")
         # float16/bfloat16 are too coarse for the HSV and blend arithmetic: compute (and return) float32.
         return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
@@ -500,7 +507,7 @@ class PaperViews:
         s = torch.tensor(std, dtype=v.dtype).view(1, c, 1, 1).to(v.device, non_blocking=True)
         return v.sub_(m).div_(s)
 
-    def view(self, x: Tensor, cfg: ViewConfig, generator: torch.Generator | None = None) -> Tensor:
+    def view(self, x: Tensor, cfg: OneViewConfig, generator: torch.Generator | None = None) -> Tensor:
         """One view of ``x`` with configuration ``cfg`` (normalised unless ``normalize=False``)."""
         x = self._to_float(x)
         device = generator.device if generator is not None else x.device
@@ -560,7 +567,7 @@ class PaperViews:
 
     def __repr__(self) -> str:
         return (
-            f"PaperViews(size={self.size}, interpolation={self.interpolation!r}, "
+            f"ImageViews(size={self.size}, interpolation={self.interpolation!r}, "
             f"blur_kernel_size={self.blur_kernel_size}, normalize={self.normalize}, mean={self.mean}, "
             f"std={self.std},\n  view_a={self.view_a},\n  view_b={self.view_b}"
             + (
@@ -571,6 +578,16 @@ class PaperViews:
             )
             + ")"
         )
+
+
+PaperViews = ImageViews
+"""The paper's image pair under its first name: the same class as :class:`ImageViews`, kept (no warning) as the
+public name ``from vicreg import PaperViews`` that the design promises."""
+
+if TYPE_CHECKING:  # the single-view settings were called ViewConfig (one release)
+    ViewConfig = OneViewConfig
+else:
+    __getattr__ = renamed(__name__, {"ViewConfig": OneViewConfig})
 
 
 # ------------------------------------------------------------------------------------------------ run config
@@ -633,8 +650,8 @@ class ImageViewsConfig:
 
 def image_views(
     cfg: ImageViewsConfig, data_mean: Sequence[float], data_std: Sequence[float], channels: int
-) -> PaperViews:
-    """The :class:`PaperViews` of a run's view settings, for images of ``channels`` channels whose pixel
+) -> ImageViews:
+    """The :class:`ImageViews` of a run's view settings, for images of ``channels`` channels whose pixel
     statistics (in ``[0, 1]``) are ``data_mean``/``data_std``."""
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -662,7 +679,7 @@ def image_views(
     else:
         view_a = {"blur_p": cfg.blur_prob_a}
         view_b = {"blur_p": cfg.blur_prob_b, "solarize_p": cfg.solarize_prob_b}
-    return PaperViews(
+    return ImageViews(
         cfg.size,
         symmetric=cfg.symmetric,
         mean=mean,

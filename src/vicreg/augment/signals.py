@@ -18,7 +18,7 @@ channel dropout        each channel zeroed with probability ``channel_drop_p``; 
 =====================  ================================================================================
 
 Every draw is one tensor operation for the whole batch (no per-sample Python); with ``generator=`` the views
-are reproducible, drawn on the generator's device as :class:`vicreg.PaperViews` does. There is no paper recipe
+are reproducible, drawn on the generator's device as :class:`vicreg.ImageViews` does. There is no paper recipe
 for signals: both views default to the same :data:`SIGNAL_VIEW`; override either per view.
 """
 

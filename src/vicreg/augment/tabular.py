@@ -1,6 +1,6 @@
 """Two augmented views of a batch of table rows ``(N, F)``, with per-sample parameters.
 
-:class:`TabularViews` is fitted on the training table (its rows are the empirical marginals and give the
+:class:`TableViews` is fitted on the training table (its rows are the empirical marginals and give the
 standardisation statistics). Each view applies, in this order:
 
 ==================  =================================================================================
@@ -14,7 +14,7 @@ Gaussian noise      standard deviation ``noise_std`` on every standardised value
 feature masking     each feature set to zero (the feature's mean) with probability ``mask_p``
 ==================  =================================================================================
 
-SCARF pairs an uncorrupted anchor with a corrupted view: ``TabularViews(table, view_a={"corrupt_rate": 0})``.
+SCARF pairs an uncorrupted anchor with a corrupted view: ``TableViews(table, view_a={"corrupt_rate": 0})``.
 By default both views are corrupted (rate 0.6, SCARF's default). All draws are batched tensor operations; with
 ``generator=`` the views are reproducible, drawn on the generator's device.
 """
@@ -24,17 +24,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
+
+from vicreg.deprecation import renamed
 
 __all__ = [
     "TABLE_VIEW",
     "TableParams",
     "TableViewConfig",
+    "TableViews",
     "TableViewsConfig",
-    "TabularViews",
     "apply_table_view",
     "sample_table_params",
     "table_views",
@@ -129,10 +131,10 @@ def _view_config(shared: Mapping[str, Any], own: TableViewConfig | Mapping[str, 
     return base
 
 
-class TabularViews:
+class TableViews:
     """The two augmented views of a batch of table rows, fitted on the training table.
 
-    ``views = TabularViews(train_x); v_a, v_b = views(x)`` with ``x`` float ``(N, F)`` raw rows: two standardised
+    ``views = TableViews(train_x); v_a, v_b = views(x)`` with ``x`` float ``(N, F)`` raw rows: two standardised
     float batches ``(N, F)``. The views are made on ``x``'s device; :meth:`to` moves the fitted table there.
 
     Args:
@@ -153,7 +155,7 @@ class TabularViews:
         t = torch.as_tensor(table)
         if t.ndim != 2 or t.shape[0] < 2 or t.shape[1] < 1:
             raise ValueError(
-                f"TabularViews needs the training table as (rows, features) with at least 2 rows, got shape "
+                f"TableViews needs the training table as (rows, features) with at least 2 rows, got shape "
                 f"{tuple(t.shape)}"
             )
         t = t.float()
@@ -170,7 +172,7 @@ class TabularViews:
     def features(self) -> int:
         return self.table.shape[1]
 
-    def to(self, device: torch.device | str) -> TabularViews:
+    def to(self, device: torch.device | str) -> TableViews:
         """Move the fitted table and statistics to ``device`` (in place); returns ``self``."""
         self.table, self.mean, self.std = (t.to(device) for t in (self.table, self.mean, self.std))
         return self
@@ -179,7 +181,7 @@ class TabularViews:
         if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] != self.features or not x.is_floating_point():
             desc = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(
-                f"TabularViews was fitted on {self.features} features and expects float (N, {self.features}) rows, "
+                f"TableViews was fitted on {self.features} features and expects float (N, {self.features}) rows, "
                 f"got {desc}"
             )
         if x.device != self.table.device:
@@ -204,9 +206,15 @@ class TabularViews:
 
     def __repr__(self) -> str:
         return (
-            f"TabularViews(rows={self.table.shape[0]}, features={self.features},\n  view_a={self.view_a},\n"
+            f"TableViews(rows={self.table.shape[0]}, features={self.features},\n  view_a={self.view_a},\n"
             f"  view_b={self.view_b})"
         )
+
+
+if TYPE_CHECKING:  # TableViews was called TabularViews (one release)
+    TabularViews = TableViews
+else:
+    __getattr__ = renamed(__name__, {"TabularViews": TableViews})
 
 
 # ------------------------------------------------------------------------------------------------ run config
@@ -236,9 +244,9 @@ class TableViewsConfig:
         return TableViewConfig(corrupt_rate=self.corrupt_rate, noise_std=self.noise_std, mask_p=self.mask_p)
 
 
-def table_views(cfg: TableViewsConfig, table: Any) -> TabularViews:
-    """The :class:`TabularViews` of a run's settings, fitted on the training ``table``; with ``anchor_a``, view A
+def table_views(cfg: TableViewsConfig, table: Any) -> TableViews:
+    """The :class:`TableViews` of a run's settings, fitted on the training ``table``; with ``anchor_a``, view A
     is the uncorrupted anchor (SCARF)."""
     v = cfg.view_config()
     view_a = TableViewConfig(corrupt_rate=0.0, noise_std=v.noise_std, mask_p=v.mask_p) if cfg.anchor_a else v
-    return TabularViews(table, view_a=view_a, view_b=v)
+    return TableViews(table, view_a=view_a, view_b=v)

@@ -3,18 +3,20 @@
 Two paths, one interface (``set_epoch(epoch, start_batch)``, ``len()`` batches per epoch, iteration yields
 ``(rows, labels_or_None)``):
 
-* in memory: :func:`load` -> :class:`ArrayDataset` (uint8 images), :func:`load_arrays` ->
-  :class:`FloatArrayDataset` (signals, tables), :func:`load_pairs` (two-modality pairs) -> :class:`InMemoryLoader`
+* in memory: :func:`load` -> :class:`ImageDataset` (uint8 images), :func:`load_float_rows` ->
+  :class:`FloatDataset` (signals, tables), :func:`load_pairs` (two-modality pairs) -> :class:`InMemoryLoader`
   (batches by indexing, on the device the rows live on);
 * streamed: :func:`folder_loader` -> :class:`FolderLoader` (image folders, decoded in DataLoader workers).
 
 All sources are read in :mod:`vicreg.data.sources`.
 """
 
+from typing import TYPE_CHECKING
+
 from vicreg.data.arrays import (
-    ArrayDataset,
     Dataset,
-    FloatArrayDataset,
+    FloatDataset,
+    ImageDataset,
     as_float_array,
     as_uint8_images,
     channel_stats,
@@ -49,25 +51,26 @@ from vicreg.data.sources import (
     has_splits,
     is_image_folder,
     load,
-    load_arrays,
     load_at_size,
+    load_float_rows,
     load_pairs,
     search_roots,
 )
+from vicreg.deprecation import renamed
 
 __all__ = [
     "DATASET_NAMES",
     "DEBIAN_FASHION_MNIST",
     "IMAGE_EXTENSIONS",
     "SKLEARN_TABLES",
-    "ArrayDataset",
     "BadImageError",
     "BadImageWarning",
     "Dataset",
-    "FloatArrayDataset",
+    "FloatDataset",
     "FolderBatch",
     "FolderLoader",
     "FolderSample",
+    "ImageDataset",
     "ImageFolderSource",
     "InMemoryLoader",
     "SizedImages",
@@ -82,8 +85,8 @@ __all__ = [
     "has_splits",
     "is_image_folder",
     "load",
-    "load_arrays",
     "load_at_size",
+    "load_float_rows",
     "load_folder",
     "load_pairs",
     "read_idx",
@@ -92,3 +95,12 @@ __all__ = [
     "search_roots",
     "shard_indices",
 ]
+
+if TYPE_CHECKING:  # renamed names, kept one release
+    ArrayDataset = ImageDataset
+    FloatArrayDataset = FloatDataset
+    load_arrays = load_float_rows
+else:
+    __getattr__ = renamed(
+        __name__, {"ArrayDataset": ImageDataset, "FloatArrayDataset": FloatDataset, "load_arrays": load_float_rows}
+    )

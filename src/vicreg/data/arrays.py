@@ -1,8 +1,8 @@
 """In-memory datasets: one tensor of rows plus optional ``int64`` labels, beside each other.
 
-* :class:`ArrayDataset`: images as one ``uint8`` tensor ``(N, C, H, W)``. Everything image-like that fits in
+* :class:`ImageDataset`: images as one ``uint8`` tensor ``(N, C, H, W)``. Everything image-like that fits in
   memory (CIFAR, STL-10 at 96 px, MNIST, Fashion-MNIST, numpy arrays, small image folders) ends up as one.
-* :class:`FloatArrayDataset`: signals ``(N, C, T)`` or table rows ``(N, F)`` as one float32 tensor.
+* :class:`FloatDataset`: signals ``(N, C, T)`` or table rows ``(N, F)`` as one float32 tensor.
 
 Both expose ``rows`` (the tensor), ``labels``, ``classes``, ``name``, ``channels`` (what an encoder's
 ``in_channels`` is), ``mean``/``std`` (per channel or feature: for images of the pixels scaled to ``[0, 1]``) and
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -21,10 +21,12 @@ from numpy.lib.recfunctions import structured_to_unstructured
 from torch import Tensor
 from torchvision.transforms.v2.functional import center_crop, resize
 
+from vicreg.deprecation import renamed
+
 __all__ = [
-    "ArrayDataset",
     "Dataset",
-    "FloatArrayDataset",
+    "FloatDataset",
+    "ImageDataset",
     "Kind",
     "as_float_array",
     "as_labels",
@@ -40,7 +42,7 @@ _LUMA = (0.299, 0.587, 0.114)
 
 
 @dataclass(frozen=True)
-class ArrayDataset:
+class ImageDataset:
     """Images held as one tensor.
 
     Attributes:
@@ -63,7 +65,7 @@ class ArrayDataset:
             desc = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(
                 f"{self.name}: images must be a uint8 tensor (N, C, H, W) with C = 1 or 3, got {desc}; "
-                "use ArrayDataset.from_arrays to convert numpy arrays or other layouts"
+                "use ImageDataset.from_arrays to convert numpy arrays or other layouts"
             )
         if x.shape[0] == 0:
             raise ValueError(f"{self.name}: the dataset has no images")
@@ -82,7 +84,7 @@ class ArrayDataset:
         labels: Any = None,
         classes: Sequence[str] = (),
         name: str = "arrays",
-    ) -> ArrayDataset:
+    ) -> ImageDataset:
         """Build from numpy arrays or tensors; see :func:`as_uint8_images` for the accepted layouts."""
         x = as_uint8_images(images, name=name)
         y = None
@@ -133,14 +135,14 @@ class ArrayDataset:
             self._stats["mean"], self._stats["std"] = mean, std
         return self._stats["mean"], self._stats["std"]
 
-    def to(self, device: torch.device | str) -> ArrayDataset:
+    def to(self, device: torch.device | str) -> ImageDataset:
         """The same dataset with its tensors on ``device`` (e.g. CIFAR on the GPU: batches cost no copy)."""
         labels = None if self.labels is None else self.labels.to(device)
         moved = replace(self, images=self.images.to(device), labels=labels)
         moved._stats.update(self._stats)
         return moved
 
-    def with_channels(self, channels: int) -> ArrayDataset:
+    def with_channels(self, channels: int) -> ImageDataset:
         """Grey -> RGB by repeating the channel, RGB -> grey with the ITU-R 601 luma weights (PIL's)."""
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -154,13 +156,13 @@ class ArrayDataset:
             out = (x.float() * w).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
         return replace(self, images=out)
 
-    def resized(self, size: int) -> ArrayDataset:
+    def resized(self, size: int) -> ImageDataset:
         """The dataset at ``size x size`` (:func:`resize_images`); itself when already at that size."""
         if self.image_size == (size, size):
             return self
         return replace(self, images=resize_images(self.images, size))
 
-    def subset(self, index: Tensor | Sequence[int]) -> ArrayDataset:
+    def subset(self, index: Tensor | Sequence[int]) -> ImageDataset:
         """The rows ``index`` (tensor or list of ints), e.g. a labelled fraction for a linear probe."""
         images, labels = _take_rows(self.images, self.labels, index)
         return replace(self, images=images, labels=labels)
@@ -217,10 +219,12 @@ def as_uint8_images(images: Any, *, name: str = "arrays") -> Tensor:
             )
         x = (x.float() * 255).round_().to(torch.uint8)
     elif x.dtype != torch.bool:
-        lo, hi = int(x.min()), int(x.max())
+        wide = x.to(torch.int64) if x.dtype in (torch.uint16, torch.uint32) else x  # no min/max kernels
+        lo, hi = int(wide.min()), int(wide.max())
         if lo < 0 or hi > 255:
             raise ValueError(
-                f"{name}: integer images must lie in [0, 255], got values in [{lo}, {hi}]; rescale them to 8 bits first"
+                f"{name}: integer images must lie in [0, 255], got values in [{lo}, {hi}]; rescale them to 8 bits "
+                "first, or read them as 16-bit multi-band images (vicreg.data.bands.read_band_arrays)"
             )
         x = x.to(torch.uint8)
     else:
@@ -326,7 +330,7 @@ def as_labels(y: Any, n: int, name: str) -> Tensor | None:
 
 
 @dataclass(frozen=True)
-class FloatArrayDataset:
+class FloatDataset:
     """Signals ``(N, C, T)`` or table rows ``(N, F)`` as one float32 tensor, with optional ``int64`` labels."""
 
     x: Tensor
@@ -337,7 +341,7 @@ class FloatArrayDataset:
     @classmethod
     def from_arrays(
         cls, x: Any, labels: Any = None, *, kind: Kind, classes: Sequence[str] = (), name: str = "arrays"
-    ) -> FloatArrayDataset:
+    ) -> FloatDataset:
         t = as_float_array(x, kind, name=name)
         return cls(t, as_labels(labels, t.shape[0], name), tuple(classes), name)
 
@@ -373,14 +377,20 @@ class FloatArrayDataset:
         x = self.x.double()
         return x.transpose(1, 2).reshape(-1, x.shape[1]) if x.ndim == 3 else x
 
-    def to(self, device: torch.device | str) -> FloatArrayDataset:
+    def to(self, device: torch.device | str) -> FloatDataset:
         labels = None if self.labels is None else self.labels.to(device)
         return replace(self, x=self.x.to(device), labels=labels)
 
-    def subset(self, index: Tensor | Sequence[int]) -> FloatArrayDataset:
+    def subset(self, index: Tensor | Sequence[int]) -> FloatDataset:
         x, labels = _take_rows(self.x, self.labels, index)
         return replace(self, x=x, labels=labels)
 
 
-Dataset = ArrayDataset | FloatArrayDataset
+Dataset = ImageDataset | FloatDataset
 """Either in-memory dataset."""
+
+if TYPE_CHECKING:  # the datasets were called ArrayDataset / FloatArrayDataset (one release)
+    ArrayDataset = ImageDataset
+    FloatArrayDataset = FloatDataset
+else:
+    __getattr__ = renamed(__name__, {"ArrayDataset": ImageDataset, "FloatArrayDataset": FloatDataset})

@@ -1,7 +1,7 @@
 """Batches out: an index-based loader for in-memory datasets and a DataLoader-backed one for image folders.
 
 Both yield ``(images, labels)``: ``images`` is ``uint8 (B, C, H, W)`` (the views are made on the batch, see
-:class:`vicreg.PaperViews`), ``labels`` is ``int64 (B,)`` or ``None`` for unlabeled data. Both read the
+:class:`vicreg.ImageViews`), ``labels`` is ``int64 (B,)`` or ``None`` for unlabeled data. Both read the
 same per-epoch order, a pure function of ``(seed, epoch)`` given by :func:`shard_indices`:
 
 * ``shuffle``: a permutation seeded by ``(seed, epoch)``; the same on every rank.
@@ -27,10 +27,10 @@ import signal
 import traceback
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn, Protocol, cast
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
 from vicreg.augment.pairs import TensorPair
-from vicreg.data.arrays import ArrayDataset, Dataset, FloatArrayDataset
+from vicreg.data.arrays import Dataset, FloatDataset, ImageDataset
 from vicreg.data.folder import BadImageError, FolderSample, ImageFolderSource
 from vicreg.distributed import get_dist_info
 
@@ -47,8 +47,10 @@ __all__ = [
     "BadImageWarning",
     "FolderBatch",
     "FolderLoader",
+    "ImageSource",
     "InMemoryLoader",
     "collate_folder",
+    "decode_source",
     "folder_loader",
     "ignore_stop_signals",
     "is_worker_exit",
@@ -173,7 +175,7 @@ class _EpochState:
 class InMemoryLoader:
     """Batches of in-memory rows by indexing: one row copy per batch, no per-image Python.
 
-    ``data`` is an :class:`ArrayDataset` (uint8 images) or :class:`FloatArrayDataset` (signals, table rows),
+    ``data`` is an :class:`ImageDataset` (uint8 images) or :class:`FloatDataset` (signals, table rows),
     whose labels come along, or a bare tensor / :class:`~vicreg.augment.TensorPair` of row-aligned tensors
     (two-modality pairs) with ``labels`` given separately. Yields ``(x, labels_or_None)`` with ``x`` of the same
     type as the rows. Batches are made on the device the rows live on: ``InMemoryLoader(data.to("cuda"), ...)``
@@ -198,7 +200,7 @@ class InMemoryLoader:
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        if isinstance(data, ArrayDataset | FloatArrayDataset):
+        if isinstance(data, ImageDataset | FloatDataset):
             self.dataset: Dataset | None = data
             x: Tensor | TensorPair = data.rows
             labels = data.labels
@@ -341,7 +343,7 @@ def _portable(err: BaseException) -> bytes:
 class _Reporting(TorchDataset[Any]):
     """The source as the workers see it: an exception becomes a :class:`_WorkerError` sample."""
 
-    def __init__(self, source: ImageFolderSource) -> None:
+    def __init__(self, source: ImageSource) -> None:
         self.source = source
 
     def __len__(self) -> int:
@@ -357,6 +359,48 @@ class _Reporting(TorchDataset[Any]):
 def _collate_reporting(samples: list[Any]) -> FolderBatch | _WorkerError:
     failed = next((s for s in samples if isinstance(s, _WorkerError)), None)
     return failed if failed is not None else collate_folder(samples)
+
+
+class ImageSource(Protocol):
+    """What :class:`FolderLoader` reads: an :class:`ImageFolderSource`, or a Hugging Face dataset's images
+    (:class:`vicreg.data.hf.HFImageSource`). Item ``i`` is a :class:`FolderSample` (a bad image's slot holds the
+    next usable one, the bad ones listed in ``bad``); ``labels`` is ``None`` when unlabeled."""
+
+    @property
+    def root(self) -> str | os.PathLike[str]: ...
+    @property
+    def classes(self) -> tuple[str, ...]: ...
+    @property
+    def labels(self) -> Any: ...
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> FolderSample: ...
+
+
+def note_bad_images(bad: Iterable[tuple[str, str]], seen: dict[str, str], new: dict[str, str], *, strict: bool) -> None:
+    """Record a batch's unusable images ``(path, reason)``: unseen ones go to ``seen`` and ``new``; with
+    ``strict`` the first one raises :class:`BadImageError` naming it."""
+    for path, reason in bad:
+        if strict:
+            raise BadImageError(
+                f"unusable image file {path}: {reason} (strict=True; remove or fix the file, or pass "
+                "strict=False to skip such files with a warning)"
+            )
+        if path not in seen:
+            new[path] = seen[path] = reason
+
+
+def warn_bad_images(new: Mapping[str, str], root: object, filled: str, *, stacklevel: int) -> None:
+    """One :class:`BadImageWarning` for the unusable images met in an epoch (their count and first paths)."""
+    if not new:
+        return
+    shown = "; ".join(f"{p} ({r})" for p, r in list(new.items())[:_SHOWN_PATHS])
+    more = f"; and {len(new) - _SHOWN_PATHS} more" if len(new) > _SHOWN_PATHS else ""
+    warnings.warn(
+        f"skipped {len(new)} unusable image file(s) under {root} (each slot got {filled}): {shown}{more}. "
+        "The full list is in loader.bad_files; strict=True makes this an error.",
+        BadImageWarning,
+        stacklevel=stacklevel + 1,
+    )
 
 
 class FolderLoader:
@@ -379,7 +423,7 @@ class FolderLoader:
 
     def __init__(
         self,
-        source: ImageFolderSource,
+        source: ImageSource,
         batch_size: int,
         *,
         shuffle: bool = True,
@@ -399,7 +443,7 @@ class FolderLoader:
         self._state = _EpochState(len(source), batch_size, shuffle, drop_last, seed, rank, world_size)
         workers = _default_workers() if num_workers is None else num_workers
         self._loader: DataLoader[Any] = DataLoader(
-            _Reporting(source) if workers > 0 else source,
+            _Reporting(source) if workers > 0 else cast(Any, source),  # map-style: what ImageSource promises
             batch_size=batch_size,
             sampler=_ShardSampler(self._state),
             num_workers=workers,
@@ -444,28 +488,10 @@ class FolderLoader:
             for batch in _until_stopped(batches, self):
                 if isinstance(batch, _WorkerError):
                     _raise_worker_error(batch)
-                if batch.bad:
-                    if self.strict:
-                        path, reason = batch.bad[0]
-                        raise BadImageError(
-                            f"unusable image file {path}: {reason} (strict=True; remove or fix the file, or "
-                            "pass strict=False to skip such files with a warning)"
-                        )
-                    for path, reason in batch.bad:
-                        if path not in self.bad_files:
-                            new[path] = self.bad_files[path] = reason
+                note_bad_images(batch.bad, self.bad_files, new, strict=self.strict)
                 yield batch
         finally:
-            if new:
-                shown = "; ".join(f"{p} ({r})" for p, r in list(new.items())[:_SHOWN_PATHS])
-                more = f"; and {len(new) - _SHOWN_PATHS} more" if len(new) > _SHOWN_PATHS else ""
-                warnings.warn(
-                    f"skipped {len(new)} unusable image file(s) under {self.source.root} (each slot got the "
-                    f"next readable file): {shown}{more}. The full list is in loader.bad_files; "
-                    "strict=True makes this an error.",
-                    BadImageWarning,
-                    stacklevel=3,
-                )
+            warn_bad_images(new, self.source.root, "the next readable file", stacklevel=3)
 
     def __iter__(self) -> Iterator[Batch]:
         labelled = self.source.labels is not None
@@ -535,8 +561,8 @@ def load_folder(
     strict: bool = False,
     num_workers: int | None = None,
     batch_size: int = 256,
-) -> ArrayDataset:
-    """Decode every usable image under ``root`` once into an :class:`ArrayDataset` (in scan order).
+) -> ImageDataset:
+    """Decode every usable image under ``root`` once into an :class:`ImageDataset` (in scan order).
 
     Unusable files are left out (one :class:`BadImageWarning`, or :class:`BadImageError` when ``strict``).
     """
@@ -550,8 +576,27 @@ def decode_folder(
     strict: bool = False,
     num_workers: int | None = None,
     batch_size: int = 256,
-) -> tuple[ArrayDataset, list[str]]:
+) -> tuple[ImageDataset, list[str]]:
     """Decode every usable image of ``source`` once (in scan order); also return the paths that were kept."""
+    data, kept = decode_source(
+        source, name=str(Path(source.root)), strict=strict, num_workers=num_workers, batch_size=batch_size
+    )
+    return data, [str(source.files[i]) for i in kept.tolist()]
+
+
+def decode_source(
+    source: ImageSource,
+    *,
+    name: str | None = None,
+    strict: bool = False,
+    num_workers: int | None = None,
+    batch_size: int = 256,
+) -> tuple[ImageDataset, Tensor]:
+    """Decode every usable image of ``source`` once, in its order, into an :class:`ImageDataset` named ``name``
+    (default: ``source.root``); also return the indices of the kept items (``int64``).
+
+    Unusable images are left out (one :class:`BadImageWarning`, or :class:`BadImageError` when ``strict``).
+    """
     loader = FolderLoader(
         source,
         min(batch_size, len(source)),
@@ -568,11 +613,11 @@ def decode_folder(
         images.append(batch.images)
         labels.append(batch.labels)
         used.append(batch.used)
-    files = torch.cat(used)
-    # A bad file's slot holds the next readable file, which also has its own slot: keep each file once.
-    first = torch.full((len(source),), files.shape[0], dtype=torch.int64)
-    first.scatter_reduce_(0, files, torch.arange(files.shape[0]), reduce="amin")
-    keep = first[first < files.shape[0]]
+    items = torch.cat(used)
+    # A bad item's slot holds the next usable item, which also has its own slot: keep each item once.
+    first = torch.full((len(source),), items.shape[0], dtype=torch.int64)
+    first.scatter_reduce_(0, items, torch.arange(items.shape[0]), reduce="amin")
+    keep = first[first < items.shape[0]]
     y = torch.cat(labels)[keep] if source.labels is not None else None
-    data = ArrayDataset(torch.cat(images)[keep], y, source.classes, name=str(Path(source.root)))
-    return data, [str(source.files[i]) for i in files[keep].tolist()]
+    data = ImageDataset(torch.cat(images)[keep], y, source.classes, name=str(source.root) if name is None else name)
+    return data, items[keep]

@@ -1,6 +1,6 @@
 """Readers of the array formats: CIFAR (python format), STL-10 binaries, MNIST-format IDX files, numpy files.
 
-Each returns an :class:`~vicreg.data.ArrayDataset`. They are written here rather than taken from
+Each returns an :class:`~vicreg.data.ImageDataset`. They are written here rather than taken from
 torchvision's dataset classes because those check the MD5 of every file on each load (seconds for STL-10's
 2.7 GB), cannot read gzipped IDX files in place and unpickle CIFAR files without restriction.
 """
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vicreg.data.arrays import ArrayDataset
+from vicreg.data.arrays import ImageDataset
 from vicreg.data.numpy_files import DAMAGED_ARCHIVE_ERRORS, check_numpy_file
 
 __all__ = ["idx_file", "read_cifar", "read_idx", "read_idx_folder", "read_numpy", "read_stl10"]
@@ -55,7 +55,7 @@ def _unpickle(path: Path) -> Any:
             raise ValueError(f"{path} is not a readable CIFAR (python format) file: {e}") from e
 
 
-def read_cifar(folder: Path, split: str) -> ArrayDataset:
+def read_cifar(folder: Path, split: str) -> ImageDataset:
     hundred = (folder / "meta").is_file() or (folder / "train").is_file()
     if hundred:
         files, meta, key, label_key = [split], "meta", "fine_label_names", "fine_labels"
@@ -75,7 +75,7 @@ def read_cifar(folder: Path, split: str) -> ArrayDataset:
     classes: tuple[str, ...] = ()
     if (folder / meta).is_file():
         classes = tuple(_unpickle(folder / meta)[key])
-    return ArrayDataset(
+    return ImageDataset(
         torch.from_numpy(np.concatenate(images)),
         torch.from_numpy(np.concatenate(labels)),
         classes,
@@ -99,13 +99,13 @@ def _read_stl_labels(path: Path) -> Tensor:
     return torch.from_numpy(np.fromfile(path, dtype=np.uint8).astype(np.int64) - 1)
 
 
-def read_stl10(folder: Path, split: str) -> ArrayDataset:
+def read_stl10(folder: Path, split: str) -> ImageDataset:
     classes: tuple[str, ...] = ()
     if (folder / "class_names.txt").is_file():
         classes = tuple((folder / "class_names.txt").read_text().split())
     name = f"stl10:{split}"
     if split == "unlabeled":
-        return ArrayDataset(_read_stl_images(folder / "unlabeled_X.bin"), None, classes, name)
+        return ImageDataset(_read_stl_images(folder / "unlabeled_X.bin"), None, classes, name)
     part = "test" if split == "test" else "train"
     images = _read_stl_images(folder / f"{part}_X.bin")
     labels = _read_stl_labels(folder / f"{part}_y.bin")
@@ -113,7 +113,7 @@ def read_stl10(folder: Path, split: str) -> ArrayDataset:
         extra = _read_stl_images(folder / "unlabeled_X.bin")
         images = torch.cat([images, extra])
         labels = torch.cat([labels, torch.full((extra.shape[0],), -1, dtype=torch.int64)])
-    return ArrayDataset(images, labels, classes, name)
+    return ImageDataset(images, labels, classes, name)
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -146,7 +146,7 @@ def idx_file(folder: Path, split: str, kind: str) -> Path | None:
     return None
 
 
-def read_idx_folder(folder: Path, split: str, classes: tuple[str, ...] = ()) -> ArrayDataset:
+def read_idx_folder(folder: Path, split: str, classes: tuple[str, ...] = ()) -> ImageDataset:
     image_file, label_file = idx_file(folder, split, "images"), idx_file(folder, split, "labels")
     if image_file is None:
         raise FileNotFoundError(f"no {_IDX_PREFIX[split]}-images-idx3-ubyte[.gz] in {folder} for split {split!r}")
@@ -160,7 +160,7 @@ def read_idx_folder(folder: Path, split: str, classes: tuple[str, ...] = ()) -> 
             raise ValueError(f"{label_file}: {tuple(labels.shape)} labels for {images.shape[0]} images")
         if not classes:
             classes = tuple(str(i) for i in range(int(labels.max()) + 1))
-    return ArrayDataset(torch.from_numpy(images.copy()).unsqueeze(1), labels, classes, f"{folder}:{split}")
+    return ImageDataset(torch.from_numpy(images.copy()).unsqueeze(1), labels, classes, f"{folder}:{split}")
 
 
 _MAGIC = (
@@ -189,7 +189,7 @@ def file_content(path: Path) -> str:
     return "text"
 
 
-def read_numpy(path: Path) -> ArrayDataset:
+def read_numpy(path: Path) -> ImageDataset:
     check_numpy_file(path)  # cut short, impossible sizes, damaged archives: one line, before any allocation
     try:
         content = np.load(path, allow_pickle=False)
@@ -203,7 +203,7 @@ def read_numpy(path: Path) -> ArrayDataset:
             ) from e
         raise ValueError(f"{path} is not a readable numpy file: {e}") from e
     if isinstance(content, np.ndarray):
-        return ArrayDataset.from_arrays(content, name=str(path))
+        return ImageDataset.from_arrays(content, name=str(path))
     with content:
         keys = list(content.files)
         image_key = next((k for k in ("images", "x", "data", "X") if k in keys), keys[0] if len(keys) == 1 else None)
@@ -220,4 +220,4 @@ def read_numpy(path: Path) -> ArrayDataset:
             raise ValueError(
                 f"{path} is a damaged .npz archive ({type(err).__name__}: {err}); write or copy it again"
             ) from err
-        return ArrayDataset.from_arrays(images, labels, name=str(path))
+        return ImageDataset.from_arrays(images, labels, name=str(path))

@@ -1,12 +1,13 @@
-"""Datasets by name or path, read into an :class:`~vicreg.data.ArrayDataset`.
+"""Datasets by name or path, read into an :class:`~vicreg.data.ImageDataset`.
 
 Names (``cifar10``, ``cifar100``, ``stl10``, ``mnist``, ``fashion-mnist``) are looked up without the network
-first: in ``$VICREG_DATA`` (one or more folders separated by ``os.pathsep``), in the user cache
+first: in the ``root`` argument, in ``$VICREG_DATA`` (one or more folders separated by ``os.pathsep``; the user's
+default, read here and never written), in the user cache
 (``$XDG_CACHE_HOME/vicreg``, default ``~/.cache/vicreg``) and, for Fashion-MNIST, in the Debian package's
 folder ``/usr/share/datasets/fashion-mnist`` (``apt install dataset-fashion-mnist``). Each root may hold the
 torchvision layout (``cifar-10-batches-py/``, ``cifar-100-python/``, ``stl10_binary/``, ``MNIST/raw/``,
 ``FashionMNIST/raw/``) or a folder named after the dataset (``fashion-mnist/``, ``mnist/``). When nothing is
-found, torchvision's standard download fills ``$VICREG_DATA`` (its first folder) or the user cache.
+found, torchvision's standard download fills the first of these folders.
 
 The formats are read by :mod:`vicreg.data.readers`; torchvision is used for the downloads.
 """
@@ -17,17 +18,18 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torchvision.datasets as tvd
 from torch import Tensor
 
-from vicreg.data.arrays import ArrayDataset, FloatArrayDataset, Kind, as_labels
+from vicreg.data.arrays import FloatDataset, ImageDataset, Kind, as_labels
 from vicreg.data.folder import ImageFolderSource
 from vicreg.data.loaders import decode_folder, load_folder
 from vicreg.data.numpy_files import check_numpy_file
 from vicreg.data.readers import idx_file, read_cifar, read_idx_folder, read_numpy, read_stl10
+from vicreg.deprecation import renamed
 from vicreg.paths import expect_file, path_kind
 
 __all__ = [
@@ -40,8 +42,8 @@ __all__ = [
     "has_splits",
     "is_image_folder",
     "load",
-    "load_arrays",
     "load_at_size",
+    "load_float_rows",
     "load_pairs",
     "search_roots",
 ]
@@ -93,15 +95,19 @@ def _canonical(name: str) -> str | None:
     return key if key in _LAYOUTS else None
 
 
-def search_roots() -> list[Path]:
-    """The folders searched for datasets by name, in order: ``$VICREG_DATA`` entries, then the user cache."""
+def search_roots(root: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The folders searched for datasets by name, in order: ``root`` (if given), ``$VICREG_DATA`` entries, then
+    the user cache."""
     roots = [Path(p).expanduser() for p in os.environ.get("VICREG_DATA", "").split(os.pathsep) if p]
+    if root is not None:
+        first = Path(root).expanduser()
+        roots = [first, *(r for r in roots if r != first)]
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return [*roots, Path(cache) / "vicreg"]
 
 
-def _candidates(name: str) -> list[Path]:
-    places = [root / sub for root in search_roots() for sub in _LAYOUTS[name]]
+def _candidates(name: str, root: str | os.PathLike[str] | None) -> list[Path]:
+    places = [folder / sub for folder in search_roots(root) for sub in _LAYOUTS[name]]
     if name == "fashion-mnist":
         places.append(DEBIAN_FASHION_MNIST)
     return places
@@ -132,8 +138,9 @@ def _download(name: str, root: Path) -> None:
         tvd.FashionMNIST(str(root), download=True)
 
 
-def find_dataset(name: str, *, download: bool = True) -> Path:
-    """The folder holding dataset ``name``'s files: found locally (see the module doc) or downloaded.
+def find_dataset(name: str, *, download: bool = True, root: str | os.PathLike[str] | None = None) -> Path:
+    """The folder holding dataset ``name``'s files: found locally (``root`` first, see the module doc) or
+    downloaded into the first folder searched.
 
     Raises:
         ValueError: unknown name.
@@ -146,27 +153,27 @@ def find_dataset(name: str, *, download: bool = True) -> Path:
             f"unknown dataset name {name!r}; known names: {', '.join(DATASET_NAMES)}, "
             "or pass a path (image folder, dataset folder, .npy/.npz file)"
         )
-    for place in _candidates(key):
+    for place in _candidates(key, root):
         if place.is_dir() and _complete(key, place):
             return place
     error = ""
     if download:
-        target = search_roots()[0]
+        target = search_roots(root)[0]
         try:
             _download(key, target)
         except (OSError, RuntimeError) as e:  # URLError is an OSError; torchvision raises RuntimeError
             error = f"The download into {target} failed ({type(e).__name__}: {e}). "
         else:
-            for place in _candidates(key):
+            for place in _candidates(key, root):
                 if place.is_dir() and _complete(key, place):
                     return place
             error = f"The download into {target} finished but its files were not found there. "
-    looked = "\n  ".join(str(p) for p in _candidates(key))
+    looked = "\n  ".join(str(p) for p in _candidates(key, root))
     hint = "install the Debian package (apt install dataset-fashion-mnist), or " if key == "fashion-mnist" else ""
     raise FileNotFoundError(
         f"dataset {key!r} not found. {error}Looked in:\n  {looked}\n"
         f"To get it: {hint}run once with network access (download=True), or copy its files into one of "
-        "these folders, or set VICREG_DATA to the folder that holds them."
+        "these folders, or pass the folder that holds them with --data-root (or set VICREG_DATA to it)."
     )
 
 
@@ -228,8 +235,9 @@ def load(
     download: bool = True,
     strict: bool = False,
     num_workers: int | None = None,
-) -> ArrayDataset:
-    """Load a whole dataset into memory as an :class:`ArrayDataset` (``uint8 (N, C, H, W)`` + labels).
+    root: str | os.PathLike[str] | None = None,
+) -> ImageDataset:
+    """Load a whole dataset into memory as an :class:`ImageDataset` (``uint8 (N, C, H, W)`` + labels).
 
     Args:
         source: a dataset name (:data:`DATASET_NAMES`, found or downloaded as the module doc says) or a path:
@@ -244,6 +252,7 @@ def load(
         channels: 3 or 1 to convert (grey repeated to RGB, RGB to luma); ``None`` keeps the native channels.
         download: allow torchvision's download for a name that is not found locally.
         strict, num_workers: for image folders, see :func:`vicreg.data.folder_loader`.
+        root: a folder searched first for a dataset name (see :func:`find_dataset`).
 
     Raises:
         FileNotFoundError: a path that does not exist, or a name not found (the message says how to get it).
@@ -252,7 +261,7 @@ def load(
     text = os.fspath(source)
     key = _canonical(text) if not Path(text).expanduser().exists() else None
     if key is not None:
-        folder = find_dataset(key, download=download)
+        folder = find_dataset(key, download=download, root=root)
         kind = {"cifar10": "cifar", "cifar100": "cifar", "stl10": "stl10"}.get(key, "idx")
         _check_split(kind, split, key)
         if kind == "cifar":
@@ -263,7 +272,7 @@ def load(
             fashion = key == "fashion-mnist"
             digits = tuple(str(i) for i in range(10))
             data = read_idx_folder(folder, split, FASHION_CLASSES if fashion else digits)
-        data = ArrayDataset(data.images, data.labels, data.classes, f"{key}:{split}")
+        data = ImageDataset(data.images, data.labels, data.classes, f"{key}:{split}")
     else:
         path = Path(text).expanduser()
         if not path.exists():
@@ -299,7 +308,7 @@ def load(
 class SizedImages(NamedTuple):
     """A split at the encoder's size, with what evaluation and ``vicreg embed`` report about it."""
 
-    data: ArrayDataset
+    data: ImageDataset
     native_size: tuple[int, int] | None
     """The images' size before resizing (``None`` for image folders, decoded straight to the size)."""
     paths: list[str] | None
@@ -307,7 +316,13 @@ class SizedImages(NamedTuple):
 
 
 def load_at_size(
-    source: str | os.PathLike[str], split: str, *, size: int, channels: int, download: bool = False
+    source: str | os.PathLike[str],
+    split: str,
+    *,
+    size: int,
+    channels: int,
+    download: bool = False,
+    root: str | os.PathLike[str] | None = None,
 ) -> SizedImages:
     """One split of images at ``size x size`` and ``channels``: whole images, shorter side resized (bilinear,
     antialiased) then centre-cropped; image folders are decoded once, in scan order, with their paths."""
@@ -315,7 +330,7 @@ def load_at_size(
     if is_image_folder(path):
         data, paths = decode_folder(ImageFolderSource(path, size, channels=channels))
         return SizedImages(data, None, paths)
-    data = load(source, split, channels=channels, download=download)
+    data = load(source, split, channels=channels, download=download, root=root)
     return SizedImages(data.resized(size), data.image_size, None)
 
 
@@ -361,7 +376,7 @@ def aeon_datasets() -> list[str]:
     )
 
 
-def _load_aeon(name: str, split: str) -> FloatArrayDataset:
+def _load_aeon(name: str, split: str) -> FloatDataset:
     from aeon.datasets import load_from_ts_file  # optional dependency
 
     root = _aeon_root()
@@ -377,12 +392,12 @@ def _load_aeon(name: str, split: str) -> FloatArrayDataset:
     classes = np.unique(np.concatenate([np.asarray(y) for _, y in parts.values()]))
     x, y = parts[split]
     codes = np.searchsorted(classes, np.asarray(y))
-    return FloatArrayDataset.from_arrays(
+    return FloatDataset.from_arrays(
         x, codes, kind="signal", classes=[str(c) for c in classes], name=f"aeon:{name}:{split}"
     )
 
 
-def _load_sklearn(name: str, split: str) -> FloatArrayDataset:
+def _load_sklearn(name: str, split: str) -> FloatDataset:
     try:  # optional dependency (vicreg[tables]); imported here because it is slow to import
         import sklearn.datasets
         from sklearn.model_selection import train_test_split
@@ -395,10 +410,10 @@ def _load_sklearn(name: str, split: str) -> FloatArrayDataset:
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
     x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
     classes = [str(c) for c in getattr(bunch, "target_names", np.unique(bunch.target))]
-    return FloatArrayDataset.from_arrays(x, y, kind="table", classes=classes, name=f"sklearn:{name}:{split}")
+    return FloatDataset.from_arrays(x, y, kind="table", classes=classes, name=f"sklearn:{name}:{split}")
 
 
-def load_arrays(source: str | os.PathLike[str], split: str = "train", *, kind: Kind) -> FloatArrayDataset:
+def load_float_rows(source: str | os.PathLike[str], split: str = "train", *, kind: Kind) -> FloatDataset:
     """Load signals (``kind="signal"``) or table rows (``kind="table"``) into memory; see the module doc."""
     text = os.fspath(source)
     _check_split("arrays", split, text)
@@ -419,7 +434,7 @@ def load_arrays(source: str | os.PathLike[str], split: str = "train", *, kind: K
         raise (KeyError if split == "test" else ValueError)(
             f"{path}: no array 'x{suffix}' for the {split} split (keys: {', '.join(sorted(arrays))})"
         )
-    return FloatArrayDataset.from_arrays(
+    return FloatDataset.from_arrays(
         arrays[f"x{suffix}"], arrays.get(f"y{suffix}"), kind=kind, name=f"{path.name}:{split}"
     )
 
@@ -443,3 +458,9 @@ def load_pairs(path: str | os.PathLike[str], split: str = "train") -> tuple[np.n
             f"{path}: x_a{suffix} has {a.shape[0]} rows but x_b{suffix} has {b.shape[0]}; rows must pair up"
         )
     return a, b, as_labels(arrays.get(f"y{suffix}"), a.shape[0], str(path))
+
+
+if TYPE_CHECKING:  # load_float_rows was called load_arrays (one release)
+    load_arrays = load_float_rows
+else:
+    __getattr__ = renamed(__name__, {"load_arrays": load_float_rows})

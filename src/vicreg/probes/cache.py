@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vicreg.checkpoint import atomic_write
+from vicreg.files import atomic_write
 
 __all__ = ["cached", "file_identity", "tensor_digest"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -14,7 +14,8 @@ def normalize_rows(x: Tensor, mean: Sequence[float], std: Sequence[float], devic
     """``x`` as the encoder sees it: float32 on ``device``, ``(x - mean) / std`` per channel (axis 1).
 
     ``uint8`` images are first scaled to ``[0, 1]`` (``mean``/``std`` are then those of pixels in ``[0, 1]``);
-    float signals ``(N, C, T)`` and table rows ``(N, F)`` are used as they are. ``mean``/``std`` hold one value
+    16-bit images (``uint16``/``int16``, :mod:`vicreg.data.bands`), float signals ``(N, C, T)`` and table rows
+    ``(N, F)`` are used as they are (16-bit values are exact in float32). ``mean``/``std`` hold one value
     or one per channel / feature.
     """
     c = x.shape[1]
@@ -30,12 +31,14 @@ def normalize_rows(x: Tensor, mean: Sequence[float], std: Sequence[float], devic
 
 def _check_rows(x: Tensor) -> None:
     ok = isinstance(x, Tensor) and (
-        (x.dtype == torch.uint8 and x.ndim == 4) or (x.is_floating_point() and x.ndim in (2, 3, 4))
+        (x.dtype in (torch.uint8, torch.uint16, torch.int16) and x.ndim == 4)
+        or (x.is_floating_point() and x.ndim in (2, 3, 4))
     )
     if not ok:
         desc = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(
-            f"expected uint8 images (N, C, H, W), float signals (N, C, T) or float table rows (N, F), got {desc}"
+            "expected uint8/uint16/int16 images (N, C, H, W), float signals (N, C, T) or float table rows (N, F), "
+            f"got {desc}"
         )
 
 
@@ -49,18 +52,20 @@ def extract_features(
     batch_size: int = 512,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
+    track: Callable[[Iterable[Tensor]], Iterable[Tensor]] | None = None,
 ) -> Tensor:
     """``embed`` applied to ``x`` normalised by :func:`normalize_rows`, in batches.
 
     ``x``: uint8 images ``(N, C, H, W)``, float signals ``(N, C, T)`` or float table rows ``(N, F)``, with the
     training data's ``mean``/``std``. Returns float32 features ``(N, D)`` on the CPU. The caller puts the module
-    in eval mode.
+    in eval mode. ``track`` wraps the iterable of row batches, e.g. ``Progress.batches(...)`` to show progress.
     """
     _check_rows(x)
     device = torch.device(device)
     out = []
-    for start in range(0, x.shape[0], batch_size):
-        batch = normalize_rows(x[start : start + batch_size], mean, std, device)
+    chunks: Iterable[Tensor] = x.split(batch_size) if x.shape[0] else ()
+    for rows in track(chunks) if track is not None else chunks:
+        batch = normalize_rows(rows, mean, std, device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
             f = embed(batch)
         out.append(f.float().flatten(1).cpu())

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vicreg.checkpoint import atomic_write
+from vicreg.files import atomic_write
 
 __all__ = [
     "DUPLICATE_TOLERANCE",

@@ -1,0 +1,438 @@
+"""Data kinds: one per modality (:class:`ImageKind`, :class:`SignalKind`, :class:`TableKind` and the two-modality
+:class:`PairKind`), each answering the same questions: the training loader and its views, the input the encoder
+sees (shape and normalisation), the kNN monitor, and a labelled split for evaluation (:meth:`DataKind.load_split`).
+Adding a modality is one new :class:`DataKind` here (plus its views and encoder as leaves)."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vicreg.augment.images import image_views
+from vicreg.augment.pairs import PairViews, TensorPair
+from vicreg.augment.signals import signal_views
+from vicreg.augment.tabular import table_views
+from vicreg.build.encoders import Input, encoder_specs, model_from_specs
+from vicreg.checkpoint import CheckpointError
+from vicreg.config import TrainConfig
+from vicreg.data import (
+    Dataset,
+    FloatDataset,
+    FolderLoader,
+    ImageDataset,
+    InMemoryLoader,
+    channel_stats,
+    folder_loader,
+    has_splits,
+    is_image_folder,
+    load,
+    load_at_size,
+    load_float_rows,
+    load_pairs,
+)
+from vicreg.data.hf import (
+    HFStreamLoader,
+    hf_loader,
+    hf_splits,
+    hf_stream_loader,
+    is_hf_source,
+    load_hf_images,
+    parse_hf_source,
+)
+from vicreg.distributed import DistInfo
+from vicreg.models import EncoderSpec, VICReg
+from vicreg.monitors import KnnMonitor
+
+__all__ = [
+    "KINDS",
+    "BatchLoader",
+    "DataKind",
+    "ImageKind",
+    "PairKind",
+    "SignalKind",
+    "Split",
+    "TableKind",
+    "TrainingData",
+    "data_kind",
+    "run_data_kind",
+]
+
+Views = Any  # a views object: views(x, generator=g) -> (v_a, v_b); PaperViews also has .multi (local crops)
+BatchLoader = InMemoryLoader | FolderLoader | HFStreamLoader
+
+
+@dataclass
+class TrainingData:
+    """What training needs from a data kind; :meth:`model` builds the matching model."""
+
+    kind: DataKind
+    loader: BatchLoader
+    views: Views
+    inputs: tuple[Input, Input]
+    """The input of branch A and of branch B (the same object when both see the same data)."""
+    num_classes: int
+    """> 0 when the training rows have labels (for the online linear probe)."""
+    monitor: KnnMonitor | None
+    summary: dict[str, Any]
+    """Source, split, count, shape and classes, in words and numbers, for the run header."""
+
+    def model(self, cfg: TrainConfig) -> tuple[VICReg, EncoderSpec, EncoderSpec | None]:
+        """A freshly initialised model for this data (:func:`~vicreg.build.model_from_specs`), and the
+        descriptions that rebuild its encoder(s)."""
+        spec, spec_b = encoder_specs(cfg, self.inputs)
+        return model_from_specs(cfg.model, spec, spec_b), spec, spec_b
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split for evaluation / embedding: the rows as the encoder's data kind holds them."""
+
+    data: Dataset
+    native_shape: tuple[int, ...] | None = None
+    """Images: their size before resizing (``None``: an image folder, decoded straight to the size)."""
+    paths: list[str] | None = None
+    """Image folders: the file of each row."""
+
+
+class DataKind(ABC):
+    """One modality: how its data is loaded, viewed and fed to an encoder."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def training_data(self, cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainingData:
+        """The training loader, views, inputs and monitor of ``cfg``."""
+
+    @abstractmethod
+    def load_split(self, source: str, split: str, spec: EncoderSpec, *, download: bool = False) -> Split:
+        """One split of ``source`` as encoder ``spec`` takes it (size, channels, features)."""
+
+    def has_splits(self, source: str) -> bool:
+        """Whether ``source`` has its own test split (else evaluation makes a seeded one)."""
+        return has_splits(source)
+
+
+def _check_batch(n: int, cfg: TrainConfig, what: str) -> None:
+    if n < cfg.batch_size:
+        raise ValueError(
+            f"{cfg.data} has {n} training {what}, fewer than one batch of {cfg.batch_size}; lower --batch-size"
+        )
+
+
+def _shard(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
+    return {"seed": cfg.seed, "rank": info.rank, "world_size": info.world_size}
+
+
+def _summary(data: Dataset, source: str, split: str) -> dict[str, Any]:
+    return {
+        "source": source,
+        "split": split,
+        "count": len(data),
+        "shape": list(data.rows.shape[1:]),
+        "classes": len(data.classes) or (int(data.labels.max()) + 1 if data.labels is not None else 0),
+    }
+
+
+class ImageKind(DataKind):
+    """Images: a named dataset, a dataset folder or array file (in memory), or an image folder (streamed).
+
+    ``data_column`` / ``label_column``: the columns of a Hugging Face source (default: found from its features);
+    ``root``: the folder searched first for named datasets by :meth:`load_split` (training reads the config's
+    ``data_root``)."""
+
+    name = "image"
+
+    def __init__(
+        self, data_column: str = "", label_column: str = "", root: str | os.PathLike[str] | None = None
+    ) -> None:
+        self.columns: dict[str, Any] = {"data_column": data_column or None, "label_column": label_column or None}
+        self.root = root
+
+    def _streamed(self, cfg: TrainConfig, info: DistInfo) -> tuple[FolderLoader | HFStreamLoader, str, int]:
+        """The loader of an image folder or a Hugging Face dataset (decoded in workers), its split and size."""
+        per_rank = cfg.batch_size // info.world_size
+        size = cfg.image_size or cfg.views.size
+        common: dict[str, Any] = {"num_workers": cfg.workers, **_shard(cfg, info)}
+        if not is_hf_source(cfg.data):
+            loader = folder_loader(
+                Path(cfg.data).expanduser(),
+                size,
+                per_rank,
+                shuffle=True,
+                drop_last=True,
+                strict=cfg.strict_data,
+                **common,
+            )
+            return loader, "image folder", len(loader.source)
+        hf: dict[str, Any] = {**self.columns, "download": cfg.download, "split": "train"}
+        if parse_hf_source(cfg.data).streaming:
+            stream = hf_stream_loader(cfg.data, size, per_rank, shuffle=True, **hf, **common)
+            try:
+                count = len(stream) * cfg.batch_size
+            except TypeError as err:
+                raise ValueError(
+                    f"{cfg.data}: the stream does not say how many rows it holds, so epochs cannot be counted; use "
+                    "a dataset whose card gives its split sizes, or save it with save_to_disk and use hf:"
+                ) from err
+            return stream, "train (streamed)", count
+        loader = hf_loader(
+            cfg.data, size, per_rank, shuffle=True, drop_last=True, strict=cfg.strict_data, **hf, **common
+        )
+        return loader, "train", len(loader.source)
+
+    def training_data(self, cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainingData:
+        per_rank = cfg.batch_size // info.world_size
+        path = Path(cfg.data).expanduser()
+        loader: BatchLoader
+        monitor = None
+        if is_image_folder(path) or is_hf_source(cfg.data):
+            streamed, split, count = self._streamed(cfg, info)
+            streamed.set_epoch(0)
+            first = next(iter(streamed))[0]
+            mean, std = channel_stats(first)
+            channels, classes = first.shape[1], len(streamed.source.classes)
+            loader = streamed
+            size = first.shape[-1]
+            summary = {
+                "source": cfg.data,
+                "split": split,
+                "count": count,
+                "shape": [channels, size, size],
+                "classes": classes,
+            }
+        else:
+            train_set = load(cfg.data, "train", download=cfg.download, strict=cfg.strict_data, root=cfg.data_root)
+            _check_batch(len(train_set), cfg, "images")
+            loader = InMemoryLoader(train_set.to(device), per_rank, shuffle=True, drop_last=True, **_shard(cfg, info))
+            mean, std, channels = train_set.mean, train_set.std, train_set.channels
+            classes = 0 if train_set.labels is None else int(train_set.labels.max()) + 1
+            summary = _summary(train_set, cfg.data, "train")
+        views = image_views(cfg.views, mean, std, channels)
+        inp = Input(self.name, (channels, cfg.views.size, cfg.views.size), views.mean, views.std)
+        if isinstance(loader, InMemoryLoader) and cfg.eval_split and cfg.knn_every > 0:
+            monitor = self._monitor(cfg, train_set, inp)
+        return TrainingData(self, loader, views, (inp, inp), classes, monitor, summary)
+
+    def _monitor(self, cfg: TrainConfig, train_set: ImageDataset, inp: Input) -> KnnMonitor | None:
+        if train_set.labels is None:
+            return None
+        test_set: ImageDataset | None = None
+        if has_splits(cfg.data):  # one labelled array has no split: the monitor holds out training rows
+            try:
+                test_set = load(cfg.data, cfg.eval_split, download=cfg.download, root=cfg.data_root)
+            except (FileNotFoundError, ValueError):
+                return None
+            if test_set.labels is None:
+                return None
+        return KnnMonitor(
+            train_set.images,
+            train_set.labels,
+            None if test_set is None else test_set.images,
+            None if test_set is None else test_set.labels,
+            inp.mean,
+            inp.std,
+        )
+
+    def load_split(self, source: str, split: str, spec: EncoderSpec, *, download: bool = False) -> Split:
+        size = spec.input_shape[-1] if len(spec.input_shape) == 3 else 0
+        if size < 1:
+            raise CheckpointError(f"the encoder's description has no image size ({spec.input_shape}); re-export it")
+        if is_hf_source(source):
+            data = load_hf_images(
+                source, split, size=size, channels=spec.in_channels, download=download, **self.columns
+            )
+            return Split(data)
+        got = load_at_size(source, split, size=size, channels=spec.in_channels, download=download, root=self.root)
+        return Split(got.data, got.native_size, got.paths)
+
+    def has_splits(self, source: str) -> bool:
+        if is_hf_source(source):
+            return parse_hf_source(source).split is None and "test" in hf_splits(source)
+        return has_splits(source)
+
+
+class _FloatKind(DataKind):
+    """Float rows from a ``.npz`` file, ``aeon:<Name>`` or ``sklearn:<name>``, held on the training device."""
+
+    array_kind: ClassVar[str]
+
+    def _views(self, cfg: TrainConfig, side: FloatDataset) -> Any:
+        raise NotImplementedError
+
+    def training_data(self, cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainingData:
+        train_set = load_float_rows(cfg.data, "train", kind=self.name)  # type: ignore[arg-type]
+        _check_batch(len(train_set), cfg, "rows")
+        loader = InMemoryLoader(
+            train_set.x.to(device), cfg.batch_size // info.world_size, shuffle=True, drop_last=True, **_shard(cfg, info)
+        )
+        views = self._views(cfg, train_set)
+        inp = Input(self.name, tuple(train_set.x.shape[1:]), train_set.mean, train_set.std)
+        monitor = None
+        if cfg.eval_split and cfg.knn_every > 0 and train_set.labels is not None:
+            test = _optional_split(lambda: load_float_rows(cfg.data, cfg.eval_split, kind=self.name))  # type: ignore[arg-type]
+            if test is not None and test.labels is not None:
+                monitor = KnnMonitor(train_set.x, train_set.labels, test.x, test.labels, inp.mean, inp.std)
+        return TrainingData(self, loader, views, (inp, inp), 0, monitor, _summary(train_set, cfg.data, "train"))
+
+    def load_split(self, source: str, split: str, spec: EncoderSpec, *, download: bool = False) -> Split:
+        data = load_float_rows(source, split, kind=self.name)  # type: ignore[arg-type]
+        _check_width(data, spec)
+        return Split(data)
+
+    def has_splits(self, source: str) -> bool:
+        if source.startswith(("aeon:", "sklearn:")):
+            return True
+        try:
+            load_float_rows(source, "test", kind=self.name)  # type: ignore[arg-type]
+        except KeyError:
+            return False
+        return True
+
+
+def _check_width(data: Dataset, spec: EncoderSpec) -> None:
+    if spec.input_shape and data.rows.shape[1] != spec.input_shape[0]:
+        what = "features" if spec.kind == "table" else "channels"
+        raise ValueError(
+            f"{data.name} has {data.rows.shape[1]} {what} but the encoder was trained on {spec.input_shape[0]}; "
+            "pass data of the training run's layout"
+        )
+
+
+def _optional_split(read: Callable[[], FloatDataset]) -> FloatDataset | None:
+    try:
+        return read()
+    except KeyError:  # the file has no such split
+        return None
+
+
+class SignalKind(_FloatKind):
+    """Signals / time series ``(N, C, T)``."""
+
+    name = "signal"
+
+    def _views(self, cfg: TrainConfig, side: FloatDataset) -> Any:
+        return signal_views(cfg.signal_views, side.mean, side.std)
+
+
+class TableKind(_FloatKind):
+    """Table rows ``(N, F)``."""
+
+    name = "table"
+
+    def _views(self, cfg: TrainConfig, side: FloatDataset) -> Any:
+        return table_views(cfg.table_views, side.x)
+
+
+def _side(x: np.ndarray, labels: Tensor | None, modality: str, name: str) -> Dataset:
+    """One side of a pair as the dataset type of its modality."""
+    if modality == "image":
+        return ImageDataset.from_arrays(x, labels, name=name)
+    return FloatDataset.from_arrays(x, labels, kind="signal" if modality == "signal" else "table", name=name)
+
+
+def _one_view(cfg: TrainConfig, modality: str, side: Dataset, branch: str) -> tuple[Callable[..., Tensor], Input]:
+    """Branch ``branch``'s single view of its side of a pair, and the input its encoder sees."""
+    views: Any
+    if isinstance(side, ImageDataset):
+        views = image_views(cfg.views, side.mean, side.std, side.channels)
+        inp = Input(modality, (side.channels, cfg.views.size, cfg.views.size), views.mean, views.std)
+    else:
+        views = (
+            signal_views(cfg.signal_views, side.mean, side.std)
+            if modality == "signal"
+            else table_views(cfg.table_views, side.x)
+        )
+        inp = Input(modality, tuple(side.x.shape[1:]), side.mean, side.std)
+    config = views.view_a if branch == "a" else views.view_b
+    return (lambda x, generator: views.view(x, config, generator)), inp
+
+
+class PairKind(DataKind):
+    """Two modalities, one per branch: a ``.npz`` with row-aligned ``x_a`` and ``x_b`` (``_test`` keys for a test
+    split). Evaluation, embedding and export use branch A (``x_a``)."""
+
+    name = "pair"
+
+    def __init__(self, modality_a: str, modality_b: str) -> None:
+        self.modality_a, self.modality_b = modality_a, modality_b
+
+    def training_data(self, cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainingData:
+        x_a, x_b, labels = load_pairs(cfg.data, "train")
+        side_a = _side(x_a, labels, self.modality_a, f"{cfg.data}:x_a")
+        side_b = _side(x_b, None, self.modality_b, f"{cfg.data}:x_b")
+        _check_batch(len(side_a), cfg, "rows")
+        rows = TensorPair(side_a.rows.to(device), side_b.rows.to(device))
+        loader = InMemoryLoader(
+            rows, cfg.batch_size // info.world_size, shuffle=True, drop_last=True, **_shard(cfg, info)
+        )
+        view_a, inp_a = _one_view(cfg, self.modality_a, side_a, "a")
+        view_b, inp_b = _one_view(cfg, self.modality_b, side_b, "b")
+        monitor = None
+        if cfg.eval_split and cfg.knn_every > 0 and labels is not None:
+            try:
+                t_a, _, t_labels = load_pairs(cfg.data, cfg.eval_split)
+            except KeyError:  # no test arrays in the file: no monitor
+                t_labels = None
+            if t_labels is not None:
+                test = _side(t_a, t_labels, self.modality_a, f"{cfg.data}:x_a_{cfg.eval_split}")
+                assert side_a.labels is not None
+                monitor = KnnMonitor(side_a.rows, side_a.labels, test.rows, t_labels, inp_a.mean, inp_a.std)
+        summary = _summary(side_a, cfg.data, "train")
+        summary["shape"] = f"x_a {list(side_a.rows.shape[1:])} + x_b {list(side_b.rows.shape[1:])}"
+        return TrainingData(self, loader, PairViews(view_a, view_b), (inp_a, inp_b), 0, monitor, summary)
+
+    def load_split(self, source: str, split: str, spec: EncoderSpec, *, download: bool = False) -> Split:
+        try:
+            x_a, _, labels = load_pairs(source, split)
+        except KeyError as err:
+            raise ValueError(str(err).strip("'\"")) from err
+        data = _side(x_a, labels, self.modality_a, f"{source}:x_a:{split}")
+        if isinstance(data, ImageDataset):
+            size = spec.input_shape[-1]
+            return Split(data.with_channels(spec.in_channels).resized(size), data.image_size)
+        _check_width(data, spec)
+        return Split(data)
+
+    def has_splits(self, source: str) -> bool:
+        try:
+            load_pairs(source, "test")
+        except KeyError:
+            return False
+        return True
+
+
+KINDS: dict[str, type[DataKind]] = {"image": ImageKind, "signal": SignalKind, "table": TableKind}
+
+
+def data_kind(
+    modality: str,
+    modality_b: str = "",
+    *,
+    data_column: str = "",
+    label_column: str = "",
+    root: str | os.PathLike[str] | None = None,
+) -> DataKind:
+    """The data kind of a run's ``modality`` (and ``modality_b`` for two-modality pairs); ``data_column``,
+    ``label_column`` and ``root``: see :class:`ImageKind` (the other kinds read no names or columns)."""
+    if modality_b:
+        return PairKind(modality, modality_b)
+    if modality not in KINDS:
+        raise ValueError(f"unknown modality {modality!r}; choose one of {', '.join(KINDS)}")
+    if modality == "image":
+        return ImageKind(data_column, label_column, root)
+    return KINDS[modality]()
+
+
+def run_data_kind(cfg: TrainConfig) -> DataKind:
+    """The data kind of a training config."""
+    return data_kind(
+        cfg.modality, cfg.modality_b, data_column=cfg.data_column, label_column=cfg.label_column, root=cfg.data_root
+    )
