@@ -137,10 +137,10 @@ def train(
                     _log_window(run, z_a)
                 if run.data.monitor is not None and _knn_due(run.step, spe, cfg.knn_every):
                     _monitor(run)
-                if run.label_free is not None and run.step % cfg.label_free_every == 0:
-                    if _label_free(run, report) and run.step != run.last_step:
-                        pruned = True  # the tune's pruner stopped this trial: save at this step and return
-                        break
+                due = run.label_free is not None and run.step % cfg.label_free_every == 0
+                if due and _label_free(run, report) and run.step != run.last_step:
+                    pruned = True  # the tune's pruner stopped this trial: save at this step and return
+                    break
                 if run.step % cfg.ckpt_every == 0 and run.step != run.last_step:
                     _checkpoint(run)
                 if run.budget is not None:  # a time budget: decide the total once the steps are timed
@@ -350,9 +350,14 @@ def _setup_label_free(run: _Run) -> None:
     cfg = run.cfg
     if not run.info.is_main:
         return
-    if cfg.label_free_every > 0 and run.step < run.last_step:
-        run.label_free = label_free_monitor(run.data.kind, cfg, run.specs, run.device, run.amp_dtype)
-        run.log.message(f"label-free measures every {cfg.label_free_every} steps on {run.label_free.sample.note}")
+    every = cfg.label_free_every
+    if every > 0 and run.last_step // every > run.step // every:  # a measure falls within this run
+        try:
+            run.label_free = label_free_monitor(run.data.kind, cfg, run.specs, run.device, run.amp_dtype)
+        except (ValueError, FileNotFoundError, KeyError) as err:  # e.g. a stream without a held-out split
+            run.log.message(f"label-free measures off: {err}")
+        else:
+            run.log.message(f"label-free measures every {every} steps on {run.label_free.sample.note}")
     others = [b for b in parse_backends(cfg.log) if b != "tensorboard"]
     if others:
         run.trackers = open_trackers(others, run.run_dir, run.run_dir.name)
