@@ -31,6 +31,7 @@ from vicreg.embed import EmbedArgs, embed_to_file
 from vicreg.eval import EvalArgs, EvalSettings, eval_protocol, run_eval
 from vicreg.export import export_encoder
 from vicreg.neighbors import NeighborsArgs, run_neighbors
+from vicreg.probes.label_free import format_label_free
 from vicreg.probes.table import format_table
 from vicreg.report import ReportArgs, make_report
 from vicreg.train import NonFiniteLossError
@@ -158,10 +159,14 @@ def _protocol_help() -> str:
 def evaluate(run: RunPath, args: Annotated[EvalArgs, tyro.conf.arg(name=""), tyro.conf.OmitArgPrefixes]) -> None:
     report = run_eval(run, args)
     d = report["data"]
-    print(f"{d['train']} ({d['n_train']}) -> {d['test']} ({d['n_test']}): {d['split']}")
-    for part in ("knn", "linear", "semi"):
-        print(f"{part}: {report['protocol'][part]}")
-    print(format_table(report))
+    if report["results"]:
+        print(f"{d['train']} ({d['n_train']}) -> {d['test']} ({d['n_test']}): {d['split']}")
+        for part in ("knn", "linear", "semi"):
+            print(f"{part}: {report['protocol'][part]}")
+        print(format_table(report))
+    print(f"label-free: {report['protocol']['label_free']}")
+    print(f"label-free sample: {report['label_free']['sample']}")
+    print(format_label_free(report["label_free"]))
     for name, note in report["notes"].items():
         print(f"{name}: {note}")
     print(f"wrote {report['path']}")
