@@ -117,6 +117,8 @@ class EvalArgs(DataArgs):
     """Read/write features under RUN/features/."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Autocast precision of the feature extraction."""
+    label_free: bool = True
+    """Measure the label-free scores (RankMe, LiDAR, alpha-ReQ) on held-out rows."""
 
 
 def eval_protocol(settings: EvalSettings, n_train: int | None = None, n_test: int | None = None) -> dict[str, str]:
@@ -194,7 +196,7 @@ def run_eval(run_or_checkpoint: str | os.PathLike[str], args: EvalArgs | None = 
     autocast_dtype(args.precision, resolve_device(args.device))  # reject a bad precision before any work
     run = open_run_with(run_or_checkpoint, args)
     enc = run.encoder
-    label_free = _label_free(run, args)
+    label_free = _label_free(run, args) if args.label_free else {}
     try:
         train_split, test_split, split_note = labelled_splits(
             run.kind, enc.spec, run.source, test_source=args.test_data, seed=settings.seed, download=args.download
@@ -312,7 +314,7 @@ def _unlabelled_report(
         "checkpoint": str(enc.checkpoint),
         "step": enc.step,
         "backbone": enc.config.model.backbone,
-        "data": {"source": run.source, "kind": enc.spec.kind, "labels": False, "split": label_free["sample"]},
+        "data": {"source": run.source, "kind": enc.spec.kind, "labels": False, "split": label_free.get("sample", "")},
         "protocol": {
             "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
             "label_free": eval_protocol(settings)["label_free"],

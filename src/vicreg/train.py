@@ -86,6 +86,7 @@ def train(
     objective: Objective | None = None,
     clock: Callable[[], float] = time.monotonic,
     report: Report | None = None,
+    label_free_views: TrainConfig | None = None,
 ) -> TrainResult:
     """Pretrain (or resume) the run described by ``cfg``; returns where it stands at the end.
 
@@ -100,8 +101,11 @@ def train(
 
     Every ``cfg.label_free_every`` steps the label-free measures of the representation on held-out rows are
     logged and passed to ``report(step, scores)``; when it returns ``True`` the run saves and stops (pruned).
+    LiDAR's augmented copies come from the views of ``label_free_views`` (default ``cfg``; vicreg tune passes
+    its base config, so that trials with different views are scored with the same ones).
     """
     run = _setup(cfg, objective, clock)
+    _setup_label_free(run, label_free_views or cfg)
     if report is not None and run.info.world_size > 1:
         raise ValueError("a report callback (vicreg tune) runs in one process; train without torchrun")
     spe, interrupted, pruned = run.steps_per_epoch, False, False
@@ -319,7 +323,6 @@ def _setup(cfg: TrainConfig, objective: Objective | None, clock: Callable[[], fl
     )  # fmt: skip
     for line in _header(cfg, run, (spec, spec_b), found[0] if found else None).lines():
         log.message(line)
-    _setup_label_free(run)
     model.train()
     return run
 
@@ -345,7 +348,7 @@ def _header(
     )  # fmt: skip
 
 
-def _setup_label_free(run: _Run) -> None:
+def _setup_label_free(run: _Run, views: TrainConfig) -> None:
     """Rank 0: the label-free monitor (``label_free_every`` > 0) and the trackers other than TensorBoard."""
     cfg = run.cfg
     if not run.info.is_main:
@@ -353,7 +356,7 @@ def _setup_label_free(run: _Run) -> None:
     every = cfg.label_free_every
     if every > 0 and run.last_step // every > run.step // every:  # a measure falls within this run
         try:
-            run.label_free = label_free_monitor(run.data.kind, cfg, run.specs, run.device, run.amp_dtype)
+            run.label_free = label_free_monitor(run.data.kind, cfg, run.specs, run.device, run.amp_dtype, views)
         except (ValueError, FileNotFoundError, KeyError) as err:  # e.g. a stream without a held-out split
             run.log.message(f"label-free measures off: {err}")
         else:

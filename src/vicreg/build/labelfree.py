@@ -136,11 +136,13 @@ def label_free_monitor(
     specs: tuple[EncoderSpec, EncoderSpec | None],
     device: torch.device,
     amp_dtype: torch.dtype | None,
+    views: TrainConfig | None = None,
 ) -> LabelFreeMonitor:
     """The monitor of a training run: ``cfg.label_free_rows`` held-out rows of its data (seeded by ``cfg.seed``),
-    its views, and its architecture freshly initialised from ``cfg.seed`` (without touching the global RNG)."""
+    the views of ``views`` (default ``cfg``), and its architecture freshly initialised from ``cfg.seed`` (without
+    touching the global RNG)."""
     sample = label_free_sample(
-        kind, cfg, specs[0], cfg.data, rows=cfg.label_free_rows, seed=cfg.seed, download=cfg.download
+        kind, views or cfg, specs[0], cfg.data, rows=cfg.label_free_rows, seed=cfg.seed, download=cfg.download
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
