@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.helpers import run_cli, tiny_config
-from vicreg.build import held_out_rows, labelled_splits, load_encoder
+from vicreg.build import ImageKind, held_out_rows, labelled_splits, load_encoder
 from vicreg.config import TrainConfig, config_to_dict
 from vicreg.train import train
 
@@ -139,3 +140,13 @@ def _yaml(cfg: TrainConfig, folder: Path) -> Path:
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config_to_dict(cfg)))
     return path
+
+
+def test_an_image_folder_sample_decodes_only_the_rows_picked(run: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(tmp_path / f"{i:02d}.png")
+    enc = load_encoder(run)
+    sample, note = held_out_rows(ImageKind(), enc.spec, str(tmp_path), rows=3, seed=0)
+    assert sample.data.rows.shape == (3, 1, 16, 16) and sample.paths is not None and len(sample.paths) == 3
+    assert "3 of 4 rows" in note  # 3 of the seeded 20% of 20 files
