@@ -25,6 +25,7 @@ from vicreg.augment.signals import SignalViewsConfig
 from vicreg.augment.tabular import TableViewsConfig
 from vicreg.loss import Gather
 from vicreg.models import parse_expander_spec
+from vicreg.trackers import parse_backends
 
 ViewsConfig = ImageViewsConfig
 """The image views' settings (:class:`vicreg.augment.images.ImageViewsConfig`), nested as ``views``."""
@@ -244,6 +245,16 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    label_free_every: int = 500
+    """Steps between label-free measures of the representation (no labels needed): RankMe, LiDAR (4 augmented
+    copies) and alpha-ReQ on --label-free-rows held-out rows, each also relative to the random-init encoder
+    (``*_vs_init``); logged to metrics.jsonl and TensorBoard, plotted by vicreg report (0: never)."""
+    label_free_rows: int = 1000
+    """Held-out rows of those measures (the data's test split, else a seeded 20% of its rows; LiDAR uses 250)."""
+    log: str = "tensorboard"
+    """Experiment trackers, comma-separated: tensorboard, mlflow (a local store: $MLFLOW_TRACKING_URI, else
+    sqlite:///mlflow.db; pip install 'vicreg[mlflow]'), wandb (offline, under the run folder; pip install
+    'vicreg[wandb]')."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -273,6 +284,11 @@ class TrainConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.knn_every < 0:
             raise ValueError(f"knn_every must be >= 0, got {self.knn_every}")
+        if self.label_free_every < 0:
+            raise ValueError(f"label_free_every must be >= 0 (0: never), got {self.label_free_every}")
+        if self.label_free_rows < 2:
+            raise ValueError(f"label_free_rows must be >= 2, got {self.label_free_rows}")
+        parse_backends(self.log)
         if self.modality_b and not self.model.backbone_b:
             raise ValueError(
                 f"two modalities ({self.modality} and {self.modality_b}) need two encoders: set --model.backbone-b "

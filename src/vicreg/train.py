@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,11 @@ from torch import Tensor, nn
 from vicreg.budget import Budget, Schedule, budget_words, plan_schedule
 from vicreg.build import (
     BatchLoader,
+    LabelFreeMonitor,
     TrainingData,
     autocast_dtype,
     checkpoint_meta,
+    label_free_monitor,
     resolve_device,
     run_data_kind,
     setup_distributed,
@@ -49,6 +51,7 @@ from vicreg.resume import newest_readable, restore, training_state
 from vicreg.runlog import RunHeader, RunLog, TermWindow
 from vicreg.stop import StopSignal
 from vicreg.threads import StepThreads, ThreadChoice, ThreadTuner, candidate_counts, default_threads, fixed_threads
+from vicreg.trackers import Tracker, open_trackers, parse_backends
 from vicreg.weights import load_initial_weights
 
 __all__ = ["NonFiniteLossError", "Objective", "TrainResult", "train"]
@@ -56,6 +59,9 @@ __all__ = ["NonFiniteLossError", "Objective", "TrainResult", "train"]
 TERMS = ("loss", "invariance", "variance", "covariance")
 
 Objective = Callable[[Tensor, Tensor], VICRegOutput]
+Report = Callable[[int, Mapping[str, float]], bool]
+"""``report(step, scores) -> stop``: called with the label-free scores every ``label_free_every`` steps (vicreg
+tune's pruner); ``True`` saves and stops the run (:attr:`TrainResult.pruned`)."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -69,6 +75,10 @@ class TrainResult:
     metrics: dict[str, float]
     interrupted: bool = False
     is_main: bool = True
+    pruned: bool = False
+    """``report`` asked the run to stop early (it saved its checkpoint first)."""
+    label_free: dict[str, float] = field(default_factory=dict)
+    """The last label-free measures logged (empty when none were)."""
 
 
 def train(
@@ -77,6 +87,8 @@ def train(
     objective: Objective | None = None,
     clock: Callable[[], float] = time.monotonic,
     step_timer: Callable[[], float] = time.perf_counter,
+    report: Report | None = None,
+    label_free_views: TrainConfig | None = None,
 ) -> TrainResult:
     """Pretrain (or resume) the run described by ``cfg``; returns where it stands at the end.
 
@@ -92,10 +104,17 @@ def train(
     On a CPU device without ``cfg.threads`` the thread count is chosen by timing the steps on ``step_timer``
     (:class:`vicreg.threads.StepThreads`); the budget times its steps once the count is chosen. The caller's
     thread count is restored at the end.
+    Every ``cfg.label_free_every`` steps the label-free measures of the representation on held-out rows are
+    logged and passed to ``report(step, scores)``; when it returns ``True`` the run saves and stops (pruned).
+    LiDAR's augmented copies come from the views of ``label_free_views`` (default ``cfg``; vicreg tune passes
+    its base config, so that trials with different views are scored with the same ones).
     """
     threads_before = torch.get_num_threads()
     run = _setup(cfg, objective, clock)
-    spe, interrupted = run.steps_per_epoch, False
+    _setup_label_free(run, label_free_views or cfg)
+    if report is not None and run.info.world_size > 1:
+        raise ValueError("a report callback (vicreg tune) runs in one process; train without torchrun")
+    spe, interrupted, pruned = run.steps_per_epoch, False, False
     with StopSignal() as stop:
         try:
             epoch = run.step // spe
@@ -133,6 +152,10 @@ def train(
                     _log_window(run, z_a)
                 if run.data.monitor is not None and _knn_due(run.step, spe, cfg.knn_every):
                     _monitor(run)
+                due = run.label_free is not None and run.step % cfg.label_free_every == 0
+                if due and _label_free(run, report) and run.step != run.last_step:
+                    pruned = True  # the tune's pruner stopped this trial: save at this step and return
+                    break
                 if run.step % cfg.ckpt_every == 0 and run.step != run.last_step:
                     _checkpoint(run)
                 if run.budget is not None and not (run.threads and run.threads.measuring):
@@ -143,6 +166,8 @@ def train(
         finally:
             run.log.close()
             torch.set_num_threads(threads_before)
+            if run.trackers is not None:
+                run.trackers.finish("failed" if sys.exc_info()[0] is not None else "finished")
     info, model, run_dir, step = run.info, run.model, run.run_dir, run.step
     if info.is_main and not interrupted and step >= run.last_step:
         spec, spec_b = run.specs
@@ -152,7 +177,7 @@ def train(
     if interrupted and info.is_main:
         last = run_dir / "checkpoints" / "last.pt"
         print(f"stopped by signal at step {step}; checkpoint saved to {last}", file=sys.stderr)
-    return TrainResult(run_dir, step, run.metrics, interrupted, info.is_main)
+    return TrainResult(run_dir, step, run.metrics, interrupted, info.is_main, pruned, run.label_free_scores)
 
 
 def _views(run: _Run, images: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
@@ -224,6 +249,9 @@ class _Run:
     window: TermWindow  # the loss terms since the last log line, and the NaN guard's record
     specs: tuple[EncoderSpec, EncoderSpec | None]  # what the backbone files say they hold
     metrics: dict[str, float] = field(default_factory=dict)
+    label_free: LabelFreeMonitor | None = None  # rank 0, when label_free_every > 0
+    label_free_scores: dict[str, float] = field(default_factory=dict)
+    trackers: Tracker | None = None  # MLflow / W&B (rank 0); TensorBoard is RunLog's
 
 
 def _setup(cfg: TrainConfig, objective: Objective | None, clock: Callable[[], float]) -> _Run:
@@ -298,7 +326,8 @@ def _setup(cfg: TrainConfig, objective: Objective | None, clock: Callable[[], fl
         )
     forward = torch.compile(ddp_model) if cfg.compile else ddp_model
 
-    log = RunLog(run_dir, info.is_main, cfg.progress, schedule.total or 0, step)
+    backends = parse_backends(cfg.log)
+    log = RunLog(run_dir, info.is_main, cfg.progress, schedule.total or 0, step, tensorboard="tensorboard" in backends)
     threads, threads_line = _setup_threads(cfg.threads, device, info)
     run = _Run(
         cfg, info, device, amp_dtype, run_dir, data, model, forward, optimizer, scaler, probe, meta, steps_per_epoch,
@@ -355,7 +384,45 @@ def _header(
     )  # fmt: skip
 
 
+def _setup_label_free(run: _Run, views: TrainConfig) -> None:
+    """Rank 0: the label-free monitor (``label_free_every`` > 0) and the trackers other than TensorBoard."""
+    cfg = run.cfg
+    if not run.info.is_main:
+        return
+    every = cfg.label_free_every
+    if every > 0 and run.last_step // every > run.step // every:  # a measure falls within this run
+        try:
+            run.label_free = label_free_monitor(run.data.kind, cfg, run.specs, run.device, run.amp_dtype, views)
+        except (ValueError, FileNotFoundError, KeyError) as err:  # e.g. a stream without a held-out split
+            run.log.message(f"label-free measures off: {err}")
+        else:
+            run.log.message(f"label-free measures every {every} steps on {run.label_free.sample.note}")
+    others = [b for b in parse_backends(cfg.log) if b != "tensorboard"]
+    if others:
+        run.trackers = open_trackers(others, run.run_dir, run.run_dir.name)
+        run.trackers.log_params(config_to_dict(cfg))
+        tracker = run.trackers
+        run.log.sinks.append(lambda row: tracker.log_scalars(row, int(row["step"])))
+
+
 # ------------------------------------------------------------------------------------------------ loop parts
+
+
+def _label_free(run: _Run, report: Report | None) -> bool:
+    """Log the label-free measures of the representation now (rank 0) and hand them to ``report``: whether to
+    stop. Their time is taken out of a budget's step timing."""
+    assert run.label_free is not None
+    began = run.clock()
+    scores = run.label_free(run.model)
+    run.label_free_scores = scores
+    run.log.log({"step": run.step, "epoch": round(run.step / run.steps_per_epoch, 4), **{
+        f"label_free.{k}": v for k, v in scores.items()
+    }})  # fmt: skip
+    words = ", ".join(f"{k} {v:.3g}" for k, v in scores.items())
+    run.log.message(f"step {run.step}: label-free {words} (no labels)")
+    if run.budget is not None:
+        run.budget.extra_s += run.clock() - began
+    return bool(report(run.step, scores)) if report is not None else False
 
 
 def _log_window(run: _Run, z_a: Tensor) -> None:
