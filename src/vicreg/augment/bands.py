@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vicreg.augment import functional as AF
-from vicreg.augment.images import ViewConfig, default_blur_kernel_size, sample_view_params
+from vicreg.augment.images import OneViewConfig, default_blur_kernel_size, sample_view_params
 from vicreg.data.bands import BandStats, to_unit
 
 __all__ = [
@@ -281,7 +281,7 @@ def sample_band_view_params(
         device = generator.device if generator is not None else torch.device("cpu")
     device = torch.device(device)
     shared = sample_view_params(
-        ViewConfig(
+        OneViewConfig(
             crop_scale=cfg.crop_scale,
             crop_ratio=cfg.crop_ratio,
             flip_p=cfg.flip_p,

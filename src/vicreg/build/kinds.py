@@ -324,11 +324,11 @@ class BandKind(DataKind):
         classes = 0 if train_set.labels is None else int(train_set.labels.max()) + 1
         summary = _summary(train_set, cfg.data, "train")
         recipe = cfg.band_views.recipe
-        recipe = f"{auto_recipe(train_set.channels)} (auto)" if recipe == "auto" else recipe
+        words = f"{auto_recipe(train_set.channels)} (auto)" if recipe == "auto" else recipe
         rgb = f", RGB operations on bands {list(cfg.band_views.rgb_bands)}" if cfg.band_views.rgb_bands else ""
         lo_p, hi_p = cfg.band_percentiles
         summary["views"] = (
-            f"band views, recipe {recipe}, {size} px{rgb}; {train_set.channels} bands of "
+            f"band views, recipe {words}, {size} px{rgb}; {train_set.channels} bands of "
             f"{str(train_set.images.dtype).removeprefix('torch.')}, normalised by per-band statistics within the "
             f"{lo_p:g}-{hi_p:g} percentiles" + (f"; DICOM window {cfg.window}" if cfg.window else "")
         )

@@ -6,6 +6,7 @@ import torch
 
 from vicreg.build.kinds import DataKind, Split
 from vicreg.data import Dataset
+from vicreg.data.bands import BandImages
 from vicreg.models import EncoderSpec
 
 __all__ = ["labelled_splits"]
@@ -53,7 +54,7 @@ def labelled_splits(
     return tr, te, note
 
 
-def _require_labels(data: Dataset) -> None:
+def _require_labels(data: Dataset | BandImages) -> None:
     if data.labels is None or int(data.labels.min()) < 0:
         raise ValueError(
             f"{data.name} has no labels (or unlabelled rows) and cannot be used for evaluation; pass a labelled "

@@ -30,7 +30,7 @@ map that :class:`vicreg.models.EncoderSpec` (``mean``/``std``) already describes
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -477,7 +477,7 @@ class BandStats(NamedTuple):
         return {k: list(v) for k, v in self._asdict().items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Sequence[float]]) -> BandStats:
+    def from_dict(cls, d: Mapping[str, Sequence[float]]) -> BandStats:
         return cls(*(tuple(float(v) for v in d[k]) for k in cls._fields))
 
 
@@ -565,7 +565,7 @@ def _array_is_bands(shape: tuple[int, ...], dtype: np.dtype[Any], value_range: A
         return dtype != np.uint8
     if np.issubdtype(dtype, np.floating):
         lo, hi = value_range()
-        return not (0 <= lo and hi <= 1)  # floats in [0, 1] are 8-bit images scaled (the ImageDataset rule)
+        return not (lo >= 0 and hi <= 1)  # floats in [0, 1] are 8-bit images scaled (the ImageDataset rule)
     return False
 
 
