@@ -30,12 +30,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from train import ceiling_rate  # benchmarks/train.py (this folder is on sys.path when run as a script)
 from vicreg.augment.bands import BandViewsConfig
 from vicreg.build import load_encoder
-from vicreg.config import ModelConfig, OptimConfig, TrainConfig
+from vicreg.config import PRESETS, ModelConfig, OptimConfig, TrainConfig
 from vicreg.data.bands import read_band_arrays
 from vicreg.probes import extract_features, knn_accuracy
-from vicreg.train import train
+from vicreg.train import train as pretrain
 
 BANDS, CLASSES, SIDE = 13, 4, 32
 VISIBLE = (0, 1, 2)
@@ -95,6 +96,8 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=512)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    rate = statistics.median(ceiling_rate(PRESETS["fashion-mnist-cpu"], 1, 4, backbone_only=False) for _ in range(3))
+    print(f"# reference: the fashion-mnist-cpu preset's bare forward+backward runs at {rate:.0f} images/s (CPU)")
     results: dict[str, list[tuple[float, float]]] = {"13 bands": [], "RGB only (bands 0-2)": []}
     began = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,7 +110,7 @@ def main() -> None:
                 np.savez(data, images=x_train[:, bands], labels=y_train)
                 assert read_band_arrays(data).channels == len(bands)
                 out = root / f"run-{seed}-{len(bands)}"
-                train(_config(data, out, args.steps, seed))
+                pretrain(_config(data, out, args.steps, seed))
                 results[name].append(_scores(out, x_train[:, bands], y_train, x_test[:, bands], y_test))
                 print(f"seed {seed} {name}: kNN {results[name][-1][0]:.1f}%, linear {results[name][-1][1]:.1f}%")
     print(f"\n{args.steps} steps of batch 64 per encoder, {len(args.seeds)} seed(s), {time.monotonic() - began:.0f} s")
