@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
+from vicreg.augment.bands import BandViewsConfig
 from vicreg.augment.images import ImageViewsConfig
 from vicreg.augment.signals import SignalViewsConfig
 from vicreg.augment.tabular import TableViewsConfig
@@ -32,6 +33,7 @@ ViewsConfig = ImageViewsConfig
 
 __all__ = [
     "PRESETS",
+    "BandViewsConfig",
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
@@ -255,6 +257,16 @@ class TrainConfig:
     """Experiment trackers, comma-separated: tensorboard, mlflow (a local store: $MLFLOW_TRACKING_URI, else
     sqlite:///mlflow.db; pip install 'vicreg[mlflow]'), wandb (offline, under the run folder; pip install
     'vicreg[wandb]')."""
+    band_views: BandViewsConfig = field(default_factory=BandViewsConfig)
+    """Multi-band or high-bit-depth images (a .npy/.npz of (N, C, H, W) with C not 1 or 3 or not uint8, a folder
+    of such TIFFs, a folder of DICOMs): their views (recipe, size, crops, rotations, RGB bands), used instead of
+    --views."""
+    window: str = ""
+    """DICOM folders: clip to the window CENTER,WIDTH in modality units (e.g. 40,400: CT soft tissue) or 'file'
+    (each file's WindowCenter/WindowWidth); empty: the full range. Evaluation applies the same window."""
+    band_percentiles: tuple[float, float] = (1.0, 99.0)
+    """Multi-band data: the per-band percentiles (low, high) that bound the normalisation statistics and the
+    range the views' brightness, contrast and noise act on."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -289,6 +301,9 @@ class TrainConfig:
         if self.label_free_rows < 2:
             raise ValueError(f"label_free_rows must be >= 2, got {self.label_free_rows}")
         parse_backends(self.log)
+        lo_p, hi_p = self.band_percentiles
+        if not 0 <= lo_p < hi_p <= 100:
+            raise ValueError(f"band_percentiles must be (low, high) with 0 <= low < high <= 100, got {lo_p}, {hi_p}")
         if self.modality_b and not self.model.backbone_b:
             raise ValueError(
                 f"two modalities ({self.modality} and {self.modality_b}) need two encoders: set --model.backbone-b "
@@ -435,6 +450,12 @@ def _coerce(path: str, hint: Any, value: Any) -> Any:
             for a in args
         )
         raise ValueError(f"config key {path!r} must be one of {allowed}, got {value!r}")
+    if typing.get_origin(hint) is tuple and isinstance(value, list | tuple):  # YAML lists, stored tuples
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(f"{path}[{i}]", args[0], v) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ValueError(f"config key {path!r} needs {len(args)} values, got {value!r}")
+        return tuple(_coerce(f"{path}[{i}]", a, v) for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if hint is bool and isinstance(value, bool):
         return value
     if hint is int and isinstance(value, int) and not isinstance(value, bool):

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import yaml
 from torch import Tensor
 
@@ -50,7 +51,7 @@ from vicreg.plots import (
     save_figure,
     signal_neighbors_figure,
 )
-from vicreg.probes.features import raw_features
+from vicreg.probes.features import normalize_rows, raw_features
 from vicreg.probes.label_free import format_label_free
 from vicreg.probes.retrieval import label_agreement, nearest_neighbors, pixel_features, random_queries
 from vicreg.probes.table import markdown_table
@@ -73,6 +74,9 @@ class ReportArgs(DataArgs):
     """Test rows used by the embedding plots (a seeded subset)."""
     seed: int = 0
     """Seed of that subset, of the 2-D map and of the neighbours' queries."""
+    bands: tuple[int, ...] = ()
+    """Multi-band images: the band drawn as grey (one index) or the three drawn as R G B (e.g. 3 2 1 for
+    Sentinel-2's B4/B3/B2); default: the first three. Each band is stretched over its training percentiles."""
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -117,7 +121,7 @@ def _neighbours(run: OpenRun, train: Split, test: Split, args: ReportArgs) -> tu
     f_train, _ = encoder_features(run.encoder, train.data.rows, labels=train.data.labels, **kw)
     f_test, _ = encoder_features(run.encoder, test.data.rows, labels=test.data.labels, **kw)
     path = run.run_dir / "report" / "neighbors.png"
-    return report_neighbors(run.encoder, train, test, f_train, f_test, path, seed=args.seed)
+    return report_neighbors(run.encoder, train, test, f_train, f_test, path, seed=args.seed, bands=args.bands)
 
 
 def _online_knn_caption(rows: list[dict[str, Any]]) -> str:
@@ -262,6 +266,15 @@ def _markdown(
     return "\n".join(lines)
 
 
+def _band_pixels(rows: Tensor, mean: Sequence[float], std: Sequence[float], size: int) -> Tensor:
+    """Raw-pixel features of images of any bands and dtype: normalised as the encoder sees them, area-averaged
+    to ``size x size``, flattened (the multi-band counterpart of ``pixel_features``)."""
+    parts = [
+        F.adaptive_avg_pool2d(normalize_rows(chunk, mean, std, "cpu"), size).flatten(1) for chunk in rows.split(1024)
+    ]
+    return torch.cat(parts)
+
+
 def report_neighbors(
     enc: LoadedEncoder,
     train: Split,
@@ -273,6 +286,7 @@ def report_neighbors(
     queries: int = 8,
     k: int = 8,
     seed: int = 0,
+    bands: tuple[int, ...] = (),
 ) -> tuple[Path | None, str]:
     """The report's "Nearest neighbours": ``queries`` random test rows and their ``k`` nearest training rows for
     the trained encoder and, beside it, for the raw input (pixels / values), so the figure shows what
@@ -281,7 +295,10 @@ def report_neighbors(
     y_train, y_test = train.data.labels, test.data.labels
     assert y_train is not None and y_test is not None  # labelled_splits guarantees labels
     vs, vi = nearest_neighbors(train_features, test_features[q], k)
-    if enc.spec.kind == "image":
+    if enc.spec.kind == "image" and train.data.rows.dtype != torch.uint8:  # multi-band / 16-bit images
+        raw_train = _band_pixels(train.data.rows, enc.mean, enc.std, min(enc.image_size, 32))
+        raw_query = _band_pixels(test.data.rows[q], enc.mean, enc.std, min(enc.image_size, 32))
+    elif enc.spec.kind == "image":
         kw: dict[str, Any] = {"mean": enc.mean, "std": enc.std, "size": min(enc.image_size, 32)}
         raw_train = pixel_features(train.data.rows, **kw)
         raw_query = pixel_features(test.data.rows[q], **kw)
@@ -297,11 +314,16 @@ def report_neighbors(
     )
     classes = list(train.data.classes) or None
     if enc.spec.kind == "image":
+        rows = train.data.rows
         fig = neighbor_grids_compare(
-            test.data.rows[q],
+            enc.pictures(test.data.rows[q], bands),
             {
-                f"VICReg encoder ({agree_v:.0f}% same label)": NeighborPanel(train.data.rows[vi], vs, y_train[vi]),
-                f"raw pixels ({agree_p:.0f}% same label)": NeighborPanel(train.data.rows[pi], ps, y_train[pi]),
+                f"VICReg encoder ({agree_v:.0f}% same label)": NeighborPanel(
+                    enc.pictures(rows[vi], bands), vs, y_train[vi]
+                ),
+                f"raw pixels ({agree_p:.0f}% same label)": NeighborPanel(
+                    enc.pictures(rows[pi], bands), ps, y_train[pi]
+                ),
             },
             query_labels=y_test[q],
             class_names=classes,

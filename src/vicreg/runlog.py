@@ -230,6 +230,8 @@ class RunHeader:
             f"vicreg train: {self.modalities} -> {self.out}",
             f"  data        {s.get('source')} ({s.get('split')}): {s.get('count')} samples of {shape_words}{classes}",
         ]
+        if s.get("views"):  # a data kind that says which views it chose (multi-band images)
+            lines.append(f"  views       {s['views']}")
         for branch, name, params, features in self.encoders:
             lines.append(f"  encoder{branch:<4} {name}: {params:,} parameters, {features} features")
         lines.append(f"  expander    {self.expander}: {self.expander_params:,} parameters ({self.params:,} in all)")

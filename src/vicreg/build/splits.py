@@ -6,6 +6,7 @@ import torch
 
 from vicreg.build.kinds import DataKind, Split
 from vicreg.data import Dataset
+from vicreg.data.bands import BandImages
 from vicreg.models import EncoderSpec
 
 __all__ = ["NoLabelsError", "held_out_rows", "labelled_splits"]
@@ -94,7 +95,7 @@ def held_out_rows(
     return split, described[0]
 
 
-def _require_labels(data: Dataset) -> None:
+def _require_labels(data: Dataset | BandImages) -> None:
     if data.labels is None or int(data.labels.min()) < 0:
         raise NoLabelsError(
             f"{data.name} has no labels (or unlabelled rows) and cannot be used for evaluation; pass a labelled "
