@@ -48,6 +48,7 @@ from vicreg.data.hf import (
     parse_hf_source,
 )
 from vicreg.distributed import DistInfo
+from vicreg.htmlreport.thumbs import image_thumbnails, signal_images, signal_thumbnails, table_texts
 from vicreg.models import EncoderSpec, VICReg
 from vicreg.monitors import KnnMonitor
 
@@ -64,6 +65,9 @@ __all__ = [
     "data_kind",
     "run_data_kind",
 ]
+
+Preview = tuple[list[str] | None, list[str] | None]
+"""What a point of the report's explorer shows: thumbnails (PNG data URIs) or texts, one per row (or ``None``)."""
 
 Views = Any  # a views object: views(x, generator=g) -> (v_a, v_b); PaperViews also has .multi (local crops)
 BatchLoader = InMemoryLoader | FolderLoader | HFStreamLoader
@@ -118,6 +122,40 @@ class DataKind(ABC):
     def has_splits(self, source: str) -> bool:
         """Whether ``source`` has its own test split (else evaluation makes a seeded one)."""
         return has_splits(source)
+
+    def preview(self, rows: Tensor) -> Preview:
+        """How rows (as :meth:`load_split` gives them) look in the HTML report: ``(thumbnails, texts)``."""
+        return None, None
+
+    def sprite(self, rows: Tensor) -> Tensor | np.ndarray | None:
+        """uint8 pictures ``(N, C, H, W)`` of rows for TensorBoard's projector (``None``: no picture)."""
+        return None
+
+
+def _uint8_images(rows: Tensor) -> Tensor:
+    """Images as uint8: 16-bit bands scaled per image to 0..255 (what a screen shows)."""
+    if rows.dtype == torch.uint8:
+        return rows
+    x = rows.float()
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    return ((x - lo) / (hi - lo).clamp_min(1e-6) * 255).round().to(torch.uint8)
+
+
+def _preview(modality: str, rows: Tensor) -> Preview:
+    if modality == "image":
+        return image_thumbnails(_uint8_images(rows)), None
+    if modality == "signal":
+        return signal_thumbnails(rows), None
+    return None, table_texts(rows)
+
+
+def _sprite(modality: str, rows: Tensor) -> Tensor | np.ndarray | None:
+    if modality == "image":
+        return _uint8_images(rows)
+    if modality == "signal":
+        return signal_images(rows)
+    return None
 
 
 def _check_batch(n: int, cfg: TrainConfig, what: str) -> None:
@@ -258,6 +296,12 @@ class ImageKind(DataKind):
             return parse_hf_source(source).split is None and "test" in hf_splits(source)
         return has_splits(source)
 
+    def preview(self, rows: Tensor) -> Preview:
+        return _preview(self.name, rows)
+
+    def sprite(self, rows: Tensor) -> Tensor | np.ndarray | None:
+        return _sprite(self.name, rows)
+
 
 class _FloatKind(DataKind):
     """Float rows from a ``.npz`` file, ``aeon:<Name>`` or ``sklearn:<name>``, held on the training device."""
@@ -295,6 +339,12 @@ class _FloatKind(DataKind):
         except KeyError:
             return False
         return True
+
+    def preview(self, rows: Tensor) -> Preview:
+        return _preview(self.name, rows)
+
+    def sprite(self, rows: Tensor) -> Tensor | np.ndarray | None:
+        return _sprite(self.name, rows)
 
 
 def _check_width(data: Dataset, spec: EncoderSpec) -> None:
@@ -407,6 +457,12 @@ class PairKind(DataKind):
         except KeyError:
             return False
         return True
+
+    def preview(self, rows: Tensor) -> Preview:
+        return _preview(self.modality_a, rows)  # the first side: what evaluation and embedding read
+
+    def sprite(self, rows: Tensor) -> Tensor | np.ndarray | None:
+        return _sprite(self.modality_a, rows)
 
 
 KINDS: dict[str, type[DataKind]] = {"image": ImageKind, "signal": SignalKind, "table": TableKind}
