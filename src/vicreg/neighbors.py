@@ -21,7 +21,6 @@ from vicreg.build import DataArgs, LoadedEncoder, OpenRun, Split, encoder_featur
 from vicreg.data import decode_image
 from vicreg.plots import duplicate_pairs_figure, neighbor_grid, save_figure, signal_neighbors_figure
 from vicreg.probes.features import extract_features
-from vicreg.progress import Progress
 from vicreg.probes.retrieval import (
     find_duplicates,
     format_neighbors,
@@ -31,6 +30,7 @@ from vicreg.probes.retrieval import (
     write_duplicates_csv,
     write_neighbors_csv,
 )
+from vicreg.progress import Progress
 
 __all__ = ["NeighborsArgs", "NeighborsResult", "run_neighbors"]
 
