@@ -146,7 +146,8 @@ def test_report_writes_plots_and_markdown(run: Path) -> None:
     if not (run / "eval.json").is_file():
         assert run_cli("eval", run, *FAST_EVAL).returncode == 0
     done = run_cli("report", run, "--device", "cpu")
-    assert done.returncode == 0 and done.stdout.strip() == f"wrote {run / 'report.md'}", done.stderr
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == f"wrote {run / 'report.html'}", done.stderr
+    assert f"wrote {run / 'report.md'}" in done.stdout
     md = (run / "report.md").read_text()
     protocol = json.loads((run / "eval.json").read_text())["protocol"]
     assert f"- Linear probe: {protocol['linear']}." in md  # as vicreg eval described it, not a copy

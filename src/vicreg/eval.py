@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,7 @@ from vicreg.files import atomic_write
 from vicreg.probes.features import raw_features
 from vicreg.probes.knn import knn_evaluate
 from vicreg.probes.linear import probe_suite
+from vicreg.progress import Progress
 
 __all__ = ["EvalArgs", "EvalSettings", "encoder_features", "eval_protocol", "evaluate_features", "run_eval"]
 
@@ -160,10 +162,13 @@ def evaluate_features(
     test_y: Tensor,
     settings: EvalSettings,
     device: torch.device | str | None = None,
+    stage: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """kNN, linear probe and label-fraction probes of one feature set (accuracies in %), on ``device``
-    (default: where the features are; a GPU makes kNN on ImageNet-sized sets practical)."""
+    (default: where the features are; a GPU makes kNN on ImageNet-sized sets practical). ``stage`` is told each
+    probe as it starts (``Progress.stage``)."""
     s = settings
+    say = stage or (lambda _: None)
     if device is not None:
         train_f, train_y, test_f, test_y = (t.to(device) for t in (train_f, train_y, test_f, test_y))
     probe: dict[str, Any] = {
@@ -176,22 +181,33 @@ def evaluate_features(
     classes = int(max(int(train_y.max()), int(test_y.max()))) + 1
     t0 = time.perf_counter()
     out: dict[str, Any] = {"feature_dim": int(train_f.shape[1])}
+    say(f"  kNN (k = {', '.join(map(str, s.k))}): {len(test_f)} queries among {len(train_f)} rows")
     out["knn"] = knn_evaluate(train_f, train_y, test_f, test_y, ks=s.k, temperature=s.temperature)
     t1 = time.perf_counter()
+    say(
+        f"  linear probe: {len(train_f)} rows (L-BFGS, at most {s.probe_epochs} iterations); label fractions "
+        f"{', '.join(f'{100 * f:g}%' for f in s.fractions) or 'none'} ({s.probe_epochs} SGD epochs each)"
+    )
     out.update(probe_suite(train_f, train_y, test_f, test_y, fractions=s.fractions, num_classes=classes, **probe))
     out["seconds"] = {"knn": round(t1 - t0, 3), "probes": round(time.perf_counter() - t1, 3)}
     return out
 
 
-def run_eval(run_or_checkpoint: str | os.PathLike[str], args: EvalArgs | None = None) -> dict[str, Any]:
+def run_eval(
+    run_or_checkpoint: str | os.PathLike[str], args: EvalArgs | None = None, *, progress: Progress | None = None
+) -> dict[str, Any]:
     """Evaluate a run folder or checkpoint as ``args`` say (default: the run's training data, the default
-    protocol); write eval.json (``args.out``, default ``RUN/eval.json``) and return what was written."""
+    protocol); write eval.json (``args.out``, default ``RUN/eval.json``) and return what was written.
+    ``progress`` says what is being done (default: a :class:`~vicreg.progress.Progress` on stdout)."""
     args = args or EvalArgs()
+    progress = progress or Progress()
     settings = args.protocol
     t_start = time.perf_counter()
     autocast_dtype(args.precision, resolve_device(args.device))  # reject a bad precision before any work
+    progress.stage(f"loading the encoder of {run_or_checkpoint}")
     run = open_run_with(run_or_checkpoint, args)
     enc = run.encoder
+    progress.stage(f"loading {run.source}")
     label_free = _label_free(run, args) if args.label_free else {}
     try:
         train_split, test_split, split_note = labelled_splits(
@@ -211,9 +227,14 @@ def run_eval(run_or_checkpoint: str | os.PathLike[str], args: EvalArgs | None = 
     feature_sets: dict[str, tuple[Tensor, Tensor]] = {}
     hits: dict[str, bool] = {}
     t_feat = time.perf_counter()
+    split_sets = {"train": train_set, "test": test_set}
     for which in ["vicreg", "random_init"] if args.baselines else ["vicreg"]:
-        f_train, hit_a = encoder_features(enc, train_set.rows, which=which, labels=train_y, **kw)
-        f_test, hit_b = encoder_features(enc, test_set.rows, which=which, labels=test_y, **kw)
+        progress.stage(f"features of {which}: {len(train_set)} train + {len(test_set)} test rows on {run.device}")
+        track = {part: progress.batches(f"features {which} {part}", len(d)) for part, d in split_sets.items()}
+        f_train, hit_a = encoder_features(enc, train_set.rows, which=which, labels=train_y, track=track["train"], **kw)
+        f_test, hit_b = encoder_features(enc, test_set.rows, which=which, labels=test_y, track=track["test"], **kw)
+        if hit_a and hit_b:
+            progress.stage(f"features of {which}: read from the cache ({cache_dir})")
         feature_sets[which] = (f_train, f_test)
         hits[which] = hit_a and hit_b
     notes: dict[str, str] = {}
@@ -230,7 +251,10 @@ def run_eval(run_or_checkpoint: str | os.PathLike[str], args: EvalArgs | None = 
 
     results = {}
     for name, (f_train, f_test) in feature_sets.items():
-        results[name] = evaluate_features(f_train, train_y.cpu(), f_test, test_y.cpu(), settings, device=run.device)
+        progress.stage(f"probes of {name} ({f_train.shape[1]} dimensions)")
+        results[name] = evaluate_features(
+            f_train, train_y.cpu(), f_test, test_y.cpu(), settings, device=run.device, stage=progress.stage
+        )
         if name in hits:
             results[name]["cached_features"] = hits[name]
 

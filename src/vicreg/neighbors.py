@@ -30,6 +30,7 @@ from vicreg.probes.retrieval import (
     write_duplicates_csv,
     write_neighbors_csv,
 )
+from vicreg.progress import Progress
 
 __all__ = ["NeighborsArgs", "NeighborsResult", "run_neighbors"]
 
@@ -100,29 +101,45 @@ def _query_rows(enc: LoadedEncoder, items: list[int | Path], bank: Split) -> tup
     return torch.stack(rows), names, known
 
 
-def run_neighbors(run_or_checkpoint: str | os.PathLike[str], args: NeighborsArgs | None = None) -> NeighborsResult:
+def run_neighbors(
+    run_or_checkpoint: str | os.PathLike[str], args: NeighborsArgs | None = None, *, progress: Progress | None = None
+) -> NeighborsResult:
     """Nearest neighbours of ``args.query`` (row numbers or image files; default 8 random rows) among the rows of
     ``args.data`` (default: the run's training data), and optionally the near-duplicate pairs above
     ``args.duplicates``.
 
     Writes ``args.out`` (a PNG grid for images and signals; for tables only the CSV), ``<out stem>.csv`` and,
-    with ``duplicates``, ``<out stem>_duplicates.csv`` (+ ``.png`` for images)."""
+    with ``duplicates``, ``<out stem>_duplicates.csv`` (+ ``.png`` for images). ``progress`` says what is being
+    done (default: on stdout)."""
     args = args or NeighborsArgs()
+    progress = progress or Progress()
     out = Path(args.out)
+    progress.stage(f"loading the encoder of {run_or_checkpoint}")
     run = open_run_with(run_or_checkpoint, args)
     enc, dev = run.encoder, run.device
+    progress.stage(f"loading {run.source} ({args.split})")
     bank = run.kind.load_split(run.source, args.split, enc.spec, download=args.download)
     labels = bank.data.labels
     cache_dir = run.run_dir / "features" if args.cache else None
-    bank_f, _ = encoder_features(
-        enc, bank.data.rows, cache_dir=cache_dir, device=dev, batch_size=args.batch_size, labels=labels
+    progress.stage(f"features of {len(bank.data)} rows on {dev}")
+    bank_f, hit = encoder_features(
+        enc,
+        bank.data.rows,
+        cache_dir=cache_dir,
+        device=dev,
+        batch_size=args.batch_size,
+        labels=labels,
+        track=progress.batches("features", len(bank.data)),
     )
+    if hit:
+        progress.stage(f"features read from the cache ({cache_dir})")
     n = len(bank.data)
     items: list[int | Path] = (
         parse_queries(list(args.query), n) if args.query else [int(i) for i in random_queries(n, 8, seed=args.seed)]
     )
     q_rows, q_names, q_labels = _query_rows(enc, items, bank)
     q_f = extract_features(enc.model.embed, q_rows, mean=enc.mean, std=enc.std, device=dev, batch_size=args.batch_size)
+    progress.stage(f"the {args.k} nearest of {len(q_names)} queries")
     sims, idx = nearest_neighbors(bank_f, q_f, args.k)
     if labels is not None and int(labels.min()) < 0:
         labels = None  # partly unlabelled data: no class marks
@@ -135,6 +152,7 @@ def run_neighbors(run_or_checkpoint: str | os.PathLike[str], args: NeighborsArgs
         files.append(save_figure(figure, out))
     n_pairs = None
     if args.duplicates is not None:
+        progress.stage(f"pairs with cosine similarity >= {args.duplicates}")
         n_pairs, line, written = _duplicates(run, bank, bank_f, args.duplicates, out, args.bands)
         lines.append(line)
         files += written

@@ -52,6 +52,7 @@ from vicreg.data.hf import (
 )
 from vicreg.data.loaders import decode_folder
 from vicreg.distributed import DistInfo
+from vicreg.htmlreport.thumbs import image_thumbnails, signal_images, signal_thumbnails, table_texts
 from vicreg.models import EncoderSpec, VICReg
 from vicreg.monitors import KnnMonitor
 
@@ -72,6 +73,9 @@ __all__ = [
 
 LabelFreeViews = Callable[[Tensor, torch.Generator], Any]
 """``(rows, generator)`` -> one augmented copy or a pair of copies, as the encoder takes them."""
+Preview = tuple[list[str] | None, list[str] | None]
+"""What a point of the report's explorer shows: thumbnails (PNG data URIs) or texts, one per row (or ``None``)."""
+
 Views = Any  # a views object: views(x, generator=g) -> (v_a, v_b); PaperViews also has .multi (local crops)
 BatchLoader = InMemoryLoader | FolderLoader | HFStreamLoader
 
@@ -143,6 +147,40 @@ class DataKind(ABC):
     def label_free_views(self, cfg: TrainConfig, spec: EncoderSpec, rows: Dataset | BandImages) -> LabelFreeViews:
         """The training views of ``cfg`` for ``rows`` of this kind (as :meth:`load_split` gives them to encoder
         ``spec``): ``(rows, generator)`` -> augmented copies, the surrogate classes of LiDAR."""
+
+    def preview(self, rows: Tensor) -> Preview:
+        """How rows (as :meth:`load_split` gives them) look in the HTML report: ``(thumbnails, texts)``."""
+        return None, None
+
+    def sprite(self, rows: Tensor) -> Tensor | np.ndarray | None:
+        """uint8 pictures ``(N, C, H, W)`` of rows for TensorBoard's projector (``None``: no picture)."""
+        return None
+
+
+def _uint8_images(rows: Tensor) -> Tensor:
+    """Images as uint8: 16-bit bands scaled per image to 0..255 (what a screen shows)."""
+    if rows.dtype == torch.uint8:
+        return rows
+    x = rows.float()
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    return ((x - lo) / (hi - lo).clamp_min(1e-6) * 255).round().to(torch.uint8)
+
+
+def _preview(modality: str, rows: Tensor) -> Preview:
+    if modality == "image":
+        return image_thumbnails(_uint8_images(rows)), None
+    if modality == "signal":
+        return signal_thumbnails(rows), None
+    return None, table_texts(rows)
+
+
+def _sprite(modality: str, rows: Tensor) -> Tensor | np.ndarray | None:
+    if modality == "image":
+        return _uint8_images(rows)
+    if modality == "signal":
+        return signal_images(rows)
+    return None
 
 
 def _check_batch(n: int, cfg: TrainConfig, what: str) -> None:
@@ -311,6 +349,12 @@ class ImageKind(DataKind):
         views = image_views(cfg.views, spec.mean, spec.std, spec.in_channels)
         return lambda x, generator: views(x, generator=generator)
 
+    def preview(self, rows: Tensor) -> Preview:
+        return _preview(self.name, rows)
+
+    def sprite(self, rows: Tensor) -> Tensor | np.ndarray | None:
+        return _sprite(self.name, rows)
+
 
 class BandKind(DataKind):
     """Multi-band and high-bit-depth images (:mod:`vicreg.data.bands`): a ``.npy``/``.npz`` of ``(N, C, H, W)``
@@ -393,6 +437,12 @@ class BandKind(DataKind):
         views = band_views(cfg.band_views, BandStats(spec.mean, spec.std, sample.low, sample.high))
         return lambda x, generator: views(x, generator=generator)
 
+    def preview(self, rows: Tensor) -> Preview:
+        return _preview(self.name, rows)
+
+    def sprite(self, rows: Tensor) -> Tensor | np.ndarray | None:
+        return _sprite(self.name, rows)
+
 
 class _FloatKind(DataKind):
     """Float rows from a ``.npz`` file, ``aeon:<Name>`` or ``sklearn:<name>``, held on the training device."""
@@ -430,6 +480,12 @@ class _FloatKind(DataKind):
         except KeyError:
             return False
         return True
+
+    def preview(self, rows: Tensor) -> Preview:
+        return _preview(self.name, rows)
+
+    def sprite(self, rows: Tensor) -> Tensor | np.ndarray | None:
+        return _sprite(self.name, rows)
 
 
 def _check_width(data: Dataset, spec: EncoderSpec) -> None:
@@ -556,6 +612,12 @@ class PairKind(DataKind):
         assert not isinstance(rows, BandImages)  # pairs hold 8-bit images or float rows
         view, _ = _one_view(cfg, self.modality_a, rows, "a")  # branch A's view: eval measures branch A
         return view
+
+    def preview(self, rows: Tensor) -> Preview:
+        return _preview(self.modality_a, rows)  # the first side: what evaluation and embedding read
+
+    def sprite(self, rows: Tensor) -> Tensor | np.ndarray | None:
+        return _sprite(self.modality_a, rows)
 
 
 KINDS: dict[str, type[DataKind]] = {"image": ImageKind, "signal": SignalKind, "table": TableKind}

@@ -276,21 +276,30 @@ def label_free_scores(
     return out
 
 
-def format_label_free(section: Mapping[str, object], markdown: bool = False) -> str:
-    """The label-free section of eval.json (``vicreg``, ``random_init``, ``vs_init``, ``cka_to_init``) as a
-    plain-text table (``vicreg eval``) or a Markdown one (``vicreg report``)."""
+def label_free_table(section: Mapping[str, object]) -> list[list[str]]:
+    """The label-free section of eval.json (``vicreg``, ``random_init``, ``vs_init``) as rows of text, the first
+    the header; empty when the section holds no scores."""
     ours = section.get("vicreg")
     init = section.get("random_init")
     ratio = section.get("vs_init")
     if not isinstance(ours, Mapping):
-        return ""
+        return []
     init = init if isinstance(init, Mapping) else {}
     ratio = ratio if isinstance(ratio, Mapping) else {}
-    header = ["label-free (no labels)", "vicreg", "random_init", "vicreg / random_init"]
-    rows = [header]
+    rows = [["label-free (no labels)", "vicreg", "random_init", "vicreg / random_init"]]
     for name in ("rankme", "lidar", "alpha_req"):
         cells = [ours.get(name), init.get(name), ratio.get(f"{name}_vs_init")]
         rows.append([name, *("-" if not isinstance(v, int | float) else f"{v:.4g}" for v in cells)])
+    return rows
+
+
+def format_label_free(section: Mapping[str, object], markdown: bool = False) -> str:
+    """The label-free section of eval.json (``vicreg``, ``random_init``, ``vs_init``, ``cka_to_init``) as a
+    plain-text table (``vicreg eval``) or a Markdown one (``vicreg report``)."""
+    rows = label_free_table(section)
+    if not rows:
+        return ""
+    header = rows[0]
     cka = section.get("cka_to_init")
     if markdown:
         lines = ["| " + " | ".join(r) + " |" for r in rows]
