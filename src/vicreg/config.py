@@ -244,6 +244,10 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    resume_with_new_data: bool = False
+    """Resume on data other than the checkpoint's (another file or folder with other rows): allowed and announced
+    instead of refused. Without it a resume whose data fingerprint (rows, shape, dtype, sampled rows) differs
+    stops with the differences."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
