@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import subprocess_env
+import vicreg.runlock as runlock_module
+from tests.helpers import run_cli, subprocess_env, tiny_npz, train_args
 from vicreg.runlock import LOCK_NAME, SIDECAR_NAME, RunBusyError, RunLock, hold_run, read_holder
 
 HOLDER = textwrap.dedent(
@@ -122,3 +123,51 @@ def test_a_second_lock_object_in_this_process_is_refused_while_held(tmp_path: Pa
     finally:
         first.release()
     RunLock(run, "eval").acquire().release()
+
+
+# ------------------------------------------------------------------------------------------------ through the CLI
+
+
+def _cli_train(tmp_path: Path, run: Path):  # type: ignore[no-untyped-def]
+    data = tiny_npz(tmp_path / "d.npz", n=32)
+    args = train_args(data, run, "--max-steps", "1", "--knn-every", "0", "--model.expander", "16-16")
+    return run_cli(*args[3:])
+
+
+@pytest.mark.slow
+def test_vicreg_train_refuses_a_folder_another_process_holds(holder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run, proc = holder
+    done = _cli_train(tmp_path, run)
+    assert done.returncode == 1
+    line = done.stderr.strip()
+    assert "\n" not in line and line.startswith(f"vicreg train: {run} is in use by `vicreg train` (pid {proc.pid} on ")
+    assert line.endswith("; wait for it, stop it, or use another --out folder"), line
+    assert not (run / "checkpoints").exists()  # refused before anything was looked up or written
+
+
+@pytest.mark.slow
+def test_vicreg_train_takes_over_a_dead_holders_lock_with_a_warning(holder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run, proc = holder
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = _cli_train(tmp_path, run)
+    assert done.returncode == 0, done.stderr
+    assert f"warning: {run}: lock taken over from dead pid {proc.pid}" in done.stderr, done.stderr
+    assert (run / "checkpoints" / "last.pt").is_file() and not (run / SIDECAR_NAME).exists()
+
+
+@pytest.mark.slow
+def test_report_waits_briefly_then_refuses_naming_the_trainer(holder, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    run, proc = holder
+    monkeypatch.setattr(runlock_module.RunLock, "__init__", _short_timeout(runlock_module.RunLock.__init__))
+    done = run_cli("report", str(run))
+    assert done.returncode == 1
+    assert f"is in use by `vicreg train` (pid {proc.pid}" in done.stderr, done.stderr
+    assert "then run this again" in done.stderr
+
+
+def _short_timeout(init):  # type: ignore[no-untyped-def]
+    def patched(self, folder, command, *, timeout=0.0, fix=runlock_module.DEFAULT_FIX):  # type: ignore[no-untyped-def]
+        init(self, folder, command, timeout=min(timeout, 0.2), fix=fix)
+
+    return patched

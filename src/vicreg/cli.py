@@ -33,6 +33,7 @@ from vicreg.build import (
     random_init_model,
     resolve_device,
     run_data_kind,
+    run_dir_of,
 )
 from vicreg.checkpoint import CheckpointError, CheckpointWarning
 from vicreg.config import PRESETS, TrainConfig, config_to_dict, load_config_file
@@ -44,6 +45,8 @@ from vicreg.neighbors import NeighborsArgs, run_neighbors
 from vicreg.probes.label_free import format_label_free
 from vicreg.probes.table import format_table
 from vicreg.report import ReportArgs, make_report
+from vicreg.runlock import RunBusyError, hold_run
+from vicreg.stop import StopAborted, exit_status
 from vicreg.train import NonFiniteLossError
 from vicreg.train import train as run_training
 from vicreg.tune import Report, TrialOutcome, TuneResult, TuneSettings, run_tune
@@ -125,15 +128,25 @@ def train(args: list[str]) -> None:
     if show:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return
-    result = run_training(cfg)
+    try:
+        result = run_training(cfg)
+    except StopAborted as abort:  # a second signal before the stop's checkpoint was saved
+        print(
+            f"vicreg train: stopped without saving (a second signal); the previous checkpoint in "
+            f"{cfg.out / 'checkpoints'} is intact",
+            file=sys.stderr,
+        )
+        raise SystemExit(exit_status(abort.signum)) from None
+    if result.interrupted and not result.is_main:
+        raise SystemExit(exit_status(result.stop_signal or 15))
     if not result.is_main:
         return
     if result.metrics:
         summary = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
         print(f"step {result.step}: {summary}")
     print(f"run folder: {result.run_dir}")
-    if result.interrupted:
-        raise SystemExit(143)
+    if result.interrupted:  # 143 for SIGTERM, 130 for SIGINT (the shell's 128 + signal number)
+        raise SystemExit(exit_status(result.stop_signal or 15))
 
 
 def _train_help_only(
@@ -284,7 +297,8 @@ def _protocol_help() -> str:
 
 @_described_by(EvalArgs.__doc__ or "", _protocol_help())
 def evaluate(run: RunPath, args: Annotated[EvalArgs, tyro.conf.arg(name=""), tyro.conf.OmitArgPrefixes]) -> None:
-    report = run_eval(run, args)
+    with _brief_hold(run, "eval"):
+        report = run_eval(run, args)
     d = report["data"]
     if report["results"]:
         print(f"{d['train']} ({d['n_train']}) -> {d['test']} ({d['n_test']}): {d['split']}")
@@ -321,7 +335,9 @@ def report(
     ],
     args: Annotated[ReportArgs, tyro.conf.arg(name="")],
 ) -> None:
-    print(f"wrote {make_report(run, args)}")
+    with _brief_hold(run, "report"):
+        path = make_report(run, args)
+    print(f"wrote {path}")
 
 
 def export(
@@ -349,8 +365,39 @@ def export(
     """
     enc = load_encoder(checkpoint)
     backbone, spec = enc.branch(branch)
-    result = export_encoder(backbone.state_dict(), spec, out, format, summary=enc.summary())
+    into_run = Path(out).expanduser().resolve().is_relative_to(_run_folder(checkpoint))
+    with _brief_hold(checkpoint, "export") if into_run else contextlib.nullcontext():
+        result = export_encoder(backbone.state_dict(), spec, out, format, summary=enc.summary())
     print(f"wrote {result.path} ({result.format}): {result.check}")
+
+
+def _run_folder(run: Path) -> Path:
+    """The run folder of a RUN_OR_CHECKPOINT argument."""
+    run = Path(run).expanduser().resolve()
+    return run if run.is_dir() else run_dir_of(run)
+
+
+@contextlib.contextmanager
+def _brief_hold(run: Path, command: str) -> Iterator[None]:
+    """The run folder's lock (:mod:`vicreg.runlock`) for a command that writes into it: waits up to 10 s for its
+    holder, then refuses naming it (e.g. a `vicreg train` still running). A folder where no lock file can be
+    created (read-only) is not locked: the command's own writes there fail with their own message."""
+    fix = "wait for it to finish (or stop it), then run this again"
+    try:
+        hold = hold_run(_run_folder(run), command, timeout=10, fix=fix)
+        hold.__enter__()
+    except PermissionError:
+        yield
+        return
+    except OSError as err:
+        if err.errno != errno.EROFS:
+            raise
+        yield
+        return
+    try:
+        yield
+    finally:
+        hold.__exit__(None, None, None)
 
 
 def info() -> None:
@@ -416,7 +463,8 @@ def is_expected(err: BaseException) -> bool:
     """Whether ``err`` is a problem of the input or the machine that one line can explain (a bad value, key,
     path or file, a damaged checkpoint, a missing optional dependency, a full or read-only disk, a diverged
     run), rather than a bug, whose traceback is kept. A ValueError counts only when vicreg raised it."""
-    if isinstance(err, CheckpointError | BadImageError | NonFiniteLossError | ImportError | OSError | yaml.YAMLError):
+    expected = CheckpointError | BadImageError | NonFiniteLossError | RunBusyError | ImportError | OSError
+    if isinstance(err, expected | yaml.YAMLError):
         return True
     return isinstance(err, ValueError) and _raised_by_vicreg(err)
 

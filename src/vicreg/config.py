@@ -267,6 +267,10 @@ class TrainConfig:
     band_percentiles: tuple[float, float] = (1.0, 99.0)
     """Multi-band data: the per-band percentiles (low, high) that bound the normalisation statistics and the
     range the views' brightness, contrast and noise act on."""
+    resume_with_new_data: bool = False
+    """Resume on data other than the checkpoint's (another file or folder with other rows): allowed and announced
+    instead of refused. Without it a resume whose data fingerprint (rows, shape, dtype, sampled rows) differs
+    stops with the differences."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

@@ -17,7 +17,9 @@ batch_size                 refused   the lr scaling, the data order and the VICR
 seed                       refused   the data order and the views are functions of it; another seed mid-run makes
                                      the run reproducible by nobody
 views.*, signal_views.*,   refused   the augmentations are part of the objective
-table_views.*
+table_views.*,
+band_views.*
+window, band_percentiles   refused   how raw bands become the encoder's input (its normalisation)
 modality, modality_b       refused   another kind of data
 image_size                 refused   the images the encoder was trained on
 precision                  refused   the gradient scaler's state exists only for fp16, and numerics change
@@ -29,14 +31,20 @@ budget_minutes                       changes and is announced with old and new v
 data, data_root,           allowed   where the data is read from: what matters is the fingerprint (a moved folder
 download, data_column,               with the same rows is the same data)
 label_column, strict_data
-eval_split, knn_every      allowed   monitoring only
+eval_split, knn_every,     allowed   monitoring only
+label_free_every,
+label_free_rows, log
+on_collapse,               allowed   the collapse guard: what happens if the run collapses, not the step itself
+max_rollbacks,
+collapse_std
 log_every, diag_every,     allowed   cadence of logs, diagnostics and checkpoints
 ckpt_every,
 keep_checkpoints
 workers, device, compile,  allowed   how the same computation runs (results may differ in the last bits across
 channels_last, sync_bn,              devices, as on any rerun); sync_bn only matters under torchrun
-progress
+progress, threads
 out                        allowed   the folder was moved or reached through another path
+resume_with_new_data       allowed   how this resume treats the data, not the run: never announced (:data:`SILENT`)
 =========================  ========  ==============================================================================
 
 A field not in the table is refused (a new config field must be placed here; ``tests/test_resume_rules.py``
@@ -52,7 +60,17 @@ from typing import Any, NamedTuple
 
 from vicreg.data.fingerprint import fingerprint_changes
 
-__all__ = ["ALLOWED", "REFUSED", "Change", "ResumeChanges", "classify_changes", "describe", "flatten", "rule_for"]
+__all__ = [
+    "ALLOWED",
+    "REFUSED",
+    "SILENT",
+    "Change",
+    "ResumeChanges",
+    "classify_changes",
+    "describe",
+    "flatten",
+    "rule_for",
+]
 
 REFUSED = (
     "model",
@@ -67,6 +85,9 @@ REFUSED = (
     "modality_b",
     "image_size",
     "precision",
+    "band_views",
+    "window",
+    "band_percentiles",
 )
 ALLOWED = (
     "epochs",
@@ -91,7 +112,17 @@ ALLOWED = (
     "sync_bn",
     "progress",
     "out",
+    "threads",
+    "label_free_every",
+    "label_free_rows",
+    "log",
+    "on_collapse",
+    "max_rollbacks",
+    "collapse_std",
+    "resume_with_new_data",
 )
+SILENT = ("resume_with_new_data",)
+"""Fields about the act of resuming, not the run: never compared."""
 NOT_RECORDED = "(not recorded)"
 
 
@@ -154,7 +185,7 @@ def classify_changes(
     old, new = flatten(old_config), flatten(new_config)
     refused: list[Change] = []
     announced: list[Change] = []
-    for field in sorted(old.keys() | new.keys()):
+    for field in sorted((old.keys() | new.keys()) - set(SILENT)):
         if field not in old:
             if field in new:
                 announced.append(Change(field, NOT_RECORDED, new[field]))
