@@ -173,8 +173,8 @@ def evaluate(run: RunPath, args: Annotated[EvalArgs, tyro.conf.arg(name=""), tyr
 def embed(run: RunPath, args: Annotated[EmbedArgs, tyro.conf.arg(name="")]) -> None:
     done = embed_to_file(run, args)
     print(f"wrote {done.path} ({done.rows} x {done.dim})")
-    if done.index is not None:
-        print(f"wrote {done.index} (the source row of each row)")
+    if done.index_file is not None:
+        print(f"wrote {done.index_file} (the source row of each row)")
     if done.skipped:
         print(
             f"{done.rows} rows written; {len(done.skipped)} unreadable file(s) skipped (their rows are absent; see "

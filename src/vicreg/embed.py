@@ -76,8 +76,10 @@ def write_embeddings(
         atomic_write(index_path(path), lambda f: np.save(f, index))
         return atomic_write(path, lambda f: np.save(f, embeddings))
     if suffix == ".npz":
-        extra = {} if paths is None else {"paths": np.array(paths, dtype=str)}
-        return atomic_write(path, lambda f: np.savez(f, embeddings=embeddings, labels=labels, index=index, **extra))
+        arrays: dict[str, Any] = {"embeddings": embeddings, "labels": labels, "index": index}
+        if paths is not None:
+            arrays["paths"] = np.array(paths, dtype=str)
+        return atomic_write(path, lambda f: np.savez(f, **arrays))
     pa, pq = _pyarrow()
     flat = pa.array(embeddings.reshape(-1), type=pa.float32())
     table = pa.table(
@@ -116,7 +118,7 @@ class Embedded(NamedTuple):
     dim: int
     skipped: tuple[str, ...] = ()
     """Unreadable source files, left out (their rows are absent)."""
-    index: Path | None = None
+    index_file: Path | None = None
     """The index file written beside a ``.npy`` output."""
 
 
@@ -136,7 +138,7 @@ def embed_to_file(run_or_checkpoint: str | os.PathLike[str], args: EmbedArgs) ->
         enc.model.embed, rows.rows, batch_size=args.batch_size, device=run.device, mean=enc.mean, std=enc.std
     )
     labels = rows.labels.cpu().numpy() if rows.labels is not None else np.full(len(rows), -1, dtype=np.int64)
-    index = None if got.index is None else got.index.cpu().numpy()
+    index = None if got.source_index is None else got.source_index.cpu().numpy()
     written = write_embeddings(out, features.numpy(), labels, got.paths, index)
     extra = index_path(written) if written.suffix.lower() == ".npy" else None
     return Embedded(written, int(features.shape[0]), int(features.shape[1]), tuple(got.skipped), extra)

@@ -100,7 +100,7 @@ class Split:
     """Images: their size before resizing (``None``: an image folder, decoded straight to the size)."""
     paths: list[str] | None = None
     """Image folders: the file of each row."""
-    index: Tensor | None = None
+    source_index: Tensor | None = None
     """Image folders: each row's position in the folder's scan order (``None``: the source's rows, in order)."""
     skipped: tuple[str, ...] = ()
     """Image folders: the unusable files, left out (their rows are absent)."""
@@ -255,7 +255,7 @@ class ImageKind(DataKind):
             )
             return Split(data)
         got = load_at_size(source, split, size=size, channels=spec.in_channels, download=download, root=self.root)
-        return Split(got.data, got.native_size, got.paths, got.index, got.skipped)
+        return Split(got.data, got.native_size, got.paths, got.source_index, got.skipped)
 
     def has_splits(self, source: str) -> bool:
         if is_hf_source(source):

@@ -588,7 +588,7 @@ class DecodedFolder(NamedTuple):
     data: ImageDataset
     paths: list[str]
     """The file of each row."""
-    index: Tensor
+    source_index: Tensor
     """The source position (in the folder's scan order, :attr:`ImageFolderSource.files`) of each row (int64)."""
     skipped: list[str]
     """The unusable files, left out (their rows are absent)."""

@@ -313,7 +313,7 @@ class SizedImages(NamedTuple):
     """The images' size before resizing (``None`` for image folders, decoded straight to the size)."""
     paths: list[str] | None
     """The file of each row for image folders, ``None`` otherwise."""
-    index: Tensor | None = None
+    source_index: Tensor | None = None
     """Image folders: the source position of each row in the folder's scan order (int64); ``None``: the rows are
     the source's rows, in order."""
     skipped: tuple[str, ...] = ()
@@ -335,7 +335,7 @@ def load_at_size(
     path = Path(os.fspath(source)).expanduser()
     if is_image_folder(path):
         got = decode_folder(ImageFolderSource(path, size, channels=channels))
-        return SizedImages(got.data, None, got.paths, got.index, tuple(got.skipped))
+        return SizedImages(got.data, None, got.paths, got.source_index, tuple(got.skipped))
     data = load(source, split, channels=channels, download=download, root=root)
     return SizedImages(data.resized(size), data.image_size, None)
 
