@@ -88,7 +88,7 @@ def expect_output(path: str | os.PathLike[str], suffixes: tuple[str, ...], flag:
     p = Path(path).expanduser()
     if p.suffix.lower() not in suffixes:
         raise ValueError(
-            f"{flag} {p}: the suffix {p.suffix or '(none)'} is not one this command writes; use {', '.join(suffixes)}"
+            f"{flag} {p}: unknown output format {p.suffix or '(no suffix)'}; this command writes {', '.join(suffixes)}"
         )
     kind = path_kind(p)
     if kind not in ("nothing", "a file"):
