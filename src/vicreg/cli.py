@@ -12,6 +12,7 @@ import errno
 import inspect
 import os
 import platform
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -35,12 +36,12 @@ from vicreg.build import (
     run_data_kind,
     run_dir_of,
 )
-from vicreg.checkpoint import CheckpointError, CheckpointWarning
+from vicreg.checkpoint import CheckpointError
 from vicreg.config import PRESETS, TrainConfig, config_to_dict, load_config_file
 from vicreg.data.folder import BadImageError
 from vicreg.embed import EmbedArgs, embed_to_file
 from vicreg.eval import EvalArgs, EvalSettings, eval_protocol, run_eval
-from vicreg.export import export_encoder
+from vicreg.export import default_out, export_encoder, resolve_format
 from vicreg.neighbors import NeighborsArgs, run_neighbors
 from vicreg.probes.label_free import format_label_free
 from vicreg.probes.table import format_table
@@ -89,7 +90,7 @@ def parse_train_args(args: list[str]) -> TrainConfig:
     try:
         if config_file:
             base = load_config_file(config_file, base)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         raise SystemExit(f"vicreg train: {err}") from err
     try:
         with _config_errors_as_value_errors():
@@ -316,8 +317,15 @@ def evaluate(run: RunPath, args: Annotated[EvalArgs, tyro.conf.arg(name=""), tyr
 
 @_described_by(EmbedArgs.__doc__ or "")
 def embed(run: RunPath, args: Annotated[EmbedArgs, tyro.conf.arg(name="")]) -> None:
-    path, rows, dim = embed_to_file(run, args)
-    print(f"wrote {path} ({rows} x {dim})")
+    done = embed_to_file(run, args)
+    print(f"wrote {done.path} ({done.rows} x {done.dim})")
+    if done.index_file is not None:
+        print(f"wrote {done.index_file} (the source row of each row)")
+    if done.skipped:
+        print(
+            f"{done.rows} rows written; {len(done.skipped)} unreadable file(s) skipped (their rows are absent; see "
+            "the index)"
+        )
 
 
 @_described_by(NeighborsArgs.__doc__ or "")
@@ -342,9 +350,10 @@ def report(
 
 def export(
     checkpoint: RunPath,
-    out: Path = Path("backbone.safetensors"),
+    out: Path | None = None,
     format: Literal["safetensors", "pt", "hf", "onnx"] | None = None,
     branch: Literal["a", "b"] = "a",
+    force: bool = False,
 ) -> None:
     """Write a run's backbone (encoder) in a format other tools load; checked before anything is written.
 
@@ -356,18 +365,28 @@ def export(
 
     The check: the weights are loaded with strict=True into a freshly built backbone of the architecture the
     checkpoint describes and must give identical features (onnx: onnxruntime within 1e-4 of torch); a failed
-    check leaves nothing at --out.
+    check leaves nothing at --out. An existing --out is replaced only when it is an earlier export of the same
+    encoder (not in another run's folder); anything else needs --force.
 
     Args:
-        out: the file (or folder for hf) to write.
+        out: the file (or folder for hf) to write (default: RUN/export/backbone.safetensors; .pt, .onnx or the
+            folder RUN/export/hf with --format).
         format: safetensors, pt, hf or onnx (default: from the suffix of --out; a folder name means hf).
         branch: which encoder of a two-encoder run (b: branch B's own backbone).
+        force: replace an existing --out that is not an earlier export of this run's encoder (a folder of other
+            files is never replaced).
     """
+    if out is not None:
+        format = resolve_format(out, format)  # type: ignore[assignment]  # a suffix no writer makes: before any work
     enc = load_encoder(checkpoint)
+    run_dir = run_dir_of(enc.checkpoint)
+    target = out if out is not None else default_out(run_dir, format)
     backbone, spec = enc.branch(branch)
-    into_run = Path(out).expanduser().resolve().is_relative_to(_run_folder(checkpoint))
-    with _brief_hold(checkpoint, "export") if into_run else contextlib.nullcontext():
-        result = export_encoder(backbone.state_dict(), spec, out, format, summary=enc.summary())
+    inside = target.expanduser().resolve().is_relative_to(run_dir.resolve())
+    with _brief_hold(run_dir, "export") if inside else contextlib.nullcontext():
+        result = export_encoder(
+            backbone.state_dict(), spec, target, format, summary=enc.summary(), force=force, run_dir=run_dir
+        )
     print(f"wrote {result.path} ({result.format}): {result.check}")
 
 
@@ -429,6 +448,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``vicreg`` console script: every sub-command runs inside :func:`error_boundary`."""
+    _survive_ascii_terminals()
     args = sys.argv[1:] if argv is None else list(argv)
     command = args[0] if args and args[0] in {"train", *COMMANDS} else ""
     with error_boundary(command):
@@ -442,6 +462,16 @@ def main(argv: list[str] | None = None) -> None:
             tyro.extras.subcommand_cli_from_dict(COMMANDS, args=args, prog="vicreg", description=DESCRIPTION)
 
 
+def _survive_ascii_terminals() -> None:
+    """In a C locale (or ``PYTHONIOENCODING=ascii``) stdout and stderr cannot encode the help's box drawing or a
+    non-ASCII path: write such characters as escapes instead of failing with UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)  # absent on captured streams (io.StringIO)
+        if reconfigure is not None and (getattr(stream, "encoding", "") or "").lower() not in ("utf-8", "utf8"):
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="backslashreplace")
+
+
 # ------------------------------------------------------------------------------------------------ errors
 
 DEBUG_VARIABLE = "VICREG_DEBUG"
@@ -449,9 +479,9 @@ DEBUG_VARIABLE = "VICREG_DEBUG"
 _OS_HINTS = {
     errno.ENOSPC: "the disk is full; free some space or choose another folder",
     errno.EDQUOT: "the disk quota is exceeded; free some space or choose another folder",
-    errno.EACCES: "check its permissions, or choose another path (e.g. another --out)",
-    errno.EPERM: "check its permissions, or choose another path (e.g. another --out)",
-    errno.EROFS: "the file system is read-only; choose another path (e.g. another --out)",
+    errno.EACCES: "check its permissions, or choose another path{other_out}",
+    errno.EPERM: "check its permissions, or choose another path{other_out}",
+    errno.EROFS: "the file system is read-only; choose another path{other_out}",
     errno.ENOENT: "check the path",
     errno.ENOTDIR: "a part of the path is a file, not a folder; check the path",
     errno.EISDIR: "it is a folder; give a file",
@@ -463,8 +493,8 @@ def is_expected(err: BaseException) -> bool:
     """Whether ``err`` is a problem of the input or the machine that one line can explain (a bad value, key,
     path or file, a damaged checkpoint, a missing optional dependency, a full or read-only disk, a diverged
     run), rather than a bug, whose traceback is kept. A ValueError counts only when vicreg raised it."""
-    expected = CheckpointError | BadImageError | NonFiniteLossError | RunBusyError | ImportError | OSError
-    if isinstance(err, expected | yaml.YAMLError):
+    expected = (CheckpointError, BadImageError, NonFiniteLossError, RunBusyError, ImportError, OSError, yaml.YAMLError)
+    if isinstance(err, expected):
         return True
     return isinstance(err, ValueError) and _raised_by_vicreg(err)
 
@@ -481,18 +511,31 @@ def _raised_by_vicreg(err: BaseException) -> bool:
 _PACKAGE = Path(vicreg.__file__).resolve().parent
 
 
-def describe_error(err: BaseException) -> str:
+_OTHER_OUT = {
+    "train": " (e.g. another --out)",
+    "eval": " (e.g. another --out)",
+    "embed": " (e.g. another --out)",
+    "neighbors": " (e.g. another --out)",
+    "export": " (e.g. another --out)",
+    "report": " (report writes into the run folder: copy the run somewhere writable)",
+}
+"""What "choose another path" means for each command (``report`` has no ``--out``)."""
+
+
+def describe_error(err: BaseException, command: str = "") -> str:
     """The message of an expected error for the person at the terminal: ours as written (they name the problem
-    and, after a ';', the fix); an operating-system error as what failed, on which path, and what to do."""
+    and, after a ';', the fix); an operating-system error as what failed, on which path, and what to do (in the
+    words of ``command``'s flags)."""
     if isinstance(err, OSError) and err.errno in _OS_HINTS and err.strerror:
         where = f": {err.filename}" if err.filename is not None else ""
         also = f" -> {err.filename2}" if err.filename2 is not None else ""
-        return f"{err.strerror}{where}{also}; {_OS_HINTS[err.errno]}"
+        hint = _OS_HINTS[err.errno].format(other_out=_OTHER_OUT.get(command, ""))
+        return f"{err.strerror}{where}{also}; {hint}"
     if isinstance(err, ModuleNotFoundError) and err.name and str(err).startswith("No module named"):
         return f"{err} (an optional dependency); install it: pip install {err.name.split('.')[0]}"
     if isinstance(err, yaml.YAMLError):
         return f"not valid YAML: {err}"
-    text = str(err).strip()
+    text = cli_words(str(err).strip(), command) if "\n" not in str(err).strip() else str(err).strip()
     return text or type(err).__name__
 
 
@@ -507,10 +550,10 @@ def error_boundary(command: str) -> Iterator[None]:
     def show(
         message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
     ) -> None:
-        if issubclass(category, CheckpointWarning):
-            print(f"{prefix}: warning: {message}", file=sys.stderr, flush=True)
-        else:
+        if _debug():
             default_show(message, category, filename, lineno, file, line)
+        else:
+            print(f"{prefix}: warning: {cli_words(str(message), command)}", file=sys.stderr, flush=True)
 
     warnings.showwarning = show
     try:
@@ -522,9 +565,32 @@ def error_boundary(command: str) -> Iterator[None]:
     except Exception as err:
         if not is_expected(err) or _debug():
             raise
-        raise SystemExit(f"{prefix}: {describe_error(err)}") from None
+        raise SystemExit(f"{prefix}: {describe_error(err, command)}") from None
     finally:
         warnings.showwarning = default_show
+
+
+_CLI_WORDS = (
+    # (what the library says, what the command line says instead; {strict}: the flag, or nothing without one)
+    (r"\s*The full list is in loader\.bad_files;\s*", " "),
+    (r"\(strict=True; remove or fix the file, or pass strict=False to skip such files with a warning\)",
+     "(--strict-data; remove or fix the file, or drop --strict-data to skip such files with a warning)"),
+    (r"\s*\bstrict=True makes this an error\.?", "{strict}"),
+    (r"pass labeled=False to read every image without labels",
+     "move them into a class sub-folder, or point --data at a folder without class sub-folders"),
+    (r"\bor pass labeled=None\b", "or use a folder of images without class sub-folders"),
+    (r"which needs a size: load\(path, size=\.\.\.\)", "which needs a size: --image-size N"),
+)  # fmt: skip
+
+
+def cli_words(message: str, command: str = "") -> str:
+    """A library message in the words of the command line: CLI flags instead of Python arguments (``strict=True``
+    is ``--strict-data``, a flag of ``vicreg train`` only; ``labeled=False`` has no flag, so the fix is said in
+    folders), no ``loader.bad_files`` (a Python attribute), on one line."""
+    strict = " --strict-data makes this an error." if command == "train" else ""
+    for pattern, words in _CLI_WORDS:
+        message = re.sub(pattern, words.replace("{strict}", strict), message)
+    return " ".join(message.split())
 
 
 def _debug() -> bool:

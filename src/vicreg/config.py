@@ -26,6 +26,7 @@ from vicreg.augment.signals import SignalViewsConfig
 from vicreg.augment.tabular import TableViewsConfig
 from vicreg.loss import Gather
 from vicreg.models import parse_expander_spec
+from vicreg.paths import expect_file
 from vicreg.trackers import parse_backends
 
 ViewsConfig = ImageViewsConfig
@@ -507,9 +508,7 @@ def config_from_dict(data: Mapping[str, Any], base: TrainConfig | None = None) -
 
 def load_config_file(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
     """Read a YAML (or JSON) file of overrides on top of ``base`` (a preset or the defaults)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
+    path = expect_file(path, "a YAML config file", "give the --config file itself (e.g. --config run/config.yaml)")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:

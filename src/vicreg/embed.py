@@ -1,8 +1,9 @@
 """``vicreg embed``: the frozen representation of a dataset (images, signals or table rows, as the run's data kind
 reads them), written to ``.npy``, ``.npz`` or ``.parquet``.
 
-* ``.npy``: the float32 matrix ``(N, feature_dim)``, rows in the data's order;
-* ``.npz``: ``embeddings``, ``labels`` (``-1`` where unlabelled) and ``index``;
+* ``.npy``: the float32 matrix ``(N, feature_dim)``, rows in the data's order, and beside it
+  ``<stem>.index.npy``: the source row of each row (int64), since a ``.npy`` has no room for it;
+* ``.npz``: ``embeddings``, ``labels`` (``-1`` where unlabelled), ``index`` and, for image folders, ``paths``;
 * ``.parquet`` (needs ``pip install pyarrow``, or ``pip install 'vicreg[parquet]'``): one row per image with
   ``index``, ``path`` (the file for image folders, null otherwise), ``label`` and ``embedding`` (a fixed-size
   list of float32).
@@ -10,6 +11,11 @@ reads them), written to ``.npy``, ``.npz`` or ``.parquet``.
 ``--tensorboard`` also writes TensorBoard's projector files into ``RUN/tb`` (:func:`vicreg.projector.write_projector`:
 the embeddings of a seeded subset, their labels and a sprite of thumbnails from the data kind's
 :meth:`~vicreg.build.DataKind.sprite`), for ``tensorboard --logdir RUN/tb`` (Projector tab).
+
+Every row knows its source: ``index`` is the row's position in the source (for an image folder, in its scan
+order, the sorted file list, which includes the files that could not be read). Unreadable files are left out
+(never filled with another file's row): their positions are missing from ``index``, and ``vicreg embed`` says
+how many there were.
 """
 
 from __future__ import annotations
@@ -17,18 +23,27 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from vicreg.build import DataArgs, OpenRun, Split, open_run_with
 from vicreg.files import atomic_write
+from vicreg.paths import expect_output
 from vicreg.probes.features import extract_features
 from vicreg.progress import Progress
 from vicreg.projector import MAX_PROJECTOR_POINTS, write_projector
 
-__all__ = ["SUFFIXES", "EmbedArgs", "embed_to_file", "tensorboard_projector", "write_embeddings"]
+__all__ = [
+    "SUFFIXES",
+    "EmbedArgs",
+    "Embedded",
+    "embed_to_file",
+    "index_path",
+    "tensorboard_projector",
+    "write_embeddings",
+]
 
 SUFFIXES = (".npy", ".npz", ".parquet")
 
@@ -45,20 +60,41 @@ def _pyarrow() -> Any:
     return pa, pq
 
 
+def index_path(path: str | os.PathLike[str]) -> Path:
+    """The index file beside a ``.npy`` output: ``emb.npy`` -> ``emb.index.npy``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.index.npy")
+
+
 def write_embeddings(
-    path: str | os.PathLike[str], embeddings: np.ndarray, labels: np.ndarray, paths: list[str] | None = None
+    path: str | os.PathLike[str],
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    paths: list[str] | None = None,
+    index: np.ndarray | None = None,
 ) -> Path:
-    """Write ``embeddings`` ``(N, D)`` (and labels, paths) in the format named by the suffix of ``path``."""
+    """Write ``embeddings`` ``(N, D)`` (and labels, paths) in the format named by the suffix of ``path``.
+
+    ``index`` gives the source row of each row (default ``0 .. N-1``): ``.npz`` and ``.parquet`` hold it, a
+    ``.npy`` gets it beside it, in :func:`index_path` (written first, so a ``.npy`` never stands without it).
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise ValueError(f"unknown output format {path.suffix!r} for {path}: use one of {', '.join(SUFFIXES)}")
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-    index = np.arange(embeddings.shape[0], dtype=np.int64)
+    n = embeddings.shape[0]
+    index = np.arange(n, dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
+    if index.shape != (n,) or (paths is not None and len(paths) != n):
+        raise ValueError(f"{n} embeddings but {index.shape[0]} index entries or {len(paths or [])} paths")
     if suffix == ".npy":
+        atomic_write(index_path(path), lambda f: np.save(f, index))
         return atomic_write(path, lambda f: np.save(f, embeddings))
     if suffix == ".npz":
-        return atomic_write(path, lambda f: np.savez(f, embeddings=embeddings, labels=labels, index=index))
+        arrays: dict[str, Any] = {"embeddings": embeddings, "labels": labels, "index": index}
+        if paths is not None:
+            arrays["paths"] = np.array(paths, dtype=str)
+        return atomic_write(path, lambda f: np.savez(f, **arrays))
     pa, pq = _pyarrow()
     flat = pa.array(embeddings.reshape(-1), type=pa.float32())
     table = pa.table(
@@ -76,9 +112,11 @@ def write_embeddings(
 class EmbedArgs(DataArgs):
     """Write the frozen representation (backbone output) of every row of a dataset.
 
-    Formats by the suffix of --out: .npy (the float32 matrix N x D), .npz (embeddings, labels, index) or the
-    .parquet format (index, path, label, embedding; needs pyarrow). Images are brought to the training views'
-    size and normalised as in training; rows keep the data's order.
+    Formats by the suffix of --out: .npy (the float32 matrix N x D; the source row of each row goes beside it, in
+    <stem>.index.npy), .npz (embeddings, labels, index; paths for image folders) or the .parquet format (index,
+    path, label, embedding; needs pyarrow). Images are brought to the training views' size and normalised as in
+    training; rows keep the data's order. Unreadable files are left out, never filled: their rows are absent
+    (the index says which rows are there) and the count is printed.
     """
 
     out: Path
@@ -90,15 +128,28 @@ class EmbedArgs(DataArgs):
     subset) into RUN/tb: tensorboard --logdir RUN/tb, Projector tab."""
 
 
+class Embedded(NamedTuple):
+    """What :func:`embed_to_file` wrote."""
+
+    path: Path
+    rows: int
+    dim: int
+    skipped: tuple[str, ...] = ()
+    """Unreadable source files, left out (their rows are absent)."""
+    index_file: Path | None = None
+    """The index file written beside a ``.npy`` output."""
+
+
 def embed_to_file(
     run_or_checkpoint: str | os.PathLike[str], args: EmbedArgs, *, progress: Progress | None = None
-) -> tuple[Path, int, int]:
+) -> Embedded:
     """Embed ``args.data`` (default: the run's training data) with a run's encoder into ``args.out``; returns
-    ``(path, rows, dim)``. ``progress`` says what is being done (default: on stdout)."""
+    what was written (path, rows, dim, the files left out, the index file of a ``.npy``). ``progress`` says what
+    is being done (default: on stdout)."""
     progress = progress or Progress()
-    out = Path(args.out)
-    if out.suffix.lower() not in SUFFIXES:
-        raise ValueError(f"unknown output format {out.suffix!r} for {out}: use one of {', '.join(SUFFIXES)}")
+    out = expect_output(args.out, SUFFIXES)  # before any work
+    if out.suffix.lower() == ".npy":
+        expect_output(index_path(out), (".npy",))
     if out.suffix.lower() == ".parquet":
         _pyarrow()  # fail before any work
     progress.stage(f"loading the encoder of {run_or_checkpoint}")
@@ -118,11 +169,13 @@ def embed_to_file(
         track=progress.batches("features", len(rows)),
     )
     labels = rows.labels.cpu().numpy() if rows.labels is not None else np.full(len(rows), -1, dtype=np.int64)
-    written = write_embeddings(out, features.numpy(), labels, got.paths)
+    index = None if got.source_index is None else got.source_index.cpu().numpy()
+    written = write_embeddings(out, features.numpy(), labels, got.paths, index)
     if args.tensorboard:
         log_dir = tensorboard_projector(run, got, features.numpy(), labels, progress=progress)
         progress.stage(f"projector files in {log_dir}; see them with: tensorboard --logdir {log_dir} (Projector tab)")
-    return written, int(features.shape[0]), int(features.shape[1])
+    extra = index_path(written) if written.suffix.lower() == ".npy" else None
+    return Embedded(written, int(features.shape[0]), int(features.shape[1]), tuple(got.skipped), extra)
 
 
 def tensorboard_projector(

@@ -13,10 +13,12 @@ prints it above the table and in its help, and the report shows it. Encoder feat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -41,10 +43,12 @@ from vicreg.build import (
     resolve_device,
 )
 from vicreg.files import atomic_write
+from vicreg.paths import expect_output
 from vicreg.probes.features import raw_features
 from vicreg.probes.knn import knn_evaluate
 from vicreg.probes.linear import probe_suite
 from vicreg.progress import Progress
+from vicreg.runlock import hold_run
 
 __all__ = ["EvalArgs", "EvalSettings", "encoder_features", "eval_protocol", "evaluate_features", "run_eval"]
 
@@ -104,13 +108,13 @@ class EvalArgs(DataArgs):
     Features of the frozen backbone (cached in RUN/features/), on labelled data: names and dataset folders use
     their own train/test splits, other data (a .npy/.npz file, an image folder) a seeded 80/20 split unless a
     test set is given. Baselines in the same run: a randomly initialised backbone of the same architecture, and
-    the raw input. Writes RUN/eval.json (or --out) and prints a table.
+    the raw input. Writes RUN/eval.json (other --data: RUN/eval-<name>.json; or --out) and prints a table.
     """
 
     test_data: str | None = None
     """A separate labelled test set (e.g. imagenet/val)."""
     out: Path | None = None
-    """Where to write the results (default: RUN/eval.json)."""
+    """Where to write the results, a .json file (default: RUN/eval.json; with other --data RUN/eval-<name>.json)."""
     protocol: EvalSettings = field(default_factory=EvalSettings)
     """The protocol (written into eval.json)."""
     baselines: bool = True
@@ -204,6 +208,8 @@ def run_eval(
     settings = args.protocol
     t_start = time.perf_counter()
     autocast_dtype(args.precision, resolve_device(args.device))  # reject a bad precision before any work
+    if args.out is not None:
+        expect_output(args.out, (".json",))  # and a suffix no writer makes
     progress.stage(f"loading the encoder of {run_or_checkpoint}")
     run = open_run_with(run_or_checkpoint, args)
     enc = run.encoder
@@ -238,6 +244,8 @@ def run_eval(
         feature_sets[which] = (f_train, f_test)
         hits[which] = hit_a and hit_b
     notes: dict[str, str] = {}
+    if max(settings.k) > len(train_set):  # knn_evaluate uses every row: say so once
+        notes["knn"] = f"k={max(settings.k)} is more than the {len(train_set)} training rows; using {len(train_set)}"
     if args.baselines:
         n_pixels = (len(train_set) + len(test_set)) * train_set.rows[0].numel()
         if n_pixels <= MAX_PIXEL_ELEMENTS:
@@ -283,9 +291,13 @@ def run_eval(
 
 
 def _write(run: OpenRun, args: EvalArgs, report: dict[str, Any]) -> dict[str, Any]:
-    target = Path(args.out) if args.out is not None else run.run_dir / "eval.json"
+    target = (
+        Path(args.out) if args.out is not None else default_eval_path(run.run_dir, run.source, run.encoder.config.data)
+    )
     text = json.dumps(report, indent=2, allow_nan=False)
-    atomic_write(target, lambda f: f.write(text.encode()))
+    inside = target.expanduser().resolve().is_relative_to(run.run_dir.resolve())
+    with hold_run(run.run_dir, "eval", timeout=10) if inside else contextlib.nullcontext():  # a brief hold
+        atomic_write(target, lambda f: f.write(text.encode()))
     report["path"] = str(target)
     return report
 
@@ -350,6 +362,16 @@ def _unlabelled_report(
         },
         "seconds": {"total": round(time.perf_counter() - t_start, 3)},
     }  # fmt: skip
+
+
+def default_eval_path(run_dir: Path, source: str, own: str) -> Path:
+    """``RUN/eval.json`` for the run's own data; ``RUN/eval-<name>.json`` for other data (``--data OTHER``), so
+    an evaluation on other data never replaces the run's own result (the one ``vicreg report`` reads)."""
+    if source == own or Path(source).expanduser().resolve() == Path(own).expanduser().resolve():
+        return run_dir / "eval.json"
+    name = Path(source.rstrip("/")).name or source
+    name = name.removesuffix(".npz").removesuffix(".npy")
+    return run_dir / f"eval-{re.sub(r'[^A-Za-z0-9._-]+', '_', name).strip('_.') or 'data'}.json"
 
 
 def _data_report(run: OpenRun, train: Split, test: Split, split_note: str) -> dict[str, Any]:

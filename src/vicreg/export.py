@@ -23,6 +23,12 @@ read back and loaded strictly into a freshly built ``spec.build()``, whose featu
 ``spec.input_shape`` must be identical to the exported backbone's; the ONNX model runs in onnxruntime on batches
 of another size than the traced one, within ``1e-4 * max(1, max |feature|)`` of torch. Only then is it renamed to
 the target, so a failed export leaves nothing there (and an earlier file or export folder intact).
+
+No surprise overwrites: an existing target is replaced only when it is an earlier export of the same encoder
+(its file carries the same :class:`~vicreg.models.EncoderSpec`: a safetensors/pt file's metadata, an onnx
+model's ``metadata_props``, an hf folder's ``config.json``), or with ``force=True`` (``vicreg export --force``);
+a folder holding other files is never replaced. ``vicreg export``'s default target is inside the run folder,
+``RUN/export/backbone.safetensors`` (:func:`default_out`).
 """
 
 from __future__ import annotations
@@ -42,12 +48,15 @@ from torch import Tensor, nn
 from vicreg.checkpoint import CheckpointError, read_backbone_spec, vicreg_version, write_backbone
 from vicreg.files import UMASK, atomic_write
 from vicreg.models import EncoderSpec
+from vicreg.paths import path_kind
 from vicreg.weights import load_backbone_file, load_strict
 
 __all__ = [
     "FORMATS",
     "ExportCheckError",
     "ExportResult",
+    "check_target",
+    "default_out",
     "export_encoder",
     "hf_config",
     "model_card",
@@ -60,6 +69,7 @@ _HF_FILES = ("model.safetensors", "config.json", "README.md")
 _META_KEY = "vicreg_encoder"  # the key of the spec in the ONNX model's metadata_props, as in backbone files
 _CHECK_BATCH = 4  # the batch the checks compare features on (ONNX: traced with 2, run with 5 and 1)
 _ONNX_INSTALL = "pip install 'vicreg[onnx]'"
+_DEFAULT_NAMES = {"safetensors": "backbone.safetensors", "pt": "backbone.pt", "hf": "hf", "onnx": "backbone.onnx"}
 
 
 class ExportCheckError(CheckpointError):
@@ -97,6 +107,99 @@ def resolve_format(out: str | os.PathLike[str], fmt: str | None = None) -> str:
     )
 
 
+def default_out(run_dir: str | os.PathLike[str], fmt: str | None = None) -> Path:
+    """Where ``vicreg export RUN`` writes without ``--out``: ``RUN/export/backbone.safetensors`` (``.pt``,
+    ``.onnx``, or the folder ``RUN/export/hf`` for those formats), inside the run, so an export never lands in
+    whatever folder the command happens to run from."""
+    fmt = fmt or "safetensors"
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+    return Path(run_dir).expanduser() / "export" / _DEFAULT_NAMES[fmt]
+
+
+def check_target(
+    out: str | os.PathLike[str],
+    fmt: str,
+    spec: EncoderSpec,
+    *,
+    force: bool = False,
+    run_dir: str | os.PathLike[str] | None = None,
+) -> None:
+    """Refuse ``out`` unless writing ``fmt`` there replaces nothing but an earlier export of ``spec``.
+
+    Nothing there (or an empty folder for hf), or an earlier export carrying the same encoder description:
+    fine. Another file (a user's ``important.pt``, an export of another encoder) or, when ``run_dir`` (the run
+    being exported) is given, a file in another run folder (its ``backbone.safetensors``, which may describe
+    the same architecture): :class:`ValueError` unless ``force``. A folder where a file is expected, a special
+    file (pipe, device), or an hf target that is a folder of other files: refused even with ``force``.
+    """
+    out = Path(out).expanduser()
+    kind = path_kind(out)
+    if kind == "nothing":
+        return
+    if fmt == "hf":
+        if kind != "a folder":
+            raise ValueError(f"{out} is {kind}, not a folder for an hf export; choose another --out")
+        if not _replaceable(out):
+            raise ValueError(
+                f"{out} exists and is not an earlier hf export: choose another --out, or remove the folder"
+            )
+        if not any(out.iterdir()):
+            return
+        found = _hf_spec(out)
+    elif kind != "a file":
+        raise ValueError(f"{out} is {kind}, not a {fmt} file; choose another --out")
+    else:
+        found = _onnx_spec(out) if fmt == "onnx" else _file_spec(out)
+    other_run = run_dir is not None and _in_another_run(out, Path(run_dir))
+    if force or (found == spec and not other_run):
+        return
+    if other_run:
+        held = "in another run folder"
+    else:
+        held = "an export of another encoder" if found is not None else "not an export of this encoder"
+    what = found.name if found is not None else "no vicreg description in it"
+    raise ValueError(
+        f"{out} already exists and is {held} ({what}); choose another --out, or pass --force to replace it"
+    )
+
+
+def _in_another_run(out: Path, run_dir: Path) -> bool:
+    """Whether ``out`` lies directly in (or in the ``export/`` folder of) a run folder other than ``run_dir``."""
+    for folder in (out.parent, out.parent.parent):
+        if (folder / "checkpoints").is_dir():
+            return folder.resolve() != run_dir.expanduser().resolve()
+    return False
+
+
+def _file_spec(path: Path) -> EncoderSpec | None:
+    """The description a safetensors / pt file carries; ``None`` for any other file."""
+    try:
+        return read_backbone_spec(path)
+    except (CheckpointError, OSError, ValueError):
+        return None
+
+
+def _onnx_spec(path: Path) -> EncoderSpec | None:
+    """The description an earlier onnx export carries in its ``metadata_props``; ``None`` otherwise."""
+    try:
+        import onnx  # optional dependency ([onnx]); without it the export itself stops with the install line
+
+        model = onnx.load(str(path), load_external_data=False)
+        stored = next((p.value for p in model.metadata_props if p.key == _META_KEY), None)
+        return None if stored is None else EncoderSpec.from_dict(json.loads(stored))
+    except Exception:  # not an onnx model, or not ours: onnx raises many types
+        return None
+
+
+def _hf_spec(folder: Path) -> EncoderSpec | None:
+    """The description in an earlier hf export's ``config.json``; ``None`` for an empty folder or another one."""
+    try:
+        return EncoderSpec.from_dict(json.loads((folder / "config.json").read_text())["vicreg"]["encoder"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 # --------------------------------------------------------------------------------------------- export
 
 
@@ -106,6 +209,9 @@ def export_encoder(
     out: str | os.PathLike[str],
     fmt: str | None = None,
     summary: Mapping[str, Any] | None = None,
+    *,
+    force: bool = False,
+    run_dir: str | os.PathLike[str] | None = None,
 ) -> ExportResult:
     """Write the backbone ``state_dict`` of architecture ``spec`` to ``out`` as ``fmt``, checked before renaming.
 
@@ -117,9 +223,14 @@ def export_encoder(
         fmt: one of :data:`FORMATS`; ``None`` picks it from the suffix of ``out`` (no suffix: ``hf``).
         summary: plain data for ``hf``'s ``config.json`` and model card: training facts (e.g. ``data``,
             ``epochs``, ``steps``, ``train_time``) and the eval numbers under ``eval`` (nested mappings).
+        force: replace an existing file at ``out`` that is not an earlier export of ``spec`` (see
+            :func:`check_target`; a folder of other files is never replaced).
+        run_dir: the run folder being exported, if any: a file in another run's folder is not replaced
+            without ``force``.
     """
     out = Path(out).expanduser()
     fmt = resolve_format(out, fmt)
+    check_target(out, fmt, spec, force=force, run_dir=run_dir)
     if not spec.input_shape:
         raise ValueError(f"the encoder spec of {spec.name} has no input_shape, so its export cannot be checked")
     state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
@@ -179,8 +290,6 @@ class _StateFileCheck:
 def _export_hf(
     state: Mapping[str, Tensor], spec: EncoderSpec, reference: nn.Module, out: Path, summary: Mapping[str, Any]
 ) -> ExportResult:
-    if out.exists() and not _replaceable(out):
-        raise ValueError(f"{out} exists and is not an earlier hf export: choose another output folder or remove it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:

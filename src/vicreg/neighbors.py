@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.backend_bases import FigureCanvasBase
 from torch import Tensor
 
 from vicreg.build import DataArgs, LoadedEncoder, OpenRun, Split, encoder_features, open_run_with
 from vicreg.data import decode_image
+from vicreg.paths import expect_output
 from vicreg.plots import duplicate_pairs_figure, neighbor_grid, save_figure, signal_neighbors_figure
 from vicreg.probes.features import extract_features
 from vicreg.probes.retrieval import (
@@ -48,13 +50,14 @@ class NeighborsArgs(DataArgs):
     """
 
     out: Path = Path("neighbors.png")
-    """The picture to write (PNG); the CSV goes next to it."""
+    """The picture to write (.png, or another format matplotlib writes: .pdf, .svg, .jpg, ...); the CSV goes next
+    to it (tables: the CSV only, e.g. --out neighbors.csv)."""
     split: str = "train"
     """Split of a named dataset or dataset file."""
     query: tuple[str, ...] = ()
     """Row numbers of the data and/or image files (default: 8 random rows)."""
     k: int = 8
-    """Neighbours per query."""
+    """Neighbours per query (at most the number of rows: a larger k is said and cut)."""
     duplicates: float | None = None
     """Also list every pair with cosine similarity >= this (e.g. 0.98) in <out>_duplicates.csv, and draw the most
     similar pairs (images)."""
@@ -113,10 +116,15 @@ def run_neighbors(
     done (default: on stdout)."""
     args = args or NeighborsArgs()
     progress = progress or Progress()
-    out = Path(args.out)
+    out = expect_output(args.out, (*figure_suffixes(), ".csv"))  # a suffix no writer makes: before any work
     progress.stage(f"loading the encoder of {run_or_checkpoint}")
     run = open_run_with(run_or_checkpoint, args)
     enc, dev = run.encoder, run.device
+    if enc.spec.kind != "table" and out.suffix.lower() == ".csv":
+        raise ValueError(
+            f"--out {out}: a {enc.spec.kind} run draws a picture there and writes the CSV beside it; name a picture "
+            f"({', '.join(figure_suffixes()[:4])}, ...)"
+        )
     progress.stage(f"loading {run.source} ({args.split})")
     bank = run.kind.load_split(run.source, args.split, enc.spec, download=args.download)
     labels = bank.data.labels
@@ -141,11 +149,13 @@ def run_neighbors(
     q_f = extract_features(enc.model.embed, q_rows, mean=enc.mean, std=enc.std, device=dev, batch_size=args.batch_size)
     progress.stage(f"the {args.k} nearest of {len(q_names)} queries")
     sims, idx = nearest_neighbors(bank_f, q_f, args.k)
+    capped = [f"k={args.k} is more than the {n} rows; using {n}"] if args.k > n else []
     if labels is not None and int(labels.min()) < 0:
         labels = None  # partly unlabelled data: no class marks
     q_labels = q_labels if labels is not None else None
     classes = list(bank.data.classes) or None
-    lines = [format_neighbors(q_names, idx, sims, labels_bank=labels, labels_query=q_labels, class_names=classes)]
+    table = format_neighbors(q_names, idx, sims, labels_bank=labels, labels_query=q_labels, class_names=classes)
+    lines = [*capped, table]
     files = [write_neighbors_csv(out.with_suffix(".csv"), q_names, idx, sims, labels, q_labels)]
     figure = _neighbors_figure(enc, bank, q_rows, idx, sims, labels, q_labels, q_names, classes, args.bands)
     if figure is not None:
@@ -157,6 +167,12 @@ def run_neighbors(
         lines.append(line)
         files += written
     return NeighborsResult("\n".join(lines), files, n_pairs)
+
+
+def figure_suffixes() -> tuple[str, ...]:
+    """The suffixes matplotlib can write a figure as (``.png`` first), e.g. ``.pdf``, ``.svg``, ``.jpg``."""
+    found = sorted(f".{ext}" for ext in FigureCanvasBase.get_supported_filetypes())
+    return (".png", *(s for s in found if s != ".png"))
 
 
 def _duplicates(

@@ -12,7 +12,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["expect_file", "expect_folder", "path_kind"]
+__all__ = ["expect_file", "expect_folder", "expect_output", "path_kind"]
 
 _SPECIAL = (
     (stat.S_ISFIFO, "a named pipe (FIFO)"),
@@ -76,3 +76,21 @@ def expect_folder(path: str | os.PathLike[str], what: str, fix: str = "") -> Pat
         raise FileNotFoundError(f"{p} does not exist (expected {what}){tail}")
     error = NotADirectoryError if kind == "a file" else ValueError
     raise error(f"{p} is {kind}, not {what}{tail}")
+
+
+def expect_output(path: str | os.PathLike[str], suffixes: tuple[str, ...], flag: str = "--out") -> Path:
+    """``path`` as a :class:`Path` when a writer of one of ``suffixes`` (e.g. ``(".json",)``, lower case) can
+    write a file there: checked before any work, so a wrong suffix never ends in a writer's traceback.
+
+    Raises:
+        ValueError: another suffix (the message lists the ones that work), or a folder, pipe, device, ... there.
+    """
+    p = Path(path).expanduser()
+    if p.suffix.lower() not in suffixes:
+        raise ValueError(
+            f"{flag} {p}: unknown output format {p.suffix or '(no suffix)'}; this command writes {', '.join(suffixes)}"
+        )
+    kind = path_kind(p)
+    if kind not in ("nothing", "a file"):
+        raise ValueError(f"{flag} {p} is {kind}, not a file that can be replaced; choose another {flag}")
+    return p

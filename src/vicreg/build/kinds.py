@@ -114,6 +114,10 @@ class Split:
     """Images: their size before resizing (``None``: an image folder, decoded straight to the size)."""
     paths: list[str] | None = None
     """Image folders: the file of each row."""
+    source_index: Tensor | None = None
+    """Image folders: each row's position in the folder's scan order (``None``: the source's rows, in order)."""
+    skipped: tuple[str, ...] = ()
+    """Image folders: the unusable files, left out (their rows are absent)."""
 
 
 class DataKind(ABC):
@@ -323,7 +327,7 @@ class ImageKind(DataKind):
             )
             return Split(data)
         got = load_at_size(source, split, size=size, channels=spec.in_channels, download=download, root=self.root)
-        return Split(got.data, got.native_size, got.paths)
+        return Split(got.data, got.native_size, got.paths, got.source_index, got.skipped)
 
     def has_splits(self, source: str) -> bool:
         if is_hf_source(source):
@@ -342,7 +346,7 @@ class ImageKind(DataKind):
         index = pick(len(folder)).tolist()  # decode only the rows picked, not the whole folder
         folder.files = [folder.files[i] for i in index]
         folder.labels = None if folder.labels is None else [folder.labels[i] for i in index]
-        data, paths = decode_folder(folder)
+        data, paths, _, _ = decode_folder(folder)
         return Split(data, None, paths)
 
     def label_free_views(self, cfg: TrainConfig, spec: EncoderSpec, rows: Dataset | BandImages) -> LabelFreeViews:

@@ -45,11 +45,13 @@ from vicreg.distributed import get_dist_info
 
 __all__ = [
     "BadImageWarning",
+    "DecodedFolder",
     "FolderBatch",
     "FolderLoader",
     "ImageSource",
     "InMemoryLoader",
     "collate_folder",
+    "decode_folder",
     "decode_source",
     "folder_loader",
     "ignore_stop_signals",
@@ -389,15 +391,20 @@ def note_bad_images(bad: Iterable[tuple[str, str]], seen: dict[str, str], new: d
             new[path] = seen[path] = reason
 
 
-def warn_bad_images(new: Mapping[str, str], root: object, filled: str, *, stacklevel: int) -> None:
-    """One :class:`BadImageWarning` for the unusable images met in an epoch (their count and first paths)."""
+def warn_bad_images(
+    new: Mapping[str, str], root: object, filled: str, *, stacklevel: int, left_out: bool = False
+) -> None:
+    """One :class:`BadImageWarning` for the unusable images met in an epoch (their count and first paths).
+    ``filled`` says what took a bad file's slot; ``left_out``: there is no slot, the file's row is absent."""
     if not new:
         return
     shown = "; ".join(f"{p} ({r})" for p, r in list(new.items())[:_SHOWN_PATHS])
     more = f"; and {len(new) - _SHOWN_PATHS} more" if len(new) > _SHOWN_PATHS else ""
+    fate = "each file is left out: its row is absent" if left_out else f"each slot got {filled}"
+    where = "" if left_out else "The full list is in loader.bad_files; "
     warnings.warn(
-        f"skipped {len(new)} unusable image file(s) under {root} (each slot got {filled}): {shown}{more}. "
-        "The full list is in loader.bad_files; strict=True makes this an error.",
+        f"skipped {len(new)} unusable image file(s) under {root} ({fate}): {shown}{more}. "
+        f"{where}strict=True makes this an error.",
         BadImageWarning,
         stacklevel=stacklevel + 1,
     )
@@ -439,6 +446,9 @@ class FolderLoader:
         self.source = source
         self.strict = strict
         self.bad_files: dict[str, str] = {}
+        self.bad_files_left_out = False
+        """Whether the warning says a bad file is left out (decoding a whole folder once) rather than that its
+        slot got the next readable file (training)."""
         self.stop_requested = False
         self._state = _EpochState(len(source), batch_size, shuffle, drop_last, seed, rank, world_size)
         workers = _default_workers() if num_workers is None else num_workers
@@ -491,7 +501,9 @@ class FolderLoader:
                 note_bad_images(batch.bad, self.bad_files, new, strict=self.strict)
                 yield batch
         finally:
-            warn_bad_images(new, self.source.root, "the next readable file", stacklevel=3)
+            warn_bad_images(
+                new, self.source.root, "the next readable file", stacklevel=3, left_out=self.bad_files_left_out
+            )
 
     def __iter__(self) -> Iterator[Batch]:
         labelled = self.source.labels is not None
@@ -570,18 +582,33 @@ def load_folder(
     return decode_folder(source, strict=strict, num_workers=num_workers, batch_size=batch_size)[0]
 
 
+class DecodedFolder(NamedTuple):
+    """An image folder decoded once (:func:`decode_folder`), every row with its source."""
+
+    data: ImageDataset
+    paths: list[str]
+    """The file of each row."""
+    source_index: Tensor
+    """The source position (in the folder's scan order, :attr:`ImageFolderSource.files`) of each row (int64)."""
+    skipped: list[str]
+    """The unusable files, left out (their rows are absent)."""
+
+
 def decode_folder(
     source: ImageFolderSource,
     *,
     strict: bool = False,
     num_workers: int | None = None,
     batch_size: int = 256,
-) -> tuple[ImageDataset, list[str]]:
-    """Decode every usable image of ``source`` once (in scan order); also return the paths that were kept."""
+) -> DecodedFolder:
+    """Decode every usable image of ``source`` once (in scan order); also return each row's file and source
+    position, and the files that were left out."""
     data, kept = decode_source(
         source, name=str(Path(source.root)), strict=strict, num_workers=num_workers, batch_size=batch_size
     )
-    return data, [str(source.files[i]) for i in kept.tolist()]
+    used = set(kept.tolist())
+    skipped = [str(f) for i, f in enumerate(source.files) if i not in used]
+    return DecodedFolder(data, [str(source.files[i]) for i in kept.tolist()], kept, skipped)
 
 
 def decode_source(
@@ -608,6 +635,7 @@ def decode_source(
         strict=strict,
         pin_memory=False,
     )
+    loader.bad_files_left_out = True  # decoded once: a bad file's row is absent, not filled
     images, labels, used = [], [], []
     for batch in loader.batches():
         images.append(batch.images)

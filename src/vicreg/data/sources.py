@@ -313,6 +313,11 @@ class SizedImages(NamedTuple):
     """The images' size before resizing (``None`` for image folders, decoded straight to the size)."""
     paths: list[str] | None
     """The file of each row for image folders, ``None`` otherwise."""
+    source_index: Tensor | None = None
+    """Image folders: the source position of each row in the folder's scan order (int64); ``None``: the rows are
+    the source's rows, in order."""
+    skipped: tuple[str, ...] = ()
+    """Image folders: the unusable files, left out (their rows are absent)."""
 
 
 def load_at_size(
@@ -325,11 +330,12 @@ def load_at_size(
     root: str | os.PathLike[str] | None = None,
 ) -> SizedImages:
     """One split of images at ``size x size`` and ``channels``: whole images, shorter side resized (bilinear,
-    antialiased) then centre-cropped; image folders are decoded once, in scan order, with their paths."""
+    antialiased) then centre-cropped; image folders are decoded once, in scan order, with each row's path and
+    source position, and the unusable files that were left out."""
     path = Path(os.fspath(source)).expanduser()
     if is_image_folder(path):
-        data, paths = decode_folder(ImageFolderSource(path, size, channels=channels))
-        return SizedImages(data, None, paths)
+        got = decode_folder(ImageFolderSource(path, size, channels=channels))
+        return SizedImages(got.data, None, got.paths, got.source_index, tuple(got.skipped))
     data = load(source, split, channels=channels, download=download, root=root)
     return SizedImages(data.resized(size), data.image_size, None)
 
