@@ -239,6 +239,22 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    on_collapse: Literal["rollback", "stop"] = "rollback"
+    """What a blow-up (a NaN/inf loss) or a collapse (see collapse_std) does. rollback (the default): restore the
+    last good checkpoint (before the first one, the state the run started from, kept in memory), halve the
+    learning rate (the whole schedule keeps its shape at half the height; the factor is stored in the checkpoints,
+    so a resumed run keeps it), say so in one line and in metrics.jsonl, and go on; after max_rollbacks, stop
+    with the error. stop: stop at once with the error (the last good checkpoint kept). rollback is the default
+    because a blow-up almost always means a learning rate too high for this data and batch, and the run that
+    recovers at a lower rate is the one the user wanted; nothing is hidden (each rollback is printed and
+    logged)."""
+    max_rollbacks: int = 3
+    """Rollbacks allowed before the run gives up (with on_collapse rollback)."""
+    collapse_std: float = 0.01
+    """Collapse: the expander output's per-dimension standard deviation, averaged over the dimensions (over every
+    process under torchrun), below this fraction of loss.gamma at a log line (0: collapse is not checked; NaN
+    and inf always are). A healthy run keeps it near gamma (the variance term's target) and a fresh model near
+    0.3-0.5."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -266,6 +282,9 @@ class TrainConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.knn_every < 0:
             raise ValueError(f"knn_every must be >= 0, got {self.knn_every}")
+        if self.max_rollbacks < 0:
+            raise ValueError(f"max_rollbacks must be >= 0, got {self.max_rollbacks}")
+        _non_negative("collapse_std", self.collapse_std)
         if self.modality_b and not self.model.backbone_b:
             raise ValueError(
                 f"two modalities ({self.modality} and {self.modality_b}) need two encoders: set --model.backbone-b "
