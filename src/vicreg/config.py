@@ -61,13 +61,16 @@ def _non_negative(name: str, value: float) -> None:
 class ModelConfig:
     """Encoder and expander."""
 
-    backbone: str = "resnet18"
+    backbone: str = ""
     """resnet18, resnet34, resnet50, small_cnn, timm:<name> (with timm installed); resnet1d (signals), mlp
-    (tables)."""
-    expander: str = "8192-8192-8192"
-    """Widths of the expander's layers (the paper: 8192-8192-8192)."""
-    small_images: bool = True
-    """3x3 stride-1 stem without max-pool (for 32-96 px images)."""
+    (tables). Empty: chosen when training starts, from the data and the device: images get small_cnn on a CPU and
+    resnet18 on a GPU, signals resnet1d, tables mlp (the run header says so)."""
+    expander: str = ""
+    """Widths of the expander's layers (the paper: 8192-8192-8192). Empty: the paper's on a GPU, 1024-1024-1024
+    on a CPU (the run header says so)."""
+    small_images: bool | None = None
+    """3x3 stride-1 stem without max-pool (for 32-96 px images). None: on when the views are at most 96 px and the
+    backbone is not a timm model."""
     width: int = 32
     """Base width of small_cnn and resnet1d, hidden width of mlp (ignored by other backbones)."""
     depth: int = 3
@@ -87,16 +90,15 @@ class ModelConfig:
     set, else shared). Must end at the same width as expander."""
 
     def __post_init__(self) -> None:
-        parse_expander_spec(self.expander)  # raises a clear ValueError on a bad spec
-        if not self.backbone:
-            raise ValueError("model.backbone is empty")
+        if self.expander:
+            parse_expander_spec(self.expander)  # raises a clear ValueError on a bad spec
         _positive("model.width", self.width)
         _positive("model.depth", self.depth)
         if self.width_b < 0:
             raise ValueError(f"model.width_b must be >= 0, got {self.width_b}")
         if self.expander_b:
             widths_b = parse_expander_spec(self.expander_b)
-            if widths_b[-1] != parse_expander_spec(self.expander)[-1]:
+            if self.expander and widths_b[-1] != parse_expander_spec(self.expander)[-1]:
                 raise ValueError(
                     f"model.expander_b {self.expander_b!r} must end at the same width as model.expander "
                     f"{self.expander!r} (the loss compares the two embeddings)"

@@ -250,6 +250,7 @@ def _setup(cfg: TrainConfig, objective: Objective | None, clock: Callable[[], fl
     torch.manual_seed(cfg.seed)
 
     data: TrainingData = run_data_kind(cfg).training_data(cfg, info, device)
+    cfg = data.config or cfg  # with the settings left unset chosen from the data and the device
     model, spec, spec_b = data.model(cfg)
     meta = checkpoint_meta(data, spec, spec_b)
     if cfg.model.init and not (ckpt_dir / "last.pt").is_file():  # a resumed run has its own weights
@@ -337,7 +338,7 @@ def _header(
         optimizer=o.name, base_lr=o.base_lr, peak_lr=run.peak_lr, final_lr_ratio=o.final_lr_ratio,
         ckpt_every=cfg.ckpt_every, keep_checkpoints=cfg.keep_checkpoints,
         init=run.meta.get("init"), init_source=cfg.model.init or "", resumed_from=str(found) if found else None,
-        step=run.step,
+        step=run.step, chosen=run.data.chosen,
     )  # fmt: skip
 
 
