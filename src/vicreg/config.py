@@ -25,6 +25,7 @@ from vicreg.augment.signals import SignalViewsConfig
 from vicreg.augment.tabular import TableViewsConfig
 from vicreg.loss import Gather
 from vicreg.models import parse_expander_spec
+from vicreg.trackers import parse_backends
 
 ViewsConfig = ImageViewsConfig
 """The image views' settings (:class:`vicreg.augment.images.ImageViewsConfig`), nested as ``views``."""
@@ -202,6 +203,11 @@ class TrainConfig:
     skips a damaged newest one and uses the previous."""
     knn_every: int = 1
     """Epochs between online kNN evaluations on the held-out split (0: never)."""
+    threads: int | None = None
+    """CPU threads per process. Omitted: on a CPU device, the first steps are timed at 1, 2, 4, ... up to the
+    cores (divided among torchrun's processes) and the fastest count is kept, measured again when the step time
+    drifts; OMP_NUM_THREADS, when set outside torchrun, fixes it instead. A fixed count gives bit-identical
+    reruns."""
     compile: bool = False
     """torch.compile the model."""
     channels_last: bool = False
@@ -257,6 +263,16 @@ class TrainConfig:
     process under torchrun), below this fraction of loss.gamma at a log line (0: collapse is not checked; NaN
     and inf always are). A healthy run keeps it near gamma (the variance term's target) and a fresh model near
     0.3-0.5."""
+    label_free_every: int = 500
+    """Steps between label-free measures of the representation (no labels needed): RankMe, LiDAR (4 augmented
+    copies) and alpha-ReQ on --label-free-rows held-out rows, each also relative to the random-init encoder
+    (``*_vs_init``); logged to metrics.jsonl and TensorBoard, plotted by vicreg report (0: never)."""
+    label_free_rows: int = 1000
+    """Held-out rows of those measures (the data's test split, else a seeded 20% of its rows; LiDAR uses 250)."""
+    log: str = "tensorboard"
+    """Experiment trackers, comma-separated: tensorboard, mlflow (a local store: $MLFLOW_TRACKING_URI, else
+    sqlite:///mlflow.db; pip install 'vicreg[mlflow]'), wandb (offline, under the run folder; pip install
+    'vicreg[wandb]')."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -278,6 +294,8 @@ class TrainConfig:
             _positive(name, getattr(self, name))
         if not self.data:
             raise ValueError("data is empty: give a dataset name or a path, e.g. --data fashion-mnist")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 (or omitted: chosen by measurement), got {self.threads}")
         if self.image_size < 0:
             raise ValueError(f"image_size must be >= 0, got {self.image_size}")
         if self.workers < 0:
@@ -287,6 +305,11 @@ class TrainConfig:
         if self.max_rollbacks < 0:
             raise ValueError(f"max_rollbacks must be >= 0, got {self.max_rollbacks}")
         _non_negative("collapse_std", self.collapse_std)
+        if self.label_free_every < 0:
+            raise ValueError(f"label_free_every must be >= 0 (0: never), got {self.label_free_every}")
+        if self.label_free_rows < 2:
+            raise ValueError(f"label_free_rows must be >= 2, got {self.label_free_rows}")
+        parse_backends(self.log)
         if self.modality_b and not self.model.backbone_b:
             raise ValueError(
                 f"two modalities ({self.modality} and {self.modality_b}) need two encoders: set --model.backbone-b "

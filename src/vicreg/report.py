@@ -11,6 +11,7 @@ Plots (in ``RUN/report/``):
   scikit-learn's t-SNE);
 * ``knn.png``: the online kNN accuracy over epochs (from ``metrics.jsonl``);
 * ``diagnostics.png``: the collapse diagnostics logged during training, when there are any;
+* ``label_free.png``: the label-free measures logged during training (RankMe, LiDAR, alpha-ReQ), when any;
 * ``neighbors.png``: 8 random test rows and their 8 nearest training rows, for the trained encoder beside the raw
   input (images; signals show the encoder's neighbours; tables get a line in the notes).
 
@@ -41,6 +42,7 @@ from vicreg.plots import (
     plot_diagnostics,
     plot_embedding_map,
     plot_knn,
+    plot_label_free,
     plot_loss,
     plot_lr,
     plot_spectrum,
@@ -49,6 +51,7 @@ from vicreg.plots import (
     signal_neighbors_figure,
 )
 from vicreg.probes.features import raw_features
+from vicreg.probes.label_free import format_label_free
 from vicreg.probes.retrieval import label_agreement, nearest_neighbors, pixel_features, random_queries
 from vicreg.probes.table import markdown_table
 
@@ -126,6 +129,10 @@ def _online_knn_caption(rows: list[dict[str, Any]]) -> str:
 
 
 Plot = tuple[str, str, str]  # (title, file, caption)
+LABEL_FREE_CAPTION = (
+    "RankMe, LiDAR and alpha-ReQ of the representation on held-out rows, logged every --label-free-every steps "
+    "(no labels); dashed: trained / random-init encoder on the same rows (above 1: rank earned by training)."
+)
 
 
 def make_report(run_dir: str | os.PathLike[str], args: ReportArgs | None = None) -> Path:
@@ -169,8 +176,10 @@ def make_report(run_dir: str | os.PathLike[str], args: ReportArgs | None = None)
     plots.append(("kNN accuracy over epochs", "knn.png", _online_knn_caption(rows)))
     if plot_diagnostics(rows, out / "diagnostics.png") is not None:
         plots.append(("Collapse diagnostics during training", "diagnostics.png", ""))
+    if plot_label_free(rows, out / "label_free.png") is not None:
+        plots.append(("Label-free measures during training", "label_free.png", LABEL_FREE_CAPTION))
 
-    if not args.data and eval_report:
+    if not args.data and eval_report and eval_report.get("results"):
         args = replace(args, data=eval_report["data"]["source"])
     ranks: dict[str, float] = {}
     try:
@@ -226,7 +235,10 @@ def _markdown(
     if ranks:
         lines.append("Effective rank on test images: " + ", ".join(f"{k} {v:.1f}" for k, v in ranks.items()) + ".")
     lines += ["", "## Evaluation", ""]
-    if eval_report:
+    if eval_report and eval_report.get("label_free"):
+        section = eval_report["label_free"]
+        lines += [f"Label-free (no labels), on {section['sample']}:", "", format_label_free(section, True), ""]
+    if eval_report and eval_report.get("results"):
         d = eval_report["data"]
         lines += [
             f"Checkpoint `{eval_report['checkpoint']}` (step {eval_report['step']}), data `{d['source']}`: "
@@ -238,7 +250,7 @@ def _markdown(
         protocol = eval_report.get("protocol", {})  # as vicreg eval described it (vicreg.eval.eval_protocol)
         names = {"knn": "kNN", "linear": "Linear probe", "semi": "Label fractions", "baselines": "Baselines"}
         lines += [f"- {title}: {protocol[key]}." for key, title in names.items() if isinstance(protocol.get(key), str)]
-    else:
+    elif not eval_report:
         lines.append(f"No eval.json yet: run `vicreg eval {run}` and then this report again.")
     for title, file, caption in plots:
         lines += ["", f"## {title}", "", f"![{title}](report/{file})"]

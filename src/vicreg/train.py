@@ -18,7 +18,7 @@ import copy
 import dataclasses
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,11 @@ from torch import Tensor, nn
 from vicreg.budget import Budget, Schedule, budget_words, plan_schedule
 from vicreg.build import (
     BatchLoader,
+    LabelFreeMonitor,
     TrainingData,
     autocast_dtype,
     checkpoint_meta,
+    label_free_monitor,
     resolve_device,
     run_data_kind,
     setup_distributed,
@@ -50,6 +52,8 @@ from vicreg.optim import build_optimizer, scaled_lr, set_lr
 from vicreg.resume import newest_readable, restore, training_state
 from vicreg.runlog import RunHeader, RunLog, TermWindow
 from vicreg.stop import StopSignal
+from vicreg.threads import StepThreads, ThreadChoice, ThreadTuner, candidate_counts, default_threads, fixed_threads
+from vicreg.trackers import Tracker, open_trackers, parse_backends
 from vicreg.weights import load_initial_weights
 
 __all__ = ["CollapseError", "NonFiniteLossError", "Objective", "TrainResult", "train"]
@@ -57,6 +61,9 @@ __all__ = ["CollapseError", "NonFiniteLossError", "Objective", "TrainResult", "t
 TERMS = ("loss", "invariance", "variance", "covariance")
 
 Objective = Callable[[Tensor, Tensor], VICRegOutput]
+Report = Callable[[int, Mapping[str, float]], bool]
+"""``report(step, scores) -> stop``: called with the label-free scores every ``label_free_every`` steps (vicreg
+tune's pruner); ``True`` saves and stops the run (:attr:`TrainResult.pruned`)."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -79,10 +86,20 @@ class TrainResult:
     metrics: dict[str, float]
     interrupted: bool = False
     is_main: bool = True
+    pruned: bool = False
+    """``report`` asked the run to stop early (it saved its checkpoint first)."""
+    label_free: dict[str, float] = field(default_factory=dict)
+    """The last label-free measures logged (empty when none were)."""
 
 
 def train(
-    cfg: TrainConfig, *, objective: Objective | None = None, clock: Callable[[], float] = time.monotonic
+    cfg: TrainConfig,
+    *,
+    objective: Objective | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    step_timer: Callable[[], float] = time.perf_counter,
+    report: Report | None = None,
+    label_free_views: TrainConfig | None = None,
 ) -> TrainResult:
     """Pretrain (or resume) the run described by ``cfg``; returns where it stands at the end.
 
@@ -94,9 +111,24 @@ def train(
     With ``cfg.budget_minutes`` the total number of steps is decided after the first steps, read on ``clock``
     (:class:`vicreg.budget.Budget`), so that the whole call ends within the budget; the decided total is stored
     in every checkpoint and a resumed run keeps it.
+
+    On a CPU device without ``cfg.threads`` the thread count is chosen by timing the steps on ``step_timer``
+    (:class:`vicreg.threads.StepThreads`); the budget times its steps once the count is chosen. The caller's
+    thread count is restored at the end.
+    Every ``cfg.label_free_every`` steps the label-free measures of the representation on held-out rows are
+    logged and passed to ``report(step, scores)``; when it returns ``True`` the run saves and stops (pruned).
+    LiDAR's augmented copies come from the views of ``label_free_views`` (default ``cfg``; vicreg tune passes
+    its base config, so that trials with different views are scored with the same ones).
     """
+    threads_before = torch.get_num_threads()
     run = _setup(cfg, objective, clock)
-    spe, interrupted = run.steps_per_epoch, False
+    views = label_free_views or run.cfg  # run.cfg: the settings left unset chosen (the views' size)
+    if views.views.size == 0:
+        views = dataclasses.replace(views, views=dataclasses.replace(views.views, size=run.cfg.views.size))
+    _setup_label_free(run, views)
+    if report is not None and run.info.world_size > 1:
+        raise ValueError("a report callback (vicreg tune) runs in one process; train without torchrun")
+    spe, interrupted, pruned = run.steps_per_epoch, False, False
     with StopSignal() as stop:
         try:
             epoch = run.step // spe
@@ -111,6 +143,9 @@ def train(
                 if run.step // spe != epoch:  # each epoch has its own order
                     epoch = run.step // spe
                     batches = _batches(run.data.loader, epoch, 0)
+                if run.threads is not None:  # the count for this step: a trial's, or the chosen one
+                    torch.set_num_threads(run.threads.count())
+                began = step_timer()
                 images, labels = next(batches)
 
                 # the VICReg step: two views (and local crops) seeded by (seed, step, rank), forward under
@@ -127,20 +162,29 @@ def train(
                 run.window.add(torch.stack([t.detach() for t in out]), run.step)  # no host sync here
                 run.step += 1
                 run.log.advance()
+                if run.threads is not None:
+                    _time_threads(run, step_timer() - began)
 
                 if run.step % cfg.log_every == 0 or run.step == run.last_step:
                     _log_window(run, z_a)
                 if run.data.monitor is not None and _knn_due(run.step, spe, cfg.knn_every):
                     _monitor(run)
+                due = run.label_free is not None and run.step % cfg.label_free_every == 0
+                if due and _label_free(run, report) and run.step != run.last_step:
+                    pruned = True  # the tune's pruner stopped this trial: save at this step and return
+                    break
                 if run.step % cfg.ckpt_every == 0 and run.step != run.last_step:
                     _checkpoint(run)
-                if run.budget is not None:  # a time budget: decide the total once the steps are timed
-                    _time_budget(run)
+                if run.budget is not None and not (run.threads and run.threads.measuring):
+                    _time_budget(run)  # a time budget: decide the total once the steps are timed
             if run.budget is not None:  # --max-steps came first: the run's length is what it did
                 run.schedule = run.schedule.with_total(run.step)
             _checkpoint(run)
         finally:
             run.log.close()
+            torch.set_num_threads(threads_before)
+            if run.trackers is not None:
+                run.trackers.finish("failed" if sys.exc_info()[0] is not None else "finished")
     info, model, run_dir, step = run.info, run.model, run.run_dir, run.step
     if info.is_main and not interrupted and step >= run.last_step:
         spec, spec_b = run.specs
@@ -150,7 +194,7 @@ def train(
     if interrupted and info.is_main:
         last = run_dir / "checkpoints" / "last.pt"
         print(f"stopped by signal at step {step}; checkpoint saved to {last}", file=sys.stderr)
-    return TrainResult(run_dir, step, run.metrics, interrupted, info.is_main)
+    return TrainResult(run_dir, step, run.metrics, interrupted, info.is_main, pruned, run.label_free_scores)
 
 
 def _views(run: _Run, images: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
@@ -218,6 +262,7 @@ class _Run:
     previous_step: int | None  # the step of the intact checkpoint at last.pt, kept by the next save
     log: RunLog
     clock: Callable[[], float]
+    threads: StepThreads | None  # the thread count by measurement (a CPU device, no --threads)
     generator: torch.Generator
     window: TermWindow  # the loss terms since the last log line, and the NaN guard's record
     specs: tuple[EncoderSpec, EncoderSpec | None]  # what the backbone files say they hold
@@ -227,6 +272,9 @@ class _Run:
     initial: dict[str, Any] | None = None  # a new run's starting state (CPU copy): the rollback before a checkpoint
     last_z: Tensor | None = None  # the last step's embeddings of view A
     rewound: bool = False  # a rollback just moved the step back: the loop restarts the data order there
+    label_free: LabelFreeMonitor | None = None  # rank 0, when label_free_every > 0
+    label_free_scores: dict[str, float] = field(default_factory=dict)
+    trackers: Tracker | None = None  # MLflow / W&B (rank 0); TensorBoard is RunLog's
 
 
 def _setup(cfg: TrainConfig, objective: Objective | None, clock: Callable[[], float]) -> _Run:
@@ -304,10 +352,12 @@ def _setup(cfg: TrainConfig, objective: Objective | None, clock: Callable[[], fl
         )
     forward = torch.compile(ddp_model) if cfg.compile else ddp_model
 
-    log = RunLog(run_dir, info.is_main, cfg.progress, schedule.total or 0, step)
+    backends = parse_backends(cfg.log)
+    log = RunLog(run_dir, info.is_main, cfg.progress, schedule.total or 0, step, tensorboard="tensorboard" in backends)
+    threads, threads_line = _setup_threads(cfg.threads, device, info)
     run = _Run(
         cfg, info, device, amp_dtype, run_dir, data, model, forward, optimizer, scaler, probe, meta, steps_per_epoch,
-        peak_lr, schedule, budget, step, schedule.last_step(cfg.max_steps), previous_step, log, clock,
+        peak_lr, schedule, budget, step, schedule.last_step(cfg.max_steps), previous_step, log, clock, threads,
         torch.Generator(device=device if device.type in ("cuda", "cpu") else "cpu"), TermWindow(TERMS, device),
         (spec, spec_b), lr_scale=lr_scale, rollbacks=rollbacks,
     )  # fmt: skip
@@ -317,8 +367,30 @@ def _setup(cfg: TrainConfig, objective: Objective | None, clock: Callable[[], fl
         log.message(line)
     if rollbacks:
         log.message(f"learning rate x{lr_scale:g} after {rollbacks} rollback(s) of the collapse guard (checkpointed)")
+    if threads_line:
+        log.message(threads_line)
     model.train()
     return run
+
+
+def _setup_threads(requested: int | None, device: torch.device, info: DistInfo) -> tuple[StepThreads | None, str]:
+    """A fixed count (``--threads``, or OMP_NUM_THREADS outside torchrun) is set now; on a CPU device without
+    one, a :class:`StepThreads` that times the first steps at each candidate count up to this process's share
+    of the cores. Under torchrun every process follows the same trial at the same steps and takes rank 0's
+    choice and rank 0's verdict on drift (its steps wait for each other in the gradient all-reduce anyway, so
+    one process's timing speaks for all, and they re-measure together). Also the line the header ends with."""
+    fixed = fixed_threads(requested)
+    if fixed is not None:
+        torch.set_num_threads(fixed[0])
+        return None, f"  threads     {fixed[0]} (fixed by {fixed[1]})" if device.type == "cpu" else ""
+    if device.type != "cpu":
+        return None, ""
+    share = default_threads()
+    torch.set_num_threads(share)
+    if share == 1:
+        return None, "  threads     1 (this process's share of the cores)"
+    agree = (lambda verdict: int(_rank0(verdict, device))) if info.world_size > 1 else (lambda verdict: verdict)
+    return StepThreads(candidate_counts(share), tuner=ThreadTuner(), agree=agree), ""
 
 
 def _header(
@@ -342,7 +414,45 @@ def _header(
     )  # fmt: skip
 
 
+def _setup_label_free(run: _Run, views: TrainConfig) -> None:
+    """Rank 0: the label-free monitor (``label_free_every`` > 0) and the trackers other than TensorBoard."""
+    cfg = run.cfg
+    if not run.info.is_main:
+        return
+    every = cfg.label_free_every
+    if every > 0 and run.last_step // every > run.step // every:  # a measure falls within this run
+        try:
+            run.label_free = label_free_monitor(run.data.kind, cfg, run.specs, run.device, run.amp_dtype, views)
+        except (ValueError, FileNotFoundError, KeyError) as err:  # e.g. a stream without a held-out split
+            run.log.message(f"label-free measures off: {err}")
+        else:
+            run.log.message(f"label-free measures every {every} steps on {run.label_free.sample.note}")
+    others = [b for b in parse_backends(cfg.log) if b != "tensorboard"]
+    if others:
+        run.trackers = open_trackers(others, run.run_dir, run.run_dir.name)
+        run.trackers.log_params(config_to_dict(cfg))
+        tracker = run.trackers
+        run.log.sinks.append(lambda row: tracker.log_scalars(row, int(row["step"])))
+
+
 # ------------------------------------------------------------------------------------------------ loop parts
+
+
+def _label_free(run: _Run, report: Report | None) -> bool:
+    """Log the label-free measures of the representation now (rank 0) and hand them to ``report``: whether to
+    stop. Their time is taken out of a budget's step timing."""
+    assert run.label_free is not None
+    began = run.clock()
+    scores = run.label_free(run.model)
+    run.label_free_scores = scores
+    run.log.log({"step": run.step, "epoch": round(run.step / run.steps_per_epoch, 4), **{
+        f"label_free.{k}": v for k, v in scores.items()
+    }})  # fmt: skip
+    words = ", ".join(f"{k} {v:.3g}" for k, v in scores.items())
+    run.log.message(f"step {run.step}: label-free {words} (no labels)")
+    if run.budget is not None:
+        run.budget.extra_s += run.clock() - began
+    return bool(report(run.step, scores)) if report is not None else False
 
 
 def _log_window(run: _Run, z_a: Tensor) -> None:
@@ -505,6 +615,22 @@ def _monitor(run: _Run) -> float:
     if run.budget is not None:  # the budget plans for it
         run.budget.spent_on_monitor(spent)
     return spent
+
+
+def _time_threads(run: _Run, step_s: float) -> None:
+    """After each step: a trial that ends gives the count (rank 0's under torchrun), said and logged."""
+    assert run.threads is not None
+    choice = run.threads.record(step_s)
+    if choice is None:
+        return
+    if run.info.world_size > 1:
+        choice = ThreadChoice(int(_rank0(choice.threads, run.device)), choice.seconds)
+    before = run.threads.choice
+    run.threads.settle(choice)
+    torch.set_num_threads(choice.threads)
+    run.log.log({"step": run.step, **choice.row()})  # every measurement, a change or not
+    if before is None or before.threads != choice.threads:
+        run.log.message(f"  threads     {choice.words('--threads N fixes it')}")
 
 
 def _time_budget(run: _Run) -> None:

@@ -29,6 +29,7 @@ from vicreg.data import (
     FloatDataset,
     FolderLoader,
     ImageDataset,
+    ImageFolderSource,
     InMemoryLoader,
     channel_stats,
     folder_loader,
@@ -50,6 +51,7 @@ from vicreg.data.hf import (
     load_hf_images,
     parse_hf_source,
 )
+from vicreg.data.loaders import decode_folder
 from vicreg.distributed import DistInfo
 from vicreg.models import EncoderSpec, VICReg
 from vicreg.monitors import KnnMonitor
@@ -69,6 +71,8 @@ __all__ = [
     "run_data_kind",
 ]
 
+LabelFreeViews = Callable[[Tensor, torch.Generator], Any]
+"""``(rows, generator)`` -> one augmented copy or a pair of copies, as the encoder takes them."""
 Views = Any  # a views object: views(x, generator=g) -> (v_a, v_b); PaperViews also has .multi (local crops)
 BatchLoader = InMemoryLoader | FolderLoader | HFStreamLoader
 
@@ -126,6 +130,21 @@ class DataKind(ABC):
     def has_splits(self, source: str) -> bool:
         """Whether ``source`` has its own test split (else evaluation makes a seeded one)."""
         return has_splits(source)
+
+    def sample_split(
+        self, source: str, split: str, spec: EncoderSpec, pick: Callable[[int], Tensor], *, download: bool = False
+    ) -> Split:
+        """The rows ``pick(n)`` (indices into the split's ``n`` rows) of one split, as :meth:`load_split` gives
+        them; kinds that can read a few rows without the rest (image folders) override it."""
+        whole = self.load_split(source, split, spec, download=download)
+        index = pick(len(whole.data))
+        paths = None if whole.paths is None else [whole.paths[i] for i in index.tolist()]
+        return Split(whole.data.subset(index), whole.native_shape, paths)
+
+    @abstractmethod
+    def label_free_views(self, cfg: TrainConfig, spec: EncoderSpec, rows: Dataset) -> LabelFreeViews:
+        """The training views of ``cfg`` for ``rows`` of this kind (as :meth:`load_split` gives them to encoder
+        ``spec``): ``(rows, generator)`` -> augmented copies, the surrogate classes of LiDAR."""
 
 
 def _check_batch(n: int, cfg: TrainConfig, what: str) -> None:
@@ -275,6 +294,23 @@ class ImageKind(DataKind):
             return parse_hf_source(source).split is None and "test" in hf_splits(source)
         return has_splits(source)
 
+    def sample_split(
+        self, source: str, split: str, spec: EncoderSpec, pick: Callable[[int], Tensor], *, download: bool = False
+    ) -> Split:
+        path = Path(source).expanduser()
+        if is_hf_source(source) or not is_image_folder(path):
+            return super().sample_split(source, split, spec, pick, download=download)
+        folder = ImageFolderSource(path, spec.input_shape[-1], channels=spec.in_channels)
+        index = pick(len(folder)).tolist()  # decode only the rows picked, not the whole folder
+        folder.files = [folder.files[i] for i in index]
+        folder.labels = None if folder.labels is None else [folder.labels[i] for i in index]
+        data, paths = decode_folder(folder)
+        return Split(data, None, paths)
+
+    def label_free_views(self, cfg: TrainConfig, spec: EncoderSpec, rows: Dataset) -> LabelFreeViews:
+        views = image_views(cfg.views, spec.mean, spec.std, spec.in_channels)
+        return lambda x, generator: views(x, generator=generator)
+
 
 class _FloatKind(DataKind):
     """Float rows from a ``.npz`` file, ``aeon:<Name>`` or ``sklearn:<name>``, held on the training device."""
@@ -340,6 +376,10 @@ class SignalKind(_FloatKind):
     def _views(self, cfg: TrainConfig, side: FloatDataset) -> Any:
         return signal_views(cfg.signal_views, side.mean, side.std)
 
+    def label_free_views(self, cfg: TrainConfig, spec: EncoderSpec, rows: Dataset) -> LabelFreeViews:
+        views = signal_views(cfg.signal_views, spec.mean, spec.std)  # standardised as in training
+        return lambda x, generator: views(x, generator=generator)
+
 
 class TableKind(_FloatKind):
     """Table rows ``(N, F)``."""
@@ -348,6 +388,11 @@ class TableKind(_FloatKind):
 
     def _views(self, cfg: TrainConfig, side: FloatDataset) -> Any:
         return table_views(cfg.table_views, side.x)
+
+    def label_free_views(self, cfg: TrainConfig, spec: EncoderSpec, rows: Dataset) -> LabelFreeViews:
+        assert isinstance(rows, FloatDataset)
+        views = table_views(cfg.table_views, rows.x)  # corruption draws from the marginals of the rows measured
+        return lambda x, generator: views(x, generator=generator)
 
 
 def _side(x: np.ndarray, labels: Tensor | None, modality: str, name: str) -> Dataset:
@@ -429,6 +474,10 @@ class PairKind(DataKind):
         except KeyError:
             return False
         return True
+
+    def label_free_views(self, cfg: TrainConfig, spec: EncoderSpec, rows: Dataset) -> LabelFreeViews:
+        view, _ = _one_view(cfg, self.modality_a, rows, "a")  # branch A's view: eval measures branch A
+        return view
 
 
 KINDS: dict[str, type[DataKind]] = {"image": ImageKind, "signal": SignalKind, "table": TableKind}

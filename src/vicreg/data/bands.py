@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from vicreg.data.arrays import resize_images
+from vicreg.data.numpy_files import check_numpy_file
 from vicreg.data.readers import file_content
 
 __all__ = [
@@ -239,6 +240,7 @@ def read_band_arrays(path: str | os.PathLike[str], *, split: str = "train") -> B
         raise FileNotFoundError(f"no array file at {path}: give a .npy or .npz file of (N, C, H, W) images")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    check_numpy_file(path)  # cut short, impossible sizes, damaged archives: one line, before any allocation
     try:
         content = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
