@@ -91,6 +91,9 @@ ALLOWED = (
     "sync_bn",
     "progress",
     "out",
+    "on_collapse",
+    "max_rollbacks",
+    "collapse_std",
 )
 NOT_RECORDED = "(not recorded)"
 
