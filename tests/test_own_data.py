@@ -83,7 +83,7 @@ def test_flags_still_fix_what_they_give(tmp_path: Path) -> None:
 
 
 def test_choices_follow_the_device_and_the_data() -> None:
-    cfg = TrainConfig(out=Path("/nonexistent/run"))
+    cfg, gpu_ = TrainConfig(out=Path("/nonexistent/run")), torch.device("cuda")
     gpu, chosen = choose_unset(cfg, torch.device("cuda"), [500, 300, 4000])
     assert gpu.views.size == 224 and gpu.model.backbone == "resnet18" and gpu.model.expander == "8192-8192-8192"
     assert gpu.model.small_images is False and any("kept within (16, 224)" in line for line in chosen)
@@ -93,7 +93,7 @@ def test_choices_follow_the_device_and_the_data() -> None:
     assert tiny.views.size == 16 and tiny.model.backbone == "small_cnn"
     table, _ = choose_unset(TrainConfig(out=Path("/nonexistent"), modality="table"), torch.device("cpu"))
     assert table.model.backbone == "mlp" and table.views.size == 0
-    given = TrainConfig(out=Path("/x"), views=ViewsConfig(size=40), model=ModelConfig(backbone="resnet18"))
-    fixed, chosen = choose_unset(given, torch.device("cpu"), [28])
-    assert fixed.views.size == 40 and fixed.model.backbone == "resnet18" and fixed.model.small_images is True
+    given = ModelConfig(backbone="resnet18", small_images=False)
+    fixed, chosen = choose_unset(TrainConfig(out=Path("/x"), views=ViewsConfig(size=40), model=given), gpu_, [28])
+    assert fixed.views.size == 40 and fixed.model.backbone == "resnet18" and fixed.model.small_images is False
     assert not any(line.startswith(("views.size", "model.backbone")) for line in chosen)

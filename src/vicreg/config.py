@@ -69,9 +69,9 @@ class ModelConfig:
     expander: str = ""
     """Widths of the expander's layers (the paper: 8192-8192-8192). Empty: the paper's on a GPU, 1024-1024-1024
     on a CPU (the run header says so)."""
-    small_images: bool | None = None
-    """3x3 stride-1 stem without max-pool (for 32-96 px images). None: on when the views are at most 96 px and the
-    backbone is not a timm model."""
+    small_images: bool = True
+    """3x3 stride-1 stem without max-pool (for 32-96 px images). When the backbone is chosen from the device
+    (backbone empty), the stem is chosen too: on for views of at most 96 px."""
     width: int = 32
     """Base width of small_cnn and resnet1d, hidden width of mlp (ignored by other backbones)."""
     depth: int = 3

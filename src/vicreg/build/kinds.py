@@ -524,8 +524,8 @@ def choose_unset(
     """``cfg`` with the settings it left unset chosen from the data and the device, and one line per choice that
     names the flag fixing it: ``views.size`` 0 (the median of ``sides``, the images' shorter sides, within
     :data:`SIZE_RANGE`), ``model.backbone`` empty (small_cnn on a CPU, resnet18 on a GPU; resnet1d for signals,
-    mlp for tables), ``model.expander`` empty (:data:`CPU_EXPANDER` on a CPU, the paper's on a GPU),
-    ``model.small_images`` None (views of at most 96 px, not a timm model). A run folder that already holds a
+    mlp for tables; with it ``model.small_images``, on for views of at most 96 px), ``model.expander`` empty
+    (:data:`CPU_EXPANDER` on a CPU, the paper's on a GPU). A run folder that already holds a
     checkpoint keeps the choices of its first start (its config.yaml), whatever the device now."""
     stored = _first_choices(Path(cfg.out))
     views, model, chosen = cfg.views, cfg.model, []
@@ -546,10 +546,18 @@ def choose_unset(
     if not backbone:
         backbone = stored.get("model", {}).get("backbone") or ""
         why = first
-        if not backbone:
+        if backbone:
+            small = bool(stored.get("model", {}).get("small_images", small))
+        else:
             backbone = {"signal": "resnet1d", "table": "mlp"}.get(cfg.modality, "resnet18" if gpu else "small_cnn")
             why = f"for {cfg.modality}s" if cfg.modality != "image" else ("on a GPU" if gpu else "on a CPU")
+            small = views.size <= 96  # the stem goes with the chosen backbone
         chosen.append(f"model.backbone {backbone} ({why}; --model.backbone fixes it)")
+        if backbone.startswith("resnet") and backbone != "resnet1d":
+            chosen.append(
+                f"model.small_images {small} (with the backbone, views of {views.size} px; give --model.backbone to "
+                "set --model.small-images)"
+            )
     if not expander:
         expander = stored.get("model", {}).get("expander") or ""
         why = first
@@ -557,15 +565,7 @@ def choose_unset(
             expander = PAPER_EXPANDER if gpu else CPU_EXPANDER
             why = "the paper's, on a GPU" if gpu else f"on a CPU; a GPU gets the paper's {PAPER_EXPANDER}"
         chosen.append(f"model.expander {expander} ({why}; --model.expander fixes it)")
-    if small is None:
-        small = stored.get("model", {}).get("small_images")
-        why = first
-        if small is None:
-            small = 0 < views.size <= 96 and not backbone.startswith("timm:")
-            why = f"views of {views.size} px"
-        if backbone.startswith("resnet") and backbone != "resnet1d":
-            chosen.append(f"model.small_images {small} ({why}; --model.small-images fixes it)")
-    model = replace(model, backbone=backbone, expander=expander, small_images=bool(small))
+    model = replace(model, backbone=backbone, expander=expander, small_images=small)
     return replace(cfg, views=views, model=model), tuple(chosen)
 
 
