@@ -169,7 +169,7 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path: Path, monkeypatch: p
         return data
 
     monkeypatch.setattr(build_module.ImageKind, "training_data", poisoned)
-    cfg = tiny_config(tmp_path, ckpt_every=2, log_every=3, knn_every=0)
+    cfg = tiny_config(tmp_path, ckpt_every=2, log_every=3, knn_every=0, on_collapse="stop")
     with pytest.raises(NonFiniteLossError, match=r"non-finite at step 4 \(terms: loss, invariance"):
         train(cfg)
     # the last good checkpoint (after 4 good steps) is kept, not overwritten by the poisoned weights

@@ -65,13 +65,16 @@ def _non_negative(name: str, value: float) -> None:
 class ModelConfig:
     """Encoder and expander."""
 
-    backbone: str = "resnet18"
+    backbone: str = ""
     """resnet18, resnet34, resnet50, small_cnn, timm:<name> (with timm installed); resnet1d (signals), mlp
-    (tables)."""
-    expander: str = "8192-8192-8192"
-    """Widths of the expander's layers (the paper: 8192-8192-8192)."""
+    (tables). Empty: chosen when training starts, from the data and the device: images get small_cnn on a CPU and
+    resnet18 on a GPU, signals resnet1d, tables mlp (the run header says so)."""
+    expander: str = ""
+    """Widths of the expander's layers (the paper: 8192-8192-8192). Empty: the paper's on a GPU, 1024-1024-1024
+    on a CPU (the run header says so)."""
     small_images: bool = True
-    """3x3 stride-1 stem without max-pool (for 32-96 px images)."""
+    """3x3 stride-1 stem without max-pool (for 32-96 px images). When the backbone is chosen from the device
+    (backbone empty), the stem is chosen too: on for views of at most 96 px."""
     width: int = 32
     """Base width of small_cnn and resnet1d, hidden width of mlp (ignored by other backbones)."""
     depth: int = 3
@@ -91,16 +94,15 @@ class ModelConfig:
     set, else shared). Must end at the same width as expander."""
 
     def __post_init__(self) -> None:
-        parse_expander_spec(self.expander)  # raises a clear ValueError on a bad spec
-        if not self.backbone:
-            raise ValueError("model.backbone is empty")
+        if self.expander:
+            parse_expander_spec(self.expander)  # raises a clear ValueError on a bad spec
         _positive("model.width", self.width)
         _positive("model.depth", self.depth)
         if self.width_b < 0:
             raise ValueError(f"model.width_b must be >= 0, got {self.width_b}")
         if self.expander_b:
             widths_b = parse_expander_spec(self.expander_b)
-            if widths_b[-1] != parse_expander_spec(self.expander)[-1]:
+            if self.expander and widths_b[-1] != parse_expander_spec(self.expander)[-1]:
                 raise ValueError(
                     f"model.expander_b {self.expander_b!r} must end at the same width as model.expander "
                     f"{self.expander!r} (the loss compares the two embeddings)"
@@ -248,6 +250,22 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    on_collapse: Literal["rollback", "stop"] = "rollback"
+    """What a blow-up (a NaN/inf loss) or a collapse (see collapse_std) does. rollback (the default): restore the
+    last good checkpoint (before the first one, the state the run started from, kept in memory), halve the
+    learning rate (the whole schedule keeps its shape at half the height; the factor is stored in the checkpoints,
+    so a resumed run keeps it), say so in one line and in metrics.jsonl, and go on; after max_rollbacks, stop
+    with the error. stop: stop at once with the error (the last good checkpoint kept). rollback is the default
+    because a blow-up almost always means a learning rate too high for this data and batch, and the run that
+    recovers at a lower rate is the one the user wanted; nothing is hidden (each rollback is printed and
+    logged)."""
+    max_rollbacks: int = 3
+    """Rollbacks allowed before the run gives up (with on_collapse rollback)."""
+    collapse_std: float = 0.01
+    """Collapse: the expander output's per-dimension standard deviation, averaged over the dimensions (over every
+    process under torchrun), below this fraction of loss.gamma at a log line (0: collapse is not checked; NaN
+    and inf always are). A healthy run keeps it near gamma (the variance term's target) and a fresh model near
+    0.3-0.5."""
     label_free_every: int = 500
     """Steps between label-free measures of the representation (no labels needed): RankMe, LiDAR (4 augmented
     copies) and alpha-ReQ on --label-free-rows held-out rows, each also relative to the random-init encoder
@@ -301,6 +319,9 @@ class TrainConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.knn_every < 0:
             raise ValueError(f"knn_every must be >= 0, got {self.knn_every}")
+        if self.max_rollbacks < 0:
+            raise ValueError(f"max_rollbacks must be >= 0, got {self.max_rollbacks}")
+        _non_negative("collapse_std", self.collapse_std)
         if self.label_free_every < 0:
             raise ValueError(f"label_free_every must be >= 0 (0: never), got {self.label_free_every}")
         if self.label_free_rows < 2:

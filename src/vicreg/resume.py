@@ -72,10 +72,12 @@ def training_state(
 
 
 def newest_readable(
-    folder: Path, device: torch.device, say: Callable[[str], None]
+    folder: Path, device: torch.device, say: Callable[[str], None], *, before: int | None = None
 ) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint of ``folder`` that loads (``last.pt``, then the kept ``step_*.pt``), each damaged one
-    before it reported; ``None`` when there is none. Raises :class:`CheckpointError` when none loads."""
+    before it reported; ``None`` when there is none. Raises :class:`CheckpointError` when none loads.
+    ``before``: only checkpoints of an earlier step count (a rollback: the weights that gave a bad step's loss are
+    not good)."""
     candidates = checkpoint_candidates(folder)
     errors: list[CheckpointError] = []
     for path in candidates:
@@ -84,12 +86,14 @@ def newest_readable(
         except CheckpointError as err:
             errors.append(err)
             continue
+        if before is not None and not (isinstance(state.get("step"), int) and state["step"] < before):
+            continue
         for skipped in errors:
             say(f"warning: {skipped}")
         if errors:
             say(f"warning: skipped {len(errors)} damaged checkpoint(s); resuming from the previous one, {path}")
         return path, state
-    if errors:
+    if errors and before is None:
         raise CheckpointError(no_readable_checkpoint(folder, errors))
     return None
 

@@ -67,6 +67,7 @@ class RunLog:
         tensorboard: bool = True,
     ) -> None:
         self.enabled = enabled
+        self.run_dir = run_dir
         self.out = out if out is not None else sys.stdout
         if enabled:  # a killed run may have logged steps after its last checkpoint (or before its first)
             drop_rows_after(run_dir / "metrics.jsonl", start)
@@ -112,6 +113,22 @@ class RunLog:
                 self.bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
             if self.lines:
                 self._line()
+
+    def rewind(self, step: int) -> None:
+        """Go back to ``step`` (a rollback of the collapse guard): the rows of later steps leave metrics.jsonl and
+        TensorBoard, as on resume, and the progress continues from there."""
+        self.step = step
+        if not self.enabled:
+            return
+        assert self.file is not None and self.tb is not None
+        self.file.close()
+        drop_rows_after(self.run_dir / "metrics.jsonl", step, keep="rollback")  # earlier rollbacks stay
+        self.file = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115
+        self.tb.close()
+        self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=step)
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.refresh()
 
     def advance(self, n: int = 1) -> None:
         self.step += n
@@ -219,6 +236,7 @@ class RunHeader:
     init_source: str = ""  # ...the source of those applied when the run started
     resumed_from: str | None = None  # the checkpoint this run resumes from
     step: int = 0  # the step it resumes at
+    chosen: tuple[str, ...] = ()  # settings chosen from the data and the device, each with the flag that fixes it
 
     def lines(self) -> list[str]:
         """Data, model, device, batch, length and schedule, run folder, initial weights; new run or resumed."""
@@ -232,6 +250,8 @@ class RunHeader:
         ]
         if s.get("views"):  # a data kind that says which views it chose (multi-band images)
             lines.append(f"  views       {s['views']}")
+        for text in self.chosen:
+            lines.append(f"  chosen      {text}")
         for branch, name, params, features in self.encoders:
             lines.append(f"  encoder{branch:<4} {name}: {params:,} parameters, {features} features")
         lines.append(f"  expander    {self.expander}: {self.expander_params:,} parameters ({self.params:,} in all)")
@@ -299,9 +319,10 @@ def format_duration(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def drop_rows_after(path: Path, step: int) -> None:
+def drop_rows_after(path: Path, step: int, keep: str = "") -> None:
     """Keep the complete metric lines of steps ``<= step``, the run's resume point: a run killed after its
-    last checkpoint logged steps that the resumed run logs again, and may have left half a line."""
+    last checkpoint logged steps that the resumed run logs again, and may have left half a line. Rows with the
+    key ``keep`` (when given) are kept whatever their step."""
     if not path.is_file():
         return
     kept = []
@@ -310,6 +331,10 @@ def drop_rows_after(path: Path, step: int) -> None:
             row = json.loads(line)
         except ValueError:
             continue
-        if line.endswith("\n") and isinstance(row, dict) and row.get("step", step + 1) <= step:
+        if (
+            line.endswith("\n")
+            and isinstance(row, dict)
+            and (row.get("step", step + 1) <= step or bool(keep and keep in row))
+        ):
             kept.append(line)
     atomic_write(path, lambda f: f.write("".join(kept).encode()))

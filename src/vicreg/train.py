@@ -14,6 +14,8 @@ loss gathers the global batch) or a smaller expander instead.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -42,7 +44,7 @@ from vicreg.checkpoint import save_keeping, write_backbone
 from vicreg.config import TrainConfig, config_to_dict
 from vicreg.data.fingerprint import data_fingerprint
 from vicreg.data.loaders import is_worker_exit
-from vicreg.diagnostics import collapse_stats
+from vicreg.diagnostics import collapse_stats, per_dim_std
 from vicreg.distributed import DistInfo, get_dist_info
 from vicreg.files import atomic_write, remove_partial_writes
 from vicreg.loss import VICRegOutput, vicreg_loss, vicreg_multiview_loss
@@ -58,7 +60,7 @@ from vicreg.threads import StepThreads, ThreadChoice, ThreadTuner, candidate_cou
 from vicreg.trackers import Tracker, open_trackers, parse_backends
 from vicreg.weights import load_initial_weights
 
-__all__ = ["NonFiniteLossError", "Objective", "TrainResult", "train"]
+__all__ = ["CollapseError", "NonFiniteLossError", "Objective", "TrainResult", "train"]
 
 TERMS = ("loss", "invariance", "variance", "covariance")
 
@@ -70,6 +72,15 @@ tune's pruner); ``True`` saves and stops the run (:attr:`TrainResult.pruned`).""
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names the step and the term."""
+
+
+class CollapseError(NonFiniteLossError):
+    """The embeddings collapsed (their per-dimension std fell below ``collapse_std``): a blow-up too, so whatever
+    catches :class:`NonFiniteLossError` (the CLI's error boundary included) catches it."""
+
+
+ROLLBACK_LR_FACTOR = 0.5
+"""Each rollback of the collapse guard multiplies the learning rate (the whole schedule) by this."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +147,10 @@ def _train(
 ) -> TrainResult:
     threads_before = torch.get_num_threads()
     run = _setup(cfg, objective, clock)
-    _setup_label_free(run, label_free_views or cfg)
+    views = label_free_views or run.cfg  # run.cfg: the settings left unset chosen (the views' size)
+    if views.views.size == 0:
+        views = dataclasses.replace(views, views=dataclasses.replace(views.views, size=run.cfg.views.size))
+    _setup_label_free(run, views)
     if report is not None and run.info.world_size > 1:
         raise ValueError("a report callback (vicreg tune) runs in one process; train without torchrun")
     spe, interrupted, pruned, stop_signal = run.steps_per_epoch, False, False, None
@@ -149,6 +163,9 @@ def _train(
                 if stop_signal is not None:  # SIGTERM/SIGINT (on any rank): save at this step boundary and stop
                     interrupted = True
                     break
+                if run.rewound:  # the collapse guard rolled back: the restored step's epoch order, from there
+                    epoch, run.rewound = run.step // spe, False
+                    batches = _batches(run.data.loader, epoch, run.step % spe)
                 if run.step // spe != epoch:  # each epoch has its own order
                     epoch = run.step // spe
                     batches = _batches(run.data.loader, epoch, 0)
@@ -245,6 +262,7 @@ def _step(
             (z_a, z_b), z_crops = run.forward(v_a, v_b, local_views=crops)
         else:
             (z_a, z_b), z_crops = run.forward(v_a, v_b), []
+    run.last_z = z_a.detach()  # the collapse guard's sample (at log lines and checkpoints)
     if objective is not None:
         return objective(z_a, z_b), z_a
     # LossConfig's fields are the loss's arguments; the loop's NaN guard checks without a host sync
@@ -288,6 +306,11 @@ class _Run:
     window: TermWindow  # the loss terms since the last log line, and the NaN guard's record
     specs: tuple[EncoderSpec, EncoderSpec | None]  # what the backbone files say they hold
     metrics: dict[str, float] = field(default_factory=dict)
+    lr_scale: float = 1.0  # the collapse guard's rollbacks so far multiplied the schedule by this (checkpointed)
+    rollbacks: int = 0
+    initial: dict[str, Any] | None = None  # a new run's starting state (CPU copy): the rollback before a checkpoint
+    last_z: Tensor | None = None  # the last step's embeddings of view A
+    rewound: bool = False  # a rollback just moved the step back: the loop restarts the data order there
     label_free: LabelFreeMonitor | None = None  # rank 0, when label_free_every > 0
     label_free_scores: dict[str, float] = field(default_factory=dict)
     trackers: Tracker | None = None  # MLflow / W&B (rank 0); TensorBoard is RunLog's
@@ -316,6 +339,7 @@ def _setup(cfg: TrainConfig, objective: Objective | None, clock: Callable[[], fl
     torch.manual_seed(cfg.seed)
 
     data: TrainingData = run_data_kind(cfg).training_data(cfg, info, device)
+    cfg = data.config or cfg  # with the settings left unset chosen from the data and the device
     model, spec, spec_b = data.model(cfg)
     meta = checkpoint_meta(data, spec, spec_b)
     if cfg.model.init and not (ckpt_dir / "last.pt").is_file():  # a resumed run has its own weights
@@ -350,6 +374,8 @@ def _setup(cfg: TrainConfig, objective: Objective | None, clock: Callable[[], fl
     if info.is_main and (found is None or (changes is not None and changes.announced)):
         text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)  # the config in force
         atomic_write(run_dir / "config.yaml", lambda f: f.write(text.encode()))
+    lr_scale, rollbacks = (found[1].get("lr_scale", 1.0), found[1].get("rollbacks", 0)) if found else (1.0, 0)
+    peak_lr *= lr_scale  # earlier rollbacks of the collapse guard lowered the whole schedule
     schedule = plan_schedule(
         epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, warmup_epochs=cfg.optim.warmup_epochs,
         budget_minutes=cfg.budget_minutes, stored=found[1].get("schedule") if found else None,
@@ -381,12 +407,16 @@ def _setup(cfg: TrainConfig, objective: Objective | None, clock: Callable[[], fl
         cfg, info, device, amp_dtype, run_dir, data, model, forward, optimizer, scaler, probe, meta, steps_per_epoch,
         peak_lr, schedule, budget, step, schedule.last_step(cfg.max_steps), previous_step, log, clock, threads,
         torch.Generator(device=device if device.type in ("cuda", "cpu") else "cpu"), TermWindow(TERMS, device),
-        (spec, spec_b),
+        (spec, spec_b), lr_scale=lr_scale, rollbacks=rollbacks,
     )  # fmt: skip
     if info.world_size > 1:  # a CPU group even under NCCL: the per-step stop flag needs no GPU sync
         run.stop_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+    if found is None and cfg.on_collapse == "rollback":  # what a rollback before the first checkpoint restores
+        run.initial = _cpu_copy(training_state(0, config_to_dict(cfg), model, optimizer, scaler, probe))
     for line in _header(cfg, run, (spec, spec_b), found[0] if found else None).lines():
         log.message(line)
+    if rollbacks:
+        log.message(f"learning rate x{lr_scale:g} after {rollbacks} rollback(s) of the collapse guard (checkpointed)")
     if threads_line:
         log.message(threads_line)
     model.train()
@@ -430,7 +460,7 @@ def _header(
         optimizer=o.name, base_lr=o.base_lr, peak_lr=run.peak_lr, final_lr_ratio=o.final_lr_ratio,
         ckpt_every=cfg.ckpt_every, keep_checkpoints=cfg.keep_checkpoints,
         init=run.meta.get("init"), init_source=cfg.model.init or "", resumed_from=str(found) if found else None,
-        step=run.step,
+        step=run.step, chosen=run.data.chosen,
     )  # fmt: skip
 
 
@@ -527,7 +557,8 @@ def _say_stopping(run: _Run, stop: StopSignal) -> None:
 def _log_window(run: _Run, z_a: Tensor) -> None:
     """The log window's mean terms (the NaN guard first), rate and learning rate; collapse statistics when due."""
     cfg, step = run.cfg, run.step
-    _guard(run.window)
+    if _guarded(run):
+        return
     run.metrics, steps, seconds = run.window.read()
     row: dict[str, Any] = {
         "step": step,
@@ -554,17 +585,109 @@ def _guard(window: TermWindow) -> None:
         )
 
 
+def _collapse_guard(run: _Run) -> None:
+    """Stop with a :class:`CollapseError` when the last step's embeddings collapsed: their per-dimension std,
+    averaged over the dimensions (and the processes: every rank decides alike), below ``collapse_std * gamma``."""
+    threshold = run.cfg.collapse_std * run.cfg.loss.gamma
+    if threshold <= 0 or run.last_z is None or run.last_z.shape[0] < 2:
+        return
+    std = per_dim_std(run.last_z).mean()
+    if run.info.world_size > 1:
+        dist.all_reduce(std)
+        std = std / run.info.world_size
+    value = float(std)
+    if value < threshold:  # NaN is the NaN guard's
+        raise CollapseError(
+            f"the embeddings collapsed at step {run.step} (per-dimension std {value:.3g} < collapse_std "
+            f"{run.cfg.collapse_std:g} x gamma); the run stopped and its last good checkpoint is kept. Lower the "
+            "learning rate, raise loss.std_coeff, or check the data (constant images?)"
+        )
+
+
+def _guarded(run: _Run) -> bool:
+    """The collapse guard, at each log line and before each checkpoint: the NaN guard (:func:`_guard`), then the
+    collapse check. On a blow-up: with ``on_collapse rollback`` and rollbacks left, :func:`_rollback` and return
+    True (the caller skips what it was doing); otherwise raise the error (after ``max_rollbacks``: saying so)."""
+    if run.rewound:  # a rollback this step: nothing to save or log before the loop restarts from it
+        return True
+    first_bad = run.window.first_non_finite()
+    try:
+        _guard(run.window)
+        _collapse_guard(run)
+    except NonFiniteLossError as err:
+        cfg = run.cfg
+        if cfg.on_collapse == "stop":
+            raise
+        if run.rollbacks >= cfg.max_rollbacks:
+            raise type(err)(
+                f"{err} (gave up after {run.rollbacks} rollback(s), the learning rate at x{run.lr_scale:g}; "
+                "--max-rollbacks allows more)"
+            ) from err
+        _rollback(run, err, first_bad[0] if first_bad is not None else run.step - 1)
+        return True
+    return False
+
+
+def _rollback(run: _Run, err: NonFiniteLossError, bad_step: int) -> None:
+    """Restore the newest readable checkpoint of a step before ``bad_step`` (the first step whose loss was not
+    finite, or the collapsed one: the weights that gave it are not good), else the state the run started from;
+    scale the learning rate by :data:`ROLLBACK_LR_FACTOR`; say so in one line and in a metrics row
+    ``{"rollback": ...}`` (the rows of the steps undone are dropped). Every rank reads the same checkpoint and
+    decides alike (the loss and the collapse measure are global)."""
+    say = _say if run.info.is_main else lambda text: None
+    found = newest_readable(run.run_dir / "checkpoints", run.device, say, before=bad_step)
+    if found is None and run.initial is None:
+        raise err
+    path, state = found if found is not None else (Path("the state the run started from"), run.initial)
+    assert state is not None
+    blown = run.step
+    run.step = restore(path, state, config_to_dict(run.cfg), run.model, run.optimizer, run.scaler, run.probe)
+    run.previous_step = run.step if found is not None and path.name == "last.pt" else None
+    run.rollbacks += 1
+    run.lr_scale *= ROLLBACK_LR_FACTOR
+    run.peak_lr *= ROLLBACK_LR_FACTOR
+    run.window = TermWindow(TERMS, run.device)
+    run.last_z, run.rewound = None, True
+    if run.budget is not None:  # still timing the steps: time them again from here
+        run.budget = dataclasses.replace(run.budget, first_step=run.step, window_start=None, extra_s=0.0)
+    reason = str(err).split(";")[0]
+    where = str(path) if found is not None else "the state the run started from"
+    run.log.rewind(run.step)
+    row = {
+        "number": run.rollbacks, "max": run.cfg.max_rollbacks, "reason": reason, "detected_at": blown,
+        "restored_step": run.step, "restored_from": where, "lr_scale": run.lr_scale, "peak_lr": run.peak_lr,
+    }  # fmt: skip
+    run.log.log({"step": run.step, "epoch": round(run.step / run.steps_per_epoch, 4), "rollback": row})
+    run.log.message(
+        f"rollback {run.rollbacks}/{run.cfg.max_rollbacks}: {reason}; restored {where} (step {run.step}), "
+        f"learning rate x{run.lr_scale:g} (peak {run.peak_lr:.4g}) from here on"
+    )
+
+
+def _cpu_copy(state: Any) -> Any:
+    """A deep copy of a state (nested dicts and lists of tensors) with every tensor on the CPU."""
+    if isinstance(state, Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {key: _cpu_copy(value) for key, value in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(_cpu_copy(value) for value in state)
+    return copy.deepcopy(state)
+
+
 def _checkpoint(run: _Run, guess: int | None = None) -> float:
     """Save the state at this step (rank 0; the NaN guard first) and wait for every rank; returns the seconds.
     ``guess``: a budget's first guess of the total, which the schedule holds until the budget decides."""
     if guess is not None:
         run.schedule = run.schedule.with_total(guess)
     began = run.clock()
-    _guard(run.window)
+    if _guarded(run):  # rolled back: the checkpoint on disk is the good one
+        return 0.0
     if run.info.is_main:
         state = training_state(
             run.step, config_to_dict(run.cfg), run.model, run.optimizer, run.scaler, run.probe,
             world_size=run.info.world_size, schedule=run.schedule.to_dict(), **run.meta,
+            lr_scale=run.lr_scale, rollbacks=run.rollbacks,
         )  # fmt: skip
         keep = run.cfg.keep_checkpoints
         for attempt in range(3):  # torch's SIGCHLD handler raises a worker's death here; after a stop it is ours

@@ -597,8 +597,9 @@ else:
 class ImageViewsConfig:
     """The image views of a training run (``views`` in the run config); :func:`image_views` makes them."""
 
-    size: int = 32
-    """Output size of the random resized crop, in pixels."""
+    size: int = 0
+    """Output size of the random resized crop, in pixels (0: chosen from the data when training starts, the
+    median shorter side of its images between 16 and 224; the run header says what was chosen)."""
     crop_scale_min: float = 0.08
     """Smallest crop area as a fraction of the image (the paper: 0.08)."""
     symmetric: bool = False
@@ -628,8 +629,8 @@ class ImageViewsConfig:
     """Largest local crop area as a fraction of the image."""
 
     def __post_init__(self) -> None:
-        if self.size < 8:
-            raise ValueError(f"views.size must be at least 8 pixels, got {self.size}")
+        if self.size != 0 and self.size < 8:
+            raise ValueError(f"views.size must be at least 8 pixels (or 0: from the data), got {self.size}")
         if not 0 < self.crop_scale_min <= 1:
             raise ValueError(f"views.crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
         for name in ("blur_prob_a", "blur_prob_b", "solarize_prob_b", "symmetric_blur_prob", "symmetric_solarize_prob"):
@@ -655,6 +656,8 @@ def image_views(
     statistics (in ``[0, 1]``) are ``data_mean``/``data_std``."""
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    if cfg.size == 0:
+        raise ValueError("views.size is 0 (chosen from the data by vicreg train); give a size, e.g. 32")
     if cfg.normalize == "imagenet":
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:

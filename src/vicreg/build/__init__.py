@@ -37,6 +37,7 @@ from vicreg.build.kinds import (
     Split,
     TableKind,
     TrainingData,
+    choose_unset,
     data_kind,
     run_data_kind,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "TrainingData",
     "autocast_dtype",
     "checkpoint_meta",
+    "choose_unset",
     "data_kind",
     "encoder_features",
     "encoder_spec",

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import yaml
 from torch import Tensor
 
 from vicreg.augment.bands import auto_recipe, band_views
@@ -39,6 +40,8 @@ from vicreg.data import (
     load_at_size,
     load_float_rows,
     load_pairs,
+    scan_folder,
+    shorter_sides,
 )
 from vicreg.data.bands import BandImages, BandStats, band_format, band_source_has_test, parse_window, read_bands
 from vicreg.data.hf import (
@@ -67,6 +70,7 @@ __all__ = [
     "Split",
     "TableKind",
     "TrainingData",
+    "choose_unset",
     "data_kind",
     "run_data_kind",
 ]
@@ -97,6 +101,10 @@ class TrainingData:
     meta: dict[str, Any] = field(default_factory=dict)
     """What the checkpoint's ``data_kind`` stores beside the kind's name (multi-band data: the band statistics
     and the DICOM window), to feed and show the data as training did without reading it again."""
+    config: TrainConfig | None = None
+    """The run's config with the settings it left unset chosen (:func:`choose_unset`): what training uses."""
+    chosen: tuple[str, ...] = ()
+    """One line per setting chosen from the data or the device, naming the flag that fixes it."""
 
     def model(self, cfg: TrainConfig) -> tuple[VICReg, EncoderSpec, EncoderSpec | None]:
         """A freshly initialised model for this data (:func:`~vicreg.build.model_from_specs`), and the
@@ -228,8 +236,11 @@ class ImageKind(DataKind):
         self.root = root
         self.window = window
 
-    def _streamed(self, cfg: TrainConfig, info: DistInfo) -> tuple[FolderLoader | HFStreamLoader, str, int]:
-        """The loader of an image folder or a Hugging Face dataset (decoded in workers), its split and size."""
+    def _streamed(
+        self, cfg: TrainConfig, info: DistInfo, min_size: int | None = None
+    ) -> tuple[FolderLoader | HFStreamLoader, str, int]:
+        """The loader of an image folder or a Hugging Face dataset (decoded in workers), its split and size;
+        ``min_size``: an image folder's smallest usable image (``None``: the size, never enlarged)."""
         per_rank = cfg.batch_size // info.world_size
         size = cfg.image_size or cfg.views.size
         common: dict[str, Any] = {"num_workers": cfg.workers, **_shard(cfg, info)}
@@ -241,6 +252,7 @@ class ImageKind(DataKind):
                 shuffle=True,
                 drop_last=True,
                 strict=cfg.strict_data,
+                min_size=min_size,
                 **common,
             )
             return loader, "image folder", len(loader.source)
@@ -268,7 +280,11 @@ class ImageKind(DataKind):
         loader: BatchLoader
         monitor = None
         if is_image_folder(path) or is_hf_source(cfg.data):
-            streamed, split, count = self._streamed(cfg, info)
+            folder = is_image_folder(path) and not is_hf_source(cfg.data)
+            measure = folder and cfg.views.size == 0 and not cfg.image_size  # a size from the data enlarges the few
+            sides = shorter_sides(scan_folder(path)[0], seed=cfg.seed) if measure else []  # smaller images
+            cfg, chosen = choose_unset(cfg, device, sides)
+            streamed, split, count = self._streamed(cfg, info, 0 if measure else None)
             streamed.set_epoch(0)
             first = next(iter(streamed))[0]
             mean, std = channel_stats(first)
@@ -284,6 +300,7 @@ class ImageKind(DataKind):
             }
         else:
             train_set = load(cfg.data, "train", download=cfg.download, strict=cfg.strict_data, root=cfg.data_root)
+            cfg, chosen = choose_unset(cfg, device, [min(train_set.image_size)])
             _check_batch(len(train_set), cfg, "images")
             loader = InMemoryLoader(train_set.to(device), per_rank, shuffle=True, drop_last=True, **_shard(cfg, info))
             mean, std, channels = train_set.mean, train_set.std, train_set.channels
@@ -293,7 +310,7 @@ class ImageKind(DataKind):
         inp = Input(self.name, (channels, cfg.views.size, cfg.views.size), views.mean, views.std)
         if isinstance(loader, InMemoryLoader) and cfg.eval_split and cfg.knn_every > 0:
             monitor = self._monitor(cfg, train_set, inp)
-        return TrainingData(self, loader, views, (inp, inp), classes, monitor, summary)
+        return TrainingData(self, loader, views, (inp, inp), classes, monitor, summary, config=cfg, chosen=chosen)
 
     def _monitor(self, cfg: TrainConfig, train_set: ImageDataset, inp: Input) -> KnnMonitor | None:
         if train_set.labels is None:
@@ -379,6 +396,7 @@ class BandKind(DataKind):
     def training_data(self, cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainingData:
         train_set = read_bands(cfg.data, "train", size=cfg.image_size or None, window=parse_window(cfg.window))
         _check_batch(len(train_set), cfg, "images")
+        cfg, chosen = choose_unset(cfg, device, [cfg.band_views.size])  # the band views have their own size
         stats = train_set.stats(percentiles=cfg.band_percentiles)
         loader = InMemoryLoader(
             train_set.images.to(device),
@@ -417,7 +435,7 @@ class BandKind(DataKind):
             f"{lo_p:g}-{hi_p:g} percentiles" + (f"; DICOM window {cfg.window}" if cfg.window else "")
         )
         meta = {"band_stats": stats.to_dict(), "band_percentiles": list(cfg.band_percentiles), "window": cfg.window}
-        return TrainingData(self, loader, views, (inp, inp), classes, monitor, summary, meta)
+        return TrainingData(self, loader, views, (inp, inp), classes, monitor, summary, meta, cfg, chosen)
 
     def load_split(self, source: str, split: str, spec: EncoderSpec, *, download: bool = False) -> Split:
         size = spec.input_shape[-1]
@@ -457,6 +475,7 @@ class _FloatKind(DataKind):
         raise NotImplementedError
 
     def training_data(self, cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainingData:
+        cfg, chosen = choose_unset(cfg, device)
         train_set = load_float_rows(cfg.data, "train", kind=self.name)  # type: ignore[arg-type]
         _check_batch(len(train_set), cfg, "rows")
         loader = InMemoryLoader(
@@ -469,7 +488,8 @@ class _FloatKind(DataKind):
             test = _optional_split(lambda: load_float_rows(cfg.data, cfg.eval_split, kind=self.name))  # type: ignore[arg-type]
             if test is not None and test.labels is not None:
                 monitor = KnnMonitor(train_set.x, train_set.labels, test.x, test.labels, inp.mean, inp.std)
-        return TrainingData(self, loader, views, (inp, inp), 0, monitor, _summary(train_set, cfg.data, "train"))
+        summary = _summary(train_set, cfg.data, "train")
+        return TrainingData(self, loader, views, (inp, inp), 0, monitor, summary, config=cfg, chosen=chosen)
 
     def load_split(self, source: str, split: str, spec: EncoderSpec, *, download: bool = False) -> Split:
         data = load_float_rows(source, split, kind=self.name)  # type: ignore[arg-type]
@@ -572,6 +592,8 @@ class PairKind(DataKind):
         x_a, x_b, labels = load_pairs(cfg.data, "train")
         side_a = _side(x_a, labels, self.modality_a, f"{cfg.data}:x_a")
         side_b = _side(x_b, None, self.modality_b, f"{cfg.data}:x_b")
+        images = [side for side in (side_a, side_b) if isinstance(side, ImageDataset)]
+        cfg, chosen = choose_unset(cfg, device, [min(images[0].image_size)] if images else [])
         _check_batch(len(side_a), cfg, "rows")
         rows = TensorPair(side_a.rows.to(device), side_b.rows.to(device))
         loader = InMemoryLoader(
@@ -591,7 +613,8 @@ class PairKind(DataKind):
                 monitor = KnnMonitor(side_a.rows, side_a.labels, test.rows, t_labels, inp_a.mean, inp_a.std)
         summary = _summary(side_a, cfg.data, "train")
         summary["shape"] = f"x_a {list(side_a.rows.shape[1:])} + x_b {list(side_b.rows.shape[1:])}"
-        return TrainingData(self, loader, PairViews(view_a, view_b), (inp_a, inp_b), 0, monitor, summary)
+        views = PairViews(view_a, view_b)
+        return TrainingData(self, loader, views, (inp_a, inp_b), 0, monitor, summary, config=cfg, chosen=chosen)
 
     def load_split(self, source: str, split: str, spec: EncoderSpec, *, download: bool = False) -> Split:
         try:
@@ -658,3 +681,75 @@ def run_data_kind(cfg: TrainConfig) -> DataKind:
         root=cfg.data_root,
         window=cfg.window,
     )
+
+
+# ------------------------------------------------------------------------------------------------ unset settings
+
+SIZE_RANGE = (16, 224)
+"""Views sized from the data: its median shorter side, kept within this range."""
+CPU_EXPANDER = "1024-1024-1024"
+"""The expander chosen on a CPU (the fashion-mnist-cpu preset's); a GPU gets the paper's."""
+PAPER_EXPANDER = "8192-8192-8192"
+
+
+def choose_unset(
+    cfg: TrainConfig, device: torch.device, sides: Sequence[int] = ()
+) -> tuple[TrainConfig, tuple[str, ...]]:
+    """``cfg`` with the settings it left unset chosen from the data and the device, and one line per choice that
+    names the flag fixing it: ``views.size`` 0 (the median of ``sides``, the images' shorter sides, within
+    :data:`SIZE_RANGE`), ``model.backbone`` empty (small_cnn on a CPU, resnet18 on a GPU; resnet1d for signals,
+    mlp for tables; with it ``model.small_images``, on for views of at most 96 px), ``model.expander`` empty
+    (:data:`CPU_EXPANDER` on a CPU, the paper's on a GPU). A run folder that already holds a
+    checkpoint keeps the choices of its first start (its config.yaml), whatever the device now."""
+    stored = _first_choices(Path(cfg.out))
+    views, model, chosen = cfg.views, cfg.model, []
+    gpu = device.type in ("cuda", "mps")
+    first = "as when this run started (its config.yaml)"
+    if views.size == 0 and "image" in (cfg.modality, cfg.modality_b):
+        size = stored.get("views", {}).get("size") or 0
+        why = first
+        if not size and sides:
+            median = int(np.median(sides))
+            size = min(max(median, SIZE_RANGE[0]), SIZE_RANGE[1])
+            why = "the data's median shorter side" + ("" if size == median else f", {median}, kept within {SIZE_RANGE}")
+        elif not size:
+            size, why = 32, "the image sizes of this source are not read ahead"
+        views = replace(views, size=size)
+        chosen.append(f"views.size {size} ({why}; --views.size fixes it)")
+    backbone, expander, small = model.backbone, model.expander, model.small_images
+    if not backbone:
+        backbone = stored.get("model", {}).get("backbone") or ""
+        why = first
+        if backbone:
+            small = bool(stored.get("model", {}).get("small_images", small))
+        else:
+            backbone = {"signal": "resnet1d", "table": "mlp"}.get(cfg.modality, "resnet18" if gpu else "small_cnn")
+            why = f"for {cfg.modality}s" if cfg.modality != "image" else ("on a GPU" if gpu else "on a CPU")
+            small = views.size <= 96  # the stem goes with the chosen backbone
+        chosen.append(f"model.backbone {backbone} ({why}; --model.backbone fixes it)")
+        if backbone.startswith("resnet") and backbone != "resnet1d":
+            chosen.append(
+                f"model.small_images {small} (with the backbone, views of {views.size} px; give --model.backbone to "
+                "set --model.small-images)"
+            )
+    if not expander:
+        expander = stored.get("model", {}).get("expander") or ""
+        why = first
+        if not expander:
+            expander = PAPER_EXPANDER if gpu else CPU_EXPANDER
+            why = "the paper's, on a GPU" if gpu else f"on a CPU; a GPU gets the paper's {PAPER_EXPANDER}"
+        chosen.append(f"model.expander {expander} ({why}; --model.expander fixes it)")
+    model = replace(model, backbone=backbone, expander=expander, small_images=small)
+    return replace(cfg, views=views, model=model), tuple(chosen)
+
+
+def _first_choices(run_dir: Path) -> dict[str, Any]:
+    """The config a run folder with a checkpoint started with (empty when none, or unreadable)."""
+    folder = run_dir / "checkpoints"
+    if not (folder.is_dir() and any(folder.glob("*.pt"))):
+        return {}
+    try:
+        stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return stored if isinstance(stored, dict) else {}

@@ -29,6 +29,7 @@ from vicreg.data.folder import (
     ImageFolderSource,
     decode_image,
     scan_folder,
+    shorter_sides,
 )
 from vicreg.data.loaders import (
     BadImageWarning,
@@ -94,6 +95,7 @@ __all__ = [
     "scan_folder",
     "search_roots",
     "shard_indices",
+    "shorter_sides",
 ]
 
 if TYPE_CHECKING:  # renamed names, kept one release

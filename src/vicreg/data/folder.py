@@ -29,6 +29,7 @@ __all__ = [
     "ImageFolderSource",
     "decode_image",
     "scan_folder",
+    "shorter_sides",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -100,6 +101,21 @@ def decode_image(path: str | Path, size: int, *, channels: int = 3, min_size: in
         a = np.array(img, dtype=np.uint8)
     t = torch.from_numpy(a)
     return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+
+
+def shorter_sides(paths: list[str], limit: int = 256, seed: int = 0) -> list[int]:
+    """The shorter side of up to ``limit`` of ``paths`` (a seeded sample; only the headers are read), the EXIF
+    rotation aside; unreadable files are left out."""
+    rng = np.random.default_rng(seed)
+    picked = paths if len(paths) <= limit else [paths[i] for i in sorted(rng.choice(len(paths), limit, replace=False))]
+    sides = []
+    for path in picked:
+        try:
+            with Image.open(path) as img:
+                sides.append(min(img.size))
+        except Exception:  # any unreadable file is the loader's to report
+            continue
+    return sides
 
 
 def _has_image_extension(path: str) -> bool:
