@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tests.data.make_files import write_idx
 from vicreg.checkpoint import load_checkpoint
 from vicreg.cli import main
 from vicreg.config import ModelConfig, OptimConfig, TrainConfig, ViewsConfig
@@ -50,6 +51,23 @@ def tiny_npz(path: Path, n: int = 96, size: int = 16, channels: int = 1, seed: i
             images[i, :, r : r + 2, :] = 220
     np.savez(path, images=images, labels=labels)
     return path
+
+
+def fashion_like(root: Path, n_train: int = 1200, n_test: int = 300) -> None:
+    """IDX files with two learnable classes (a bright square or a bright bar) and noise."""
+    rng = np.random.default_rng(0)
+    folder = root / "fashion-mnist"
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 60, (n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 2).astype(np.uint8)
+        for i in range(n):
+            r, c = rng.integers(2, 18, 2)
+            if labels[i]:
+                images[i, r : r + 8, c : c + 8] = 230
+            else:
+                images[i, r : r + 3, 2:26] = 230
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
 
 
 def tiny_config(root: Path, **overrides: object) -> TrainConfig:
