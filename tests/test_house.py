@@ -58,3 +58,17 @@ def test_every_module_file_has_one_row_in_the_architecture_page() -> None:
     assert not twice, f"docs/architecture.md's module table names these in more than one row: {twice}"
     gone = sorted(name for name in table if name.endswith(".py") and name not in modules)
     assert not gone, f"docs/architecture.md's module table names modules that do not exist: {gone}"
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers live in tests/helpers.py (and tests/conftest.py's fixtures), never in a test module."""
+    tests = REPO / "tests"
+    found = []
+    for path in sorted(tests.rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                modules = [node.module or "", *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                modules = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            found += [f"{path.relative_to(tests)} imports {m}" for m in modules if ".test_" in f".{m}"]
+    assert not found, found
