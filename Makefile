@@ -69,7 +69,7 @@ demo: fashion-mnist
 	$(BIN)/vicreg eval $(DEMO_OUT) --data fashion-mnist $(DEMO_EVAL_FLAGS)
 	@echo "== 3/3 writing the report"
 	$(BIN)/vicreg report $(DEMO_OUT)
-	@echo "done: open $(DEMO_OUT)/report.md"
+	@echo "done: open $(DEMO_OUT)/report.html"
 
 # A few minutes: the same pipeline on 60 training steps (--max-steps caps the budgeted total; most of the time is
 # the evaluation on all 70k images).

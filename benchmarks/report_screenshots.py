@@ -1,10 +1,11 @@
 """Screenshots of report.html's embedding explorer in headless Chromium, for the README: ``docs/report-explorer.png``
 (the map as the page opens) and ``docs/report-hover.png`` (a clicked point's neighbours and its hover thumbnail).
 
-The page and the browser are those of tests/test_html_browser.py (tests/browser.py): scikit-learn's 8x8 digits,
-t-SNE of the raw pixels. ``make demo`` will give the real run's page; this shows the explorer on bundled data.
+Give ``--report`` a run's report.html (``vicreg report RUN`` writes ``RUN/report.html``) to take the pictures of
+a real run; without it, the page of tests/test_html_browser.py (tests/browser.py: scikit-learn's 8x8 digits,
+t-SNE of the raw pixels). The browser is the tests' headless Chromium either way.
 
-    python benchmarks/report_screenshots.py [--out docs] [--points 600]
+    python benchmarks/report_screenshots.py [--report RUN/report.html] [--out docs] [--points 600]
 """
 
 from __future__ import annotations
@@ -25,14 +26,21 @@ from tests.browser import chromium, hover, isolated_point, missing_browser, tap,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs", help="folder of the two PNG files")
-    parser.add_argument("--points", type=int, default=600, help="digits shown in the explorer")
+    parser.add_argument("--report", type=Path, default=None, help="a report.html to show (default: a tiny page)")
+    parser.add_argument("--points", type=int, default=600, help="digits shown in the tiny page's explorer")
     args = parser.parse_args()
     reason = missing_browser()
     if reason:
         sys.exit(f"cannot take screenshots: {reason}")
+    if args.report is not None and not args.report.is_file():
+        sys.exit(f"{args.report} is not a file; give the report.html of vicreg report RUN")
     with tempfile.TemporaryDirectory() as tmp, chromium(width=1100, height=760) as driver:
-        page = write_tiny_report("image", Path(tmp) / "report.html", n=args.points, tsne=True)
-        print(f"{page.stat().st_size / 1e6:.2f} MB for {args.points} points")
+        if args.report is not None:
+            page = args.report.resolve()
+            print(f"{page}: {page.stat().st_size / 1e6:.2f} MB")
+        else:
+            page = write_tiny_report("image", Path(tmp) / "report.html", n=args.points, tsne=True)
+            print(f"{page.stat().st_size / 1e6:.2f} MB for {args.points} points")
         driver.get(page.as_uri())
         wait_for_plot(driver)
         args.out.mkdir(parents=True, exist_ok=True)

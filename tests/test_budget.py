@@ -76,6 +76,7 @@ def _tiny(root: Path, **overrides) -> TrainConfig:
         ckpt_every=40,
         knn_every=4,
         progress=False,
+        threads=1,  # the budget times every step from the third (a measured thread count would time later)
         views=ViewsConfig(size=16),
         model=ModelConfig(backbone="small_cnn", expander="32-32", width=4),
         optim=OptimConfig(name="lars", base_lr=0.2, warmup_epochs=2),

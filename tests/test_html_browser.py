@@ -1,6 +1,7 @@
 """report.html in a real browser: Debian's headless Chromium renders the page of an image, a signal and a table
 run without console errors, every image decodes, the explorer's plot is there, and hovering or clicking a point
-shows its thumbnail (its row for tables) and its nearest neighbours. Skipped where Chromium is absent."""
+shows its thumbnail (its row for tables) and its nearest neighbours; the same for the report.html of a tiny image
+run made through the CLI. Skipped where Chromium is absent."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tests.browser import (
     wait_for_plot,
     write_tiny_report,
 )
+from tests.helpers import run_cli, tiny_npz
 
 pytestmark = [
     pytest.mark.browser,
@@ -60,3 +62,34 @@ def test_report_renders_and_the_explorer_answers_hover_and_click(kind: str, tmp_
         assert "alcohol=" in panel
     assert undecoded_images(browser) == []  # the panel's thumbnails decode too
     assert severe_logs(browser) == []
+
+
+@pytest.fixture(scope="module")
+def cli_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """report.html of a tiny image run made through the CLI (train, eval, report)."""
+    root = tmp_path_factory.mktemp("cli-report")
+    data, run = tiny_npz(root / "tiny.npz"), root / "run"
+    common = ["--device", "cpu"]
+    train = ["--data", data, "--out", run, "--epochs", "2", "--batch-size", "16", "--views.size", "16"]
+    train += ["--model.width", "4", "--model.expander", "32-32", "--no-progress", *common]
+    assert run_cli("train", *train).returncode == 0
+    assert run_cli("eval", run, "--probe-epochs", "2", "--k", "5", "--fractions", "0.5", *common).returncode == 0
+    done = run_cli("report", run, *common)
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == f"wrote {run / 'report.html'}", done.stderr
+    return run / "report.html"
+
+
+def test_a_cli_made_report_renders_and_hovering_shows_a_thumbnail(cli_report: Path, browser) -> None:
+    browser.get(cli_report.resolve().as_uri())
+    wait_for_plot(browser)
+    assert severe_logs(browser) == []
+    assert undecoded_images(browser) == []
+    assert browser.execute_script("return document.images.length") >= 7  # the figures, at least
+    i = isolated_point(browser)
+    tips = hover(browser, i)
+    assert tips, "hovering a point shows no tooltip"
+    text, widths = tips[0]
+    assert "test #" in text and widths and all(w > 0 for w in widths)
+    panel = tap(browser, i)
+    assert "selected" in panel and "nearest" in panel and panel.count('class="nb"') > 1
+    assert undecoded_images(browser) == [] and severe_logs(browser) == []

@@ -126,7 +126,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, max_steps=2, knn_every=0)
     train(cfg)
     other = replace(cfg, max_steps=4, model=ModelConfig(backbone="small_cnn", expander="64-64", width=4))
-    with pytest.raises(Exception, match="different model config"):
+    with pytest.raises(Exception, match=r"resuming would change model\.expander"):
         train(other)
 
 
@@ -373,3 +373,69 @@ def test_two_process_torchrun(tmp_path: Path) -> None:
     assert [r["step"] for r in rows] == [1, 2, 3, 4]  # rank 0 alone writes
     assert proc.stdout.count("run folder:") == proc.stdout.count("starting a new run") == 1  # and prints
     assert "deprecated" not in proc.stderr
+
+
+class _StepsCost:
+    """A step timer whose steps take ``cost[threads]`` seconds (the count set when the step ends); ``clock`` reads
+    the same time without advancing it, so a budget sees exactly those step times."""
+
+    def __init__(self, cost: dict[int, float]) -> None:
+        self.cost, self.now, self.calls = cost, 0.0, 0
+
+    def timer(self) -> float:
+        self.calls += 1
+        if self.calls % 2 == 0:  # called when a step begins and when it ends
+            self.now += self.cost[torch.get_num_threads()]
+        return self.now
+
+    def clock(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def four_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four cores, no OMP_NUM_THREADS and no torchrun: the thread count is chosen by measurement."""
+    monkeypatch.setattr("vicreg.threads.available_cores", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+
+
+@pytest.mark.usefixtures("four_cores")
+def test_the_thread_count_is_chosen_by_timing_the_first_steps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = torch.get_num_threads()
+    fake = _StepsCost({1: 0.25, 2: 0.5, 4: 1.0})  # a busy machine: one thread is fastest
+    cfg = tiny_config(tmp_path, threads=None, epochs=3, knn_every=0)
+    result = train(cfg, step_timer=fake.timer)
+    assert result.step == 18 and torch.get_num_threads() == before  # the caller's count is put back
+    out = capsys.readouterr().out
+    line = "  threads     1 (measured: 1 -> 0.25 s, 2 -> 0.5 s, 4 -> 1 s per step; --threads N fixes it)"
+    assert line in out.splitlines()
+    assert out.index("starting a new run") < out.index(line)  # after the header
+    rows = [json.loads(r) for r in (cfg.out / "metrics.jsonl").read_text().splitlines()]
+    chosen = [r for r in rows if "threads" in r]  # a warm round of 3 steps, then 3 timed rounds
+    assert chosen == [{"step": 12, "threads": 1, "threads.seconds.1": 0.25, "threads.seconds.2": 0.5,
+                       "threads.seconds.4": 1.0}]  # fmt: skip
+    assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+
+
+@pytest.mark.usefixtures("four_cores")
+def test_the_budget_times_its_steps_at_the_chosen_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fake = _StepsCost({1: 0.9, 2: 0.5, 4: 0.25})  # an idle machine: four threads are fastest
+    cfg = tiny_config(tmp_path, threads=None, epochs=3, knn_every=0, budget_minutes=1.0, max_steps=30)
+    train(cfg, clock=fake.clock, step_timer=fake.timer)
+    out = capsys.readouterr().out
+    assert "  threads     4 (measured:" in out
+    budget_line = next(line for line in out.splitlines() if line.startswith("budget:"))
+    assert "(0.25 s per step measured" in budget_line  # not a mix of the trial's counts
+
+
+def test_threads_fixes_the_count(tmp_path: Path, capsys: pytest.CaptureFixture[str], four_cores: None) -> None:
+    fake = _StepsCost({1: 0.3, 2: 0.5, 4: 0.9})
+    cfg = tiny_config(tmp_path, threads=2, max_steps=4, knn_every=0)
+    train(cfg, step_timer=fake.timer)
+    assert "  threads     2 (fixed by --threads)" in capsys.readouterr().out
+    assert not [r for r in (cfg.out / "metrics.jsonl").read_text().splitlines() if '"threads"' in r]
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        tiny_config(tmp_path, threads=0)

@@ -150,6 +150,7 @@ class Budget:
     max_steps: int | None = None
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
     window_start: float | None = None
+    window_step: int = 0
     extra_s: float = 0.0
     monitor_s: float | None = None
     ckpt_s: float | None = None
@@ -160,15 +161,16 @@ class Budget:
         return max_steps is not None and max_steps <= step + WARM_STEPS + MEASURED_STEPS
 
     def begin(self, step: int) -> None:
-        """Called after each step: the timed window opens once the warm steps are done."""
-        if step == self.first_step + WARM_STEPS:
-            self.window_start, self.extra_s = self.clock(), 0.0
+        """Called after each step that counts: the timed window opens at the first call once the warm steps are
+        done (later than that when the caller starts calling later, e.g. after choosing the thread count)."""
+        if self.window_start is None and step >= self.first_step + WARM_STEPS:
+            self.window_start, self.window_step, self.extra_s = self.clock(), step, 0.0
 
     def step_s(self, step: int) -> float | None:
         """Seconds per step once enough steps were timed, else ``None``."""
         if self.window_start is None:
             return None
-        n = step - self.first_step - WARM_STEPS
+        n = step - self.window_step
         spent = self.clock() - self.window_start - self.extra_s
         if n < MEASURED_STEPS or spent < min(MEASURE_MAX_S, MEASURE_FRACTION * 60 * self.minutes):
             return None

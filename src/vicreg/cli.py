@@ -7,6 +7,7 @@ YAML file overrides it, the flags override both. The resolved configuration is w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import inspect
 import os
@@ -14,6 +15,7 @@ import platform
 import sys
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,7 +25,16 @@ import tyro
 import yaml
 
 import vicreg
-from vicreg.build import load_encoder
+from vicreg.build import (
+    NoLabelsError,
+    label_free_sample,
+    load_encoder,
+    measure_label_free,
+    random_init_model,
+    resolve_device,
+    run_data_kind,
+    run_dir_of,
+)
 from vicreg.checkpoint import CheckpointError, CheckpointWarning
 from vicreg.config import PRESETS, TrainConfig, config_to_dict, load_config_file
 from vicreg.data.folder import BadImageError
@@ -31,10 +42,14 @@ from vicreg.embed import EmbedArgs, embed_to_file
 from vicreg.eval import EvalArgs, EvalSettings, eval_protocol, run_eval
 from vicreg.export import export_encoder
 from vicreg.neighbors import NeighborsArgs, run_neighbors
+from vicreg.probes.label_free import format_label_free
 from vicreg.probes.table import format_table
 from vicreg.report import ReportArgs, make_report
+from vicreg.runlock import RunBusyError, hold_run
+from vicreg.stop import StopAborted, exit_status
 from vicreg.train import NonFiniteLossError
 from vicreg.train import train as run_training
+from vicreg.tune import Report, TrialOutcome, TuneResult, TuneSettings, run_tune
 
 TRAIN_HELP = (
     "Pretrain an encoder with VICReg (resumes automatically when --out holds a checkpoint).\n\n"
@@ -113,15 +128,25 @@ def train(args: list[str]) -> None:
     if show:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return
-    result = run_training(cfg)
+    try:
+        result = run_training(cfg)
+    except StopAborted as abort:  # a second signal before the stop's checkpoint was saved
+        print(
+            f"vicreg train: stopped without saving (a second signal); the previous checkpoint in "
+            f"{cfg.out / 'checkpoints'} is intact",
+            file=sys.stderr,
+        )
+        raise SystemExit(exit_status(abort.signum)) from None
+    if result.interrupted and not result.is_main:
+        raise SystemExit(exit_status(result.stop_signal or 15))
     if not result.is_main:
         return
     if result.metrics:
         summary = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
         print(f"step {result.step}: {summary}")
     print(f"run folder: {result.run_dir}")
-    if result.interrupted:
-        raise SystemExit(143)
+    if result.interrupted:  # 143 for SIGTERM, 130 for SIGINT (the shell's 128 + signal number)
+        raise SystemExit(exit_status(result.stop_signal or 15))
 
 
 def _train_help_only(
@@ -129,6 +154,122 @@ def _train_help_only(
     config: Path | None = None,
 ) -> None:
     """Pretrain an encoder with VICReg: `vicreg train --preset NAME [--config FILE.yaml] [--flags]`."""
+
+
+TUNE_HELP = (
+    "Choose the hyper-parameters of a VICReg run without labels (Optuna: TPE sampler, median pruner). Each trial "
+    "is a --trial-minutes training run scored on held-out rows by a label-free measure (--criterion, LiDAR by "
+    "default); labels, when the data has them, give kNN / linear columns in the trials table and are never used "
+    "to choose. Writes OUT/trials.md, OUT/best.yaml (for vicreg train --config), score.png, importance.png; "
+    "re-running the same command continues the study.\n\n"
+    "The base configuration is read as vicreg train reads it, then searched around:\n"
+    f"  --preset NAME        one of: {', '.join(PRESETS)}\n"
+    "  --config FILE.yaml   a YAML mapping of training keys (e.g. a best.yaml)\n"
+    "  --<train flag> V     any vicreg train flag (e.g. --data FOLDER, --batch-size 128); the flags below are the "
+    "tune's own (--out, --budget-minutes, --seed and --log mean the study's)\n\n"
+    "Example: vicreg tune --preset fashion-mnist-cpu --budget-minutes 60 --trial-minutes 5 --out runs/tune"
+)
+
+
+def _tune_flags() -> tuple[set[str], set[str]]:
+    """The flags of :class:`TuneSettings`: those that take a value, and the switches (``--x`` / ``--no-x``)."""
+    values, switches = set(), set()
+    for f in dataclasses.fields(TuneSettings):
+        flag = f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            switches |= {f"--{flag}", f"--no-{flag}"}
+        else:
+            values.add(f"--{flag}")
+    return values, switches
+
+
+def parse_tune_args(args: list[str]) -> tuple[TuneSettings, TrainConfig]:
+    """The settings and the base training configuration of a ``vicreg tune`` command line: the tune's own flags
+    go to :class:`TuneSettings`, the rest (``--preset``, ``--config``, training flags) to :func:`parse_train_args`."""
+    values, switches = _tune_flags()
+    tune_args: list[str] = []
+    train_args: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name = arg.split("=", 1)[0].replace("_", "-")
+        if arg in ("-h", "--help") or name in switches:
+            tune_args.append(arg)
+        elif name in values:
+            tune_args += [arg] if "=" in arg else args[i : i + 2]
+            i += 0 if "=" in arg else 1
+        else:
+            train_args.append(arg)
+        i += 1
+    base = parse_train_args(train_args)
+    with _config_errors_as_value_errors():
+        settings = tyro.cli(TuneSettings, args=tune_args, prog="vicreg tune", description=TUNE_HELP)
+    return settings, base
+
+
+def tune_trainer(
+    base: TrainConfig, *, rows: int = 2000, probe_epochs: int = 20
+) -> Callable[[TrainConfig, Report], TrialOutcome]:
+    """vicreg tune's trainer (:mod:`vicreg.tune`'s ``train_fn``): :func:`vicreg.train.train` with the pruner's
+    ``report``, then the final label-free scores of the trained encoder on ``rows`` held-out rows of the base
+    config's data, with its views (the same for every trial) and the random-init comparison; kNN / linear top-1
+    when the data has labels (the trials table only). The trials' own trackers are TensorBoard: the study's
+    ``--log`` holds them as child runs."""
+    samples: dict[str, Any] = {}
+
+    def train_fn(cfg: TrainConfig, report: Report) -> TrialOutcome:
+        result = run_training(replace(cfg, log="tensorboard"), report=report, label_free_views=base)
+        if result.interrupted:
+            raise KeyboardInterrupt(f"stopped by signal at step {result.step}")
+        if result.pruned:
+            return TrialOutcome(result.label_free, steps=result.step, pruned=True)
+        device = resolve_device(cfg.device)
+        enc = load_encoder(result.run_dir, device)
+        if "sample" not in samples:  # the same rows and views for every trial
+            kind = run_data_kind(base)
+            samples["sample"] = label_free_sample(
+                kind, base, enc.spec, base.data, rows=rows, seed=base.seed, download=base.download
+            )
+        init = random_init_model(enc, base.seed).to(device)
+        scores = measure_label_free(samples["sample"], enc.model, device, init_model=init, seed=base.seed)
+        return TrialOutcome(scores, _trial_accuracy(result.run_dir, cfg, probe_epochs), steps=result.step)
+
+    return train_fn
+
+
+def _trial_accuracy(run_dir: Path, cfg: TrainConfig, probe_epochs: int) -> dict[str, float]:
+    """kNN (k = 20) and linear top-1 of a trial when its data has labels, else nothing."""
+    protocol = EvalSettings(k=(20,), probe_epochs=probe_epochs, fractions=())
+    args = EvalArgs(device=cfg.device, baselines=False, label_free=False, cache=False, protocol=protocol)
+    try:
+        report = run_eval(run_dir, replace(args, out=run_dir / "eval.json"))
+    except NoLabelsError:
+        return {}
+    ours = report["results"]["vicreg"]
+    return {"knn_top1": ours["knn"]["k20"]["top1"], "linear_top1": ours["linear"]["last_top1"]}
+
+
+def tune(args: list[str]) -> None:
+    settings, base = parse_tune_args(args)
+    result: TuneResult = run_tune(settings, base, tune_trainer(base))
+    print(f"study {result.study!r}: {result.trials} trials in {result.storage}")
+    if result.best_number is not None and result.best_value is not None:
+        params = ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.best_params.items()
+        )
+        print(f"best: trial {result.best_number}, {settings.criterion} {result.best_value:.4g} ({params})")
+    print(f"trials table: {result.folder / 'trials.md'}")
+    if result.best_config is not None:
+        print(f"best configuration: {result.best_config} (vicreg train --config {result.best_config})")
+    if result.final is not None:
+        print(f"trained the best configuration into {result.folder / 'final'} ({result.final.steps} steps)")
+
+
+def _tune_help_only(
+    preset: Annotated[str | None, tyro.conf.arg(help=f"one of: {', '.join(PRESETS)}")] = None,
+    config: Path | None = None,
+) -> None:
+    """Tune without labels: `vicreg tune --preset NAME --budget-minutes M [--trial-minutes T] [--flags]`."""
 
 
 RunPath = Annotated[
@@ -156,12 +297,18 @@ def _protocol_help() -> str:
 
 @_described_by(EvalArgs.__doc__ or "", _protocol_help())
 def evaluate(run: RunPath, args: Annotated[EvalArgs, tyro.conf.arg(name=""), tyro.conf.OmitArgPrefixes]) -> None:
-    report = run_eval(run, args)
+    with _brief_hold(run, "eval"):
+        report = run_eval(run, args)
     d = report["data"]
-    print(f"{d['train']} ({d['n_train']}) -> {d['test']} ({d['n_test']}): {d['split']}")
-    for part in ("knn", "linear", "semi"):
-        print(f"{part}: {report['protocol'][part]}")
-    print(format_table(report))
+    if report["results"]:
+        print(f"{d['train']} ({d['n_train']}) -> {d['test']} ({d['n_test']}): {d['split']}")
+        for part in ("knn", "linear", "semi"):
+            print(f"{part}: {report['protocol'][part]}")
+        print(format_table(report))
+    if report["label_free"]:
+        print(f"label-free: {report['protocol']['label_free']}")
+        print(f"label-free sample: {report['label_free']['sample']}")
+        print(format_label_free(report["label_free"]))
     for name, note in report["notes"].items():
         print(f"{name}: {note}")
     print(f"wrote {report['path']}")
@@ -188,7 +335,9 @@ def report(
     ],
     args: Annotated[ReportArgs, tyro.conf.arg(name="")],
 ) -> None:
-    print(f"wrote {make_report(run, args)}")
+    with _brief_hold(run, "report"):
+        path = make_report(run, args)
+    print(f"wrote {path}")
 
 
 def export(
@@ -216,8 +365,39 @@ def export(
     """
     enc = load_encoder(checkpoint)
     backbone, spec = enc.branch(branch)
-    result = export_encoder(backbone.state_dict(), spec, out, format, summary=enc.summary())
+    into_run = Path(out).expanduser().resolve().is_relative_to(_run_folder(checkpoint))
+    with _brief_hold(checkpoint, "export") if into_run else contextlib.nullcontext():
+        result = export_encoder(backbone.state_dict(), spec, out, format, summary=enc.summary())
     print(f"wrote {result.path} ({result.format}): {result.check}")
+
+
+def _run_folder(run: Path) -> Path:
+    """The run folder of a RUN_OR_CHECKPOINT argument."""
+    run = Path(run).expanduser().resolve()
+    return run if run.is_dir() else run_dir_of(run)
+
+
+@contextlib.contextmanager
+def _brief_hold(run: Path, command: str) -> Iterator[None]:
+    """The run folder's lock (:mod:`vicreg.runlock`) for a command that writes into it: waits up to 10 s for its
+    holder, then refuses naming it (e.g. a `vicreg train` still running). A folder where no lock file can be
+    created (read-only) is not locked: the command's own writes there fail with their own message."""
+    fix = "wait for it to finish (or stop it), then run this again"
+    try:
+        hold = hold_run(_run_folder(run), command, timeout=10, fix=fix)
+        hold.__enter__()
+    except PermissionError:
+        yield
+        return
+    except OSError as err:
+        if err.errno != errno.EROFS:
+            raise
+        yield
+        return
+    try:
+        yield
+    finally:
+        hold.__exit__(None, None, None)
 
 
 def info() -> None:
@@ -237,6 +417,7 @@ def info() -> None:
 DESCRIPTION = "VICReg self-supervised pretraining, evaluation and export."
 COMMANDS: dict[str, Callable[..., Any]] = {
     "train": _train_help_only,
+    "tune": _tune_help_only,
     "eval": evaluate,
     "embed": embed,
     "report": report,
@@ -253,6 +434,9 @@ def main(argv: list[str] | None = None) -> None:
     with error_boundary(command):
         if command == "train":
             train(args[1:])
+            return
+        if command == "tune":
+            tune(args[1:])
             return
         with _config_errors_as_value_errors():
             tyro.extras.subcommand_cli_from_dict(COMMANDS, args=args, prog="vicreg", description=DESCRIPTION)
@@ -279,7 +463,8 @@ def is_expected(err: BaseException) -> bool:
     """Whether ``err`` is a problem of the input or the machine that one line can explain (a bad value, key,
     path or file, a damaged checkpoint, a missing optional dependency, a full or read-only disk, a diverged
     run), rather than a bug, whose traceback is kept. A ValueError counts only when vicreg raised it."""
-    if isinstance(err, CheckpointError | BadImageError | NonFiniteLossError | ImportError | OSError | yaml.YAMLError):
+    expected = CheckpointError | BadImageError | NonFiniteLossError | RunBusyError | ImportError | OSError
+    if isinstance(err, expected | yaml.YAMLError):
         return True
     return isinstance(err, ValueError) and _raised_by_vicreg(err)
 

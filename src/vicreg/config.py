@@ -20,17 +20,20 @@ from typing import Any, Literal
 
 import yaml
 
+from vicreg.augment.bands import BandViewsConfig
 from vicreg.augment.images import ImageViewsConfig
 from vicreg.augment.signals import SignalViewsConfig
 from vicreg.augment.tabular import TableViewsConfig
 from vicreg.loss import Gather
 from vicreg.models import parse_expander_spec
+from vicreg.trackers import parse_backends
 
 ViewsConfig = ImageViewsConfig
 """The image views' settings (:class:`vicreg.augment.images.ImageViewsConfig`), nested as ``views``."""
 
 __all__ = [
     "PRESETS",
+    "BandViewsConfig",
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
@@ -200,6 +203,11 @@ class TrainConfig:
     skips a damaged newest one and uses the previous."""
     knn_every: int = 1
     """Epochs between online kNN evaluations on the held-out split (0: never)."""
+    threads: int | None = None
+    """CPU threads per process. Omitted: on a CPU device, the first steps are timed at 1, 2, 4, ... up to the
+    cores (divided among torchrun's processes) and the fastest count is kept, measured again when the step time
+    drifts; OMP_NUM_THREADS, when set outside torchrun, fixes it instead. A fixed count gives bit-identical
+    reruns."""
     compile: bool = False
     """torch.compile the model."""
     channels_last: bool = False
@@ -239,6 +247,30 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    label_free_every: int = 500
+    """Steps between label-free measures of the representation (no labels needed): RankMe, LiDAR (4 augmented
+    copies) and alpha-ReQ on --label-free-rows held-out rows, each also relative to the random-init encoder
+    (``*_vs_init``); logged to metrics.jsonl and TensorBoard, plotted by vicreg report (0: never)."""
+    label_free_rows: int = 1000
+    """Held-out rows of those measures (the data's test split, else a seeded 20% of its rows; LiDAR uses 250)."""
+    log: str = "tensorboard"
+    """Experiment trackers, comma-separated: tensorboard, mlflow (a local store: $MLFLOW_TRACKING_URI, else
+    sqlite:///mlflow.db; pip install 'vicreg[mlflow]'), wandb (offline, under the run folder; pip install
+    'vicreg[wandb]')."""
+    band_views: BandViewsConfig = field(default_factory=BandViewsConfig)
+    """Multi-band or high-bit-depth images (a .npy/.npz of (N, C, H, W) with C not 1 or 3 or not uint8, a folder
+    of such TIFFs, a folder of DICOMs): their views (recipe, size, crops, rotations, RGB bands), used instead of
+    --views."""
+    window: str = ""
+    """DICOM folders: clip to the window CENTER,WIDTH in modality units (e.g. 40,400: CT soft tissue) or 'file'
+    (each file's WindowCenter/WindowWidth); empty: the full range. Evaluation applies the same window."""
+    band_percentiles: tuple[float, float] = (1.0, 99.0)
+    """Multi-band data: the per-band percentiles (low, high) that bound the normalisation statistics and the
+    range the views' brightness, contrast and noise act on."""
+    resume_with_new_data: bool = False
+    """Resume on data other than the checkpoint's (another file or folder with other rows): allowed and announced
+    instead of refused. Without it a resume whose data fingerprint (rows, shape, dtype, sampled rows) differs
+    stops with the differences."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -260,12 +292,22 @@ class TrainConfig:
             _positive(name, getattr(self, name))
         if not self.data:
             raise ValueError("data is empty: give a dataset name or a path, e.g. --data fashion-mnist")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 (or omitted: chosen by measurement), got {self.threads}")
         if self.image_size < 0:
             raise ValueError(f"image_size must be >= 0, got {self.image_size}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.knn_every < 0:
             raise ValueError(f"knn_every must be >= 0, got {self.knn_every}")
+        if self.label_free_every < 0:
+            raise ValueError(f"label_free_every must be >= 0 (0: never), got {self.label_free_every}")
+        if self.label_free_rows < 2:
+            raise ValueError(f"label_free_rows must be >= 2, got {self.label_free_rows}")
+        parse_backends(self.log)
+        lo_p, hi_p = self.band_percentiles
+        if not 0 <= lo_p < hi_p <= 100:
+            raise ValueError(f"band_percentiles must be (low, high) with 0 <= low < high <= 100, got {lo_p}, {hi_p}")
         if self.modality_b and not self.model.backbone_b:
             raise ValueError(
                 f"two modalities ({self.modality} and {self.modality_b}) need two encoders: set --model.backbone-b "
@@ -412,6 +454,12 @@ def _coerce(path: str, hint: Any, value: Any) -> Any:
             for a in args
         )
         raise ValueError(f"config key {path!r} must be one of {allowed}, got {value!r}")
+    if typing.get_origin(hint) is tuple and isinstance(value, list | tuple):  # YAML lists, stored tuples
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(f"{path}[{i}]", args[0], v) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ValueError(f"config key {path!r} needs {len(args)} values, got {value!r}")
+        return tuple(_coerce(f"{path}[{i}]", a, v) for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if hint is bool and isinstance(value, bool):
         return value
     if hint is int and isinstance(value, int) and not isinstance(value, bool):

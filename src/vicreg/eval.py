@@ -14,9 +14,11 @@ prints it above the table and in its help, and the report shows it. Encoder feat
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,18 +28,23 @@ from torch import Tensor
 
 from vicreg.build import (
     DataArgs,
+    NoLabelsError,
     OpenRun,
     Split,
     autocast_dtype,
     encoder_features,
+    label_free_sample,
     labelled_splits,
+    measure_label_free,
     open_run_with,
+    random_init_model,
     resolve_device,
 )
 from vicreg.files import atomic_write
 from vicreg.probes.features import raw_features
 from vicreg.probes.knn import knn_evaluate
-from vicreg.probes.linear import balanced_subset, linear_probe
+from vicreg.probes.linear import probe_suite
+from vicreg.progress import Progress
 
 __all__ = ["EvalArgs", "EvalSettings", "encoder_features", "eval_protocol", "evaluate_features", "run_eval"]
 
@@ -54,9 +61,9 @@ class EvalSettings:
     temperature: float = 0.07
     """Temperature of the kNN votes."""
     probe_epochs: int = 100
-    """Epochs of every linear probe."""
+    """Epochs of the label-fraction probes (SGD); the most L-BFGS iterations of the full linear probe."""
     probe_lr: float = 0.1
-    """Peak learning rate of the probes (cosine schedule to 0)."""
+    """Peak learning rate of the label-fraction probes (cosine schedule to 0)."""
     probe_weight_decay: float = 1e-4
     """Weight decay of the probes."""
     probe_batch_size: int = 1024
@@ -65,6 +72,12 @@ class EvalSettings:
     """Label fractions of the semi-supervised probes."""
     seed: int = 0
     """Seed of the label subsets, the 80/20 split, the probes and the random-init baseline."""
+    label_free_rows: int = 2000
+    """Held-out rows of the label-free measures (the test split, else the seeded 20%; a seeded sample of them)."""
+    label_free_copies: int = 8
+    """Augmented copies (the training views) of each row for LiDAR."""
+    label_free_lidar_rows: int = 1000
+    """LiDAR uses the first this many rows of the sample (it encodes label_free_copies times as many)."""
 
     def __post_init__(self) -> None:
         if not self.k or min(self.k) < 1:
@@ -75,11 +88,18 @@ class EvalSettings:
             raise ValueError("probe epochs and batch size must be >= 1, lr > 0, weight decay >= 0")
         if any(not 0 < f <= 1 for f in self.fractions):
             raise ValueError(f"label fractions must be in (0, 1], got {self.fractions}")
+        if self.label_free_rows < 2 or self.label_free_lidar_rows < 2 or self.label_free_copies < 2:
+            raise ValueError("label_free_rows, label_free_lidar_rows and label_free_copies must be >= 2")
 
 
 @dataclass(frozen=True, kw_only=True)
 class EvalArgs(DataArgs):
-    """Evaluate a run folder or checkpoint: kNN, linear probe and label-fraction probes, with baselines.
+    """Evaluate a run folder or checkpoint: label-free measures, and with labels kNN, linear and label-fraction
+    probes, with baselines.
+
+    Label-free (always, no labels needed): RankMe, LiDAR and alpha-ReQ of the representation on a seeded sample
+    of held-out rows, each beside the random-init encoder's on the same rows (vs_init: above 1, training earned
+    rank; about 1, the encoder barely moved; below 1, collapse). Data without labels gets only these.
 
     Features of the frozen backbone (cached in RUN/features/), on labelled data: names and dataset folders use
     their own train/test splits, other data (a .npy/.npz file, an image folder) a seeded 80/20 split unless a
@@ -99,6 +119,8 @@ class EvalArgs(DataArgs):
     """Read/write features under RUN/features/."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Autocast precision of the feature extraction."""
+    label_free: bool = True
+    """Measure the label-free scores (RankMe, LiDAR, alpha-ReQ) on held-out rows."""
 
 
 def eval_protocol(settings: EvalSettings, n_train: int | None = None, n_test: int | None = None) -> dict[str, str]:
@@ -115,14 +137,21 @@ def eval_protocol(settings: EvalSettings, n_train: int | None = None, n_test: in
         "knn": f"k = {', '.join(map(str, s.k))}, cosine similarity of L2-normalised features, the k nearest vote "
         f"exp(sim / T) with T = {s.temperature:g} (InstDisc / DINO); {train} as neighbours, {test} as queries "
         "(the online kNN during training uses seeded subsets); accuracies in %",
-        "linear": f"multinomial logistic regression on standardised features (train statistics), SGD momentum 0.9, "
-        f"lr {s.probe_lr:g} with a cosine schedule, weight decay {s.probe_weight_decay:g}, batch "
-        f"{s.probe_batch_size}, {s.probe_epochs} epochs; 'last' (after the final epoch) is the honest number, "
-        "'best' (the best epoch on the test set) peeks at the test set",
-        "semi": f"the same linear probe trained on class-balanced seeded label fractions ({fractions}) of the "
-        "training set (linear on frozen features, not fine-tuning); tested on the whole test set",
+        "linear": "multinomial logistic regression on standardised features (train statistics): mean cross-entropy "
+        f"+ weight decay {s.probe_weight_decay:g} / 2 ||W||^2, solved full-batch with L-BFGS (strong Wolfe, history "
+        f"10) in whitened coordinates, at most {s.probe_epochs} iterations; 'last' (after the final iteration) is the "
+        "honest number, 'best' (the best iteration on the test set) peeks at the test set",
+        "semi": f"the same objective on class-balanced seeded label fractions ({fractions}) of the training set "
+        f"(standardised with the subset's statistics; linear on frozen features, not fine-tuning), minibatch SGD "
+        f"momentum 0.9, lr {s.probe_lr:g} with a cosine schedule, batch {s.probe_batch_size}, {s.probe_epochs} "
+        "epochs (the exact optimum overfits so few labels); tested on the whole test set",
         "baselines": "random_init: same architecture, seed-fixed fresh weights; pixels: the normalised input "
         "(pixels, series or table rows), flattened",
+        "label_free": f"no labels: RankMe (Garrido et al. 2023) and alpha-ReQ (Agrawal et al. 2022) of the "
+        f"representation of up to {s.label_free_rows} held-out rows (seed {s.seed}), LiDAR (Thilak et al. 2024) of "
+        f"{s.label_free_copies} augmented copies (the run's training views) of the first {s.label_free_lidar_rows}; "
+        "each also for the random-init encoder on the same rows and views, and their ratio (vs_init: above 1, "
+        "training earned rank; about 1, it barely moved; below 1, collapse)",
     }
 
 
@@ -133,10 +162,13 @@ def evaluate_features(
     test_y: Tensor,
     settings: EvalSettings,
     device: torch.device | str | None = None,
+    stage: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """kNN, linear probe and label-fraction probes of one feature set (accuracies in %), on ``device``
-    (default: where the features are; a GPU makes kNN on ImageNet-sized sets practical)."""
+    (default: where the features are; a GPU makes kNN on ImageNet-sized sets practical). ``stage`` is told each
+    probe as it starts (``Progress.stage``)."""
     s = settings
+    say = stage or (lambda _: None)
     if device is not None:
         train_f, train_y, test_f, test_y = (t.to(device) for t in (train_f, train_y, test_f, test_y))
     probe: dict[str, Any] = {
@@ -149,31 +181,42 @@ def evaluate_features(
     classes = int(max(int(train_y.max()), int(test_y.max()))) + 1
     t0 = time.perf_counter()
     out: dict[str, Any] = {"feature_dim": int(train_f.shape[1])}
+    say(f"  kNN (k = {', '.join(map(str, s.k))}): {len(test_f)} queries among {len(train_f)} rows")
     out["knn"] = knn_evaluate(train_f, train_y, test_f, test_y, ks=s.k, temperature=s.temperature)
     t1 = time.perf_counter()
-    out["linear"] = linear_probe(train_f, train_y, test_f, test_y, num_classes=classes, **probe).as_dict()
-    semi = {}
-    for fraction in s.fractions:
-        idx = balanced_subset(train_y, fraction, seed=s.seed)
-        result = linear_probe(train_f[idx], train_y[idx], test_f, test_y, num_classes=classes, **probe)
-        semi[f"{100 * fraction:g}%"] = {"labels": int(idx.numel()), **result.as_dict()}
-    out["semi"] = semi
+    say(
+        f"  linear probe: {len(train_f)} rows (L-BFGS, at most {s.probe_epochs} iterations); label fractions "
+        f"{', '.join(f'{100 * f:g}%' for f in s.fractions) or 'none'} ({s.probe_epochs} SGD epochs each)"
+    )
+    out.update(probe_suite(train_f, train_y, test_f, test_y, fractions=s.fractions, num_classes=classes, **probe))
     out["seconds"] = {"knn": round(t1 - t0, 3), "probes": round(time.perf_counter() - t1, 3)}
     return out
 
 
-def run_eval(run_or_checkpoint: str | os.PathLike[str], args: EvalArgs | None = None) -> dict[str, Any]:
+def run_eval(
+    run_or_checkpoint: str | os.PathLike[str], args: EvalArgs | None = None, *, progress: Progress | None = None
+) -> dict[str, Any]:
     """Evaluate a run folder or checkpoint as ``args`` say (default: the run's training data, the default
-    protocol); write eval.json (``args.out``, default ``RUN/eval.json``) and return what was written."""
+    protocol); write eval.json (``args.out``, default ``RUN/eval.json``) and return what was written.
+    ``progress`` says what is being done (default: a :class:`~vicreg.progress.Progress` on stdout)."""
     args = args or EvalArgs()
+    progress = progress or Progress()
     settings = args.protocol
     t_start = time.perf_counter()
     autocast_dtype(args.precision, resolve_device(args.device))  # reject a bad precision before any work
+    progress.stage(f"loading the encoder of {run_or_checkpoint}")
     run = open_run_with(run_or_checkpoint, args)
     enc = run.encoder
-    train_split, test_split, split_note = labelled_splits(
-        run.kind, enc.spec, run.source, test_source=args.test_data, seed=settings.seed, download=args.download
-    )
+    progress.stage(f"loading {run.source}")
+    label_free = _label_free(run, args) if args.label_free else {}
+    try:
+        train_split, test_split, split_note = labelled_splits(
+            run.kind, enc.spec, run.source, test_source=args.test_data, seed=settings.seed, download=args.download
+        )
+    except NoLabelsError as err:
+        if args.test_data is not None:  # a labelled test set was asked for
+            raise
+        return _write(run, args, _unlabelled_report(run, args, label_free, str(err), t_start))
     train_set, test_set = train_split.data, test_split.data
     train_y, test_y = train_set.labels, test_set.labels
     assert train_y is not None and test_y is not None  # labelled_splits guarantees labels
@@ -184,9 +227,14 @@ def run_eval(run_or_checkpoint: str | os.PathLike[str], args: EvalArgs | None = 
     feature_sets: dict[str, tuple[Tensor, Tensor]] = {}
     hits: dict[str, bool] = {}
     t_feat = time.perf_counter()
+    split_sets = {"train": train_set, "test": test_set}
     for which in ["vicreg", "random_init"] if args.baselines else ["vicreg"]:
-        f_train, hit_a = encoder_features(enc, train_set.rows, which=which, labels=train_y, **kw)
-        f_test, hit_b = encoder_features(enc, test_set.rows, which=which, labels=test_y, **kw)
+        progress.stage(f"features of {which}: {len(train_set)} train + {len(test_set)} test rows on {run.device}")
+        track = {part: progress.batches(f"features {which} {part}", len(d)) for part, d in split_sets.items()}
+        f_train, hit_a = encoder_features(enc, train_set.rows, which=which, labels=train_y, track=track["train"], **kw)
+        f_test, hit_b = encoder_features(enc, test_set.rows, which=which, labels=test_y, track=track["test"], **kw)
+        if hit_a and hit_b:
+            progress.stage(f"features of {which}: read from the cache ({cache_dir})")
         feature_sets[which] = (f_train, f_test)
         hits[which] = hit_a and hit_b
     notes: dict[str, str] = {}
@@ -203,7 +251,10 @@ def run_eval(run_or_checkpoint: str | os.PathLike[str], args: EvalArgs | None = 
 
     results = {}
     for name, (f_train, f_test) in feature_sets.items():
-        results[name] = evaluate_features(f_train, train_y.cpu(), f_test, test_y.cpu(), settings, device=run.device)
+        progress.stage(f"probes of {name} ({f_train.shape[1]} dimensions)")
+        results[name] = evaluate_features(
+            f_train, train_y.cpu(), f_test, test_y.cpu(), settings, device=run.device, stage=progress.stage
+        )
         if name in hits:
             results[name]["cached_features"] = hits[name]
 
@@ -217,6 +268,7 @@ def run_eval(run_or_checkpoint: str | os.PathLike[str], args: EvalArgs | None = 
             **eval_protocol(settings, len(train_set), len(test_set)),
         },
         "results": results,
+        "label_free": label_free,
         "notes": notes,
         "device": str(run.device),
         "precision": args.precision,
@@ -227,11 +279,77 @@ def run_eval(run_or_checkpoint: str | os.PathLike[str], args: EvalArgs | None = 
         },
         "seconds": {"features": round(feature_seconds, 3), "total": round(time.perf_counter() - t_start, 3)},
     }
+    return _write(run, args, report)
+
+
+def _write(run: OpenRun, args: EvalArgs, report: dict[str, Any]) -> dict[str, Any]:
     target = Path(args.out) if args.out is not None else run.run_dir / "eval.json"
     text = json.dumps(report, indent=2, allow_nan=False)
     atomic_write(target, lambda f: f.write(text.encode()))
     report["path"] = str(target)
     return report
+
+
+def _finite(values: dict[str, float]) -> dict[str, float | None]:
+    """JSON has no NaN: a measure that could not be computed (alpha-ReQ of a collapsed encoder) is null."""
+    return {k: (v if math.isfinite(v) else None) for k, v in values.items()}
+
+
+def _label_free(run: OpenRun, args: EvalArgs) -> dict[str, Any]:
+    """eval.json's ``label_free``: the measures of the trained encoder (and of the random-init one, with
+    ``args.baselines``) on a seeded sample of held-out rows, and where the rows come from."""
+    s, enc = args.protocol, run.encoder
+    began = time.perf_counter()
+    sample = label_free_sample(
+        run.kind, enc.config, enc.spec, run.source, rows=s.label_free_rows, seed=s.seed, download=args.download
+    )
+    init = random_init_model(enc, s.seed).to(run.device) if args.baselines else None
+    amp = autocast_dtype(args.precision, run.device)
+    scores = measure_label_free(
+        sample, enc.model, run.device, init_model=init, seed=s.seed, copies=s.label_free_copies,
+        lidar_rows=s.label_free_lidar_rows, batch_size=args.batch_size, amp_dtype=amp,
+    )  # fmt: skip
+    names = ("rankme", "lidar", "alpha_req")
+    out: dict[str, Any] = {
+        "sample": sample.note,
+        "rows": int(sample.rows.shape[0]),
+        "lidar_rows": min(int(sample.rows.shape[0]), s.label_free_lidar_rows),
+        "copies": s.label_free_copies,
+        "vicreg": _finite({k: scores[k] for k in names}),
+    }
+    if init is not None:
+        out["random_init"] = _finite({k: scores[f"{k}_init"] for k in names})
+        out["vs_init"] = _finite({f"{k}_vs_init": scores[f"{k}_vs_init"] for k in names if f"{k}_vs_init" in scores})
+        out["cka_to_init"] = scores["cka_to_init"]
+    out["seconds"] = round(time.perf_counter() - began, 3)
+    return out
+
+
+def _unlabelled_report(
+    run: OpenRun, args: EvalArgs, label_free: dict[str, Any], why: str, t_start: float
+) -> dict[str, Any]:
+    """eval.json of data without labels: the label-free measures only."""
+    enc, settings = run.encoder, args.protocol
+    return {
+        "checkpoint": str(enc.checkpoint),
+        "step": enc.step,
+        "backbone": enc.config.model.backbone,
+        "data": {"source": run.source, "kind": enc.spec.kind, "labels": False, "split": label_free.get("sample", "")},
+        "protocol": {
+            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
+            "label_free": eval_protocol(settings)["label_free"],
+        },
+        "results": {},
+        "label_free": label_free,
+        "notes": {"labels": f"{why.split(';')[0]}: kNN and the linear probes were skipped; the label-free "
+                  "measures above need no labels"},
+        "device": str(run.device),
+        "precision": args.precision,
+        "machine": {
+            "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()
+        },
+        "seconds": {"total": round(time.perf_counter() - t_start, 3)},
+    }  # fmt: skip
 
 
 def _data_report(run: OpenRun, train: Split, test: Split, split_note: str) -> dict[str, Any]:

@@ -342,7 +342,7 @@ def _plain(value: Any) -> Any:
 def _input_description(spec: EncoderSpec) -> str:
     shape = "x".join(str(s) for s in spec.input_shape)
     if spec.kind == "image":
-        scale = "pixels scaled to [0, 1], minus mean, over std, per channel"
+        scale = "uint8 pixels scaled to [0, 1] (16-bit and float values as they are), minus mean, over std, per channel"
     else:
         scale = "(x - mean) / std per channel" if spec.kind == "signal" else "(x - mean) / std per feature"
     return f"{spec.kind} batches (N, {shape}), {scale}"

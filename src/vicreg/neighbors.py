@@ -30,6 +30,7 @@ from vicreg.probes.retrieval import (
     write_duplicates_csv,
     write_neighbors_csv,
 )
+from vicreg.progress import Progress
 
 __all__ = ["NeighborsArgs", "NeighborsResult", "run_neighbors"]
 
@@ -61,6 +62,9 @@ class NeighborsArgs(DataArgs):
     """Read/write features under RUN/features/."""
     seed: int = 0
     """Seed of the random queries."""
+    bands: tuple[int, ...] = ()
+    """Multi-band images: the band drawn as grey (one index) or the three drawn as R G B (e.g. 3 2 1 for
+    Sentinel-2's B4/B3/B2); default: the first three. Each band is stretched over its training percentiles."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -86,8 +90,10 @@ def _query_rows(enc: LoadedEncoder, items: list[int | Path], bank: Split) -> tup
             names.append(str(item))
             labels.append(None if bank.data.labels is None else int(bank.data.labels[item]))
             continue
-        if enc.spec.kind != "image":
-            raise ValueError(f"--query {item}: a file query needs an image run; give row numbers of the data instead")
+        if enc.spec.kind != "image" or enc.band_stats is not None:
+            raise ValueError(
+                f"--query {item}: a file query needs a run on 8-bit images; give row numbers of the data instead"
+            )
         rows.append(decode_image(item, enc.image_size, channels=enc.channels, min_size=0))
         names.append(item.name)
         labels.append(None)
@@ -95,29 +101,45 @@ def _query_rows(enc: LoadedEncoder, items: list[int | Path], bank: Split) -> tup
     return torch.stack(rows), names, known
 
 
-def run_neighbors(run_or_checkpoint: str | os.PathLike[str], args: NeighborsArgs | None = None) -> NeighborsResult:
+def run_neighbors(
+    run_or_checkpoint: str | os.PathLike[str], args: NeighborsArgs | None = None, *, progress: Progress | None = None
+) -> NeighborsResult:
     """Nearest neighbours of ``args.query`` (row numbers or image files; default 8 random rows) among the rows of
     ``args.data`` (default: the run's training data), and optionally the near-duplicate pairs above
     ``args.duplicates``.
 
     Writes ``args.out`` (a PNG grid for images and signals; for tables only the CSV), ``<out stem>.csv`` and,
-    with ``duplicates``, ``<out stem>_duplicates.csv`` (+ ``.png`` for images)."""
+    with ``duplicates``, ``<out stem>_duplicates.csv`` (+ ``.png`` for images). ``progress`` says what is being
+    done (default: on stdout)."""
     args = args or NeighborsArgs()
+    progress = progress or Progress()
     out = Path(args.out)
+    progress.stage(f"loading the encoder of {run_or_checkpoint}")
     run = open_run_with(run_or_checkpoint, args)
     enc, dev = run.encoder, run.device
+    progress.stage(f"loading {run.source} ({args.split})")
     bank = run.kind.load_split(run.source, args.split, enc.spec, download=args.download)
     labels = bank.data.labels
     cache_dir = run.run_dir / "features" if args.cache else None
-    bank_f, _ = encoder_features(
-        enc, bank.data.rows, cache_dir=cache_dir, device=dev, batch_size=args.batch_size, labels=labels
+    progress.stage(f"features of {len(bank.data)} rows on {dev}")
+    bank_f, hit = encoder_features(
+        enc,
+        bank.data.rows,
+        cache_dir=cache_dir,
+        device=dev,
+        batch_size=args.batch_size,
+        labels=labels,
+        track=progress.batches("features", len(bank.data)),
     )
+    if hit:
+        progress.stage(f"features read from the cache ({cache_dir})")
     n = len(bank.data)
     items: list[int | Path] = (
         parse_queries(list(args.query), n) if args.query else [int(i) for i in random_queries(n, 8, seed=args.seed)]
     )
     q_rows, q_names, q_labels = _query_rows(enc, items, bank)
     q_f = extract_features(enc.model.embed, q_rows, mean=enc.mean, std=enc.std, device=dev, batch_size=args.batch_size)
+    progress.stage(f"the {args.k} nearest of {len(q_names)} queries")
     sims, idx = nearest_neighbors(bank_f, q_f, args.k)
     if labels is not None and int(labels.min()) < 0:
         labels = None  # partly unlabelled data: no class marks
@@ -125,18 +147,21 @@ def run_neighbors(run_or_checkpoint: str | os.PathLike[str], args: NeighborsArgs
     classes = list(bank.data.classes) or None
     lines = [format_neighbors(q_names, idx, sims, labels_bank=labels, labels_query=q_labels, class_names=classes)]
     files = [write_neighbors_csv(out.with_suffix(".csv"), q_names, idx, sims, labels, q_labels)]
-    figure = _neighbors_figure(enc, bank, q_rows, idx, sims, labels, q_labels, q_names, classes)
+    figure = _neighbors_figure(enc, bank, q_rows, idx, sims, labels, q_labels, q_names, classes, args.bands)
     if figure is not None:
         files.append(save_figure(figure, out))
     n_pairs = None
     if args.duplicates is not None:
-        n_pairs, line, written = _duplicates(run, bank, bank_f, args.duplicates, out)
+        progress.stage(f"pairs with cosine similarity >= {args.duplicates}")
+        n_pairs, line, written = _duplicates(run, bank, bank_f, args.duplicates, out, args.bands)
         lines.append(line)
         files += written
     return NeighborsResult("\n".join(lines), files, n_pairs)
 
 
-def _duplicates(run: OpenRun, bank: Split, bank_f: Tensor, threshold: float, out: Path) -> tuple[int, str, list[Path]]:
+def _duplicates(
+    run: OpenRun, bank: Split, bank_f: Tensor, threshold: float, out: Path, bands: tuple[int, ...] = ()
+) -> tuple[int, str, list[Path]]:
     """The pairs of ``bank`` at cosine similarity >= ``threshold``: their count, a line, the files written."""
     pairs = find_duplicates(bank_f, threshold, max_pairs=MAX_DUPLICATE_PAIRS)
     n_pairs = len(pairs)
@@ -152,7 +177,9 @@ def _duplicates(run: OpenRun, bank: Split, bank_f: Tensor, threshold: float, out
             if bank.paths is None
             else [(bank.paths[a], bank.paths[b]) for a, b in zip(first.tolist(), second.tolist(), strict=True)]
         )
-        fig = duplicate_pairs_figure(bank.data.rows[first], bank.data.rows[second], pairs.similarity[top], names=names)
+        enc, rows = run.encoder, bank.data.rows
+        pictures = (enc.pictures(rows[first], bands), enc.pictures(rows[second], bands))
+        fig = duplicate_pairs_figure(*pictures, pairs.similarity[top], names=names)
         files.append(save_figure(fig, stem.with_suffix(".png")))
     return n_pairs, line, files
 
@@ -167,12 +194,14 @@ def _neighbors_figure(
     q_labels: Tensor | None,
     q_names: list[str],
     classes: list[str] | None,
+    bands: tuple[int, ...] = (),
 ) -> Any:
     rows = bank.data.rows
     common: dict[str, Any] = {"query_labels": q_labels, "query_names": q_names, "class_names": classes}
     neighbour_labels = None if labels is None or q_labels is None else labels[idx]
     if enc.spec.kind == "image":
-        return neighbor_grid(q_rows, rows[idx], sims, neighbor_labels=neighbour_labels, **common)
+        pictures = enc.pictures(q_rows, bands), enc.pictures(rows[idx], bands)
+        return neighbor_grid(*pictures, sims, neighbor_labels=neighbour_labels, **common)
     if enc.spec.kind == "signal":
         return signal_neighbors_figure(q_rows, rows[idx], sims, neighbor_labels=neighbour_labels, **common)
     return None  # tables: the CSV says it

@@ -255,6 +255,33 @@ def plot_diagnostics(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_label_free(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """The label-free measures logged during training (``label_free.*`` of metrics.jsonl) over the steps: each
+    measure and, dashed on the right axis, the trained / random-init ratio. ``None`` when none were logged."""
+    keys = [("rankme", "RankMe"), ("lidar", "LiDAR"), ("alpha_req", "alpha-ReQ (best near 1)")]
+    if not any(_series(rows, f"label_free.{k}")[0].size for k, _ in keys):
+        return None
+    fig = _figure(12, 3.6)
+    axes = fig.subplots(1, 3)
+    for ax, (key, title) in zip(axes, keys, strict=True):
+        x, y = _series(rows, f"label_free.{key}")
+        if len(x):
+            ax.plot(x, y, marker="o", ms=3, lw=1.5, color="tab:blue", label="trained")
+        else:
+            _empty(ax, f"no '{key}' values")
+        xr, yr = _series(rows, f"label_free.{key}_vs_init")
+        if len(xr):
+            right = ax.twinx()
+            right.plot(xr, yr, ls="--", lw=1.2, color="tab:orange")
+            right.axhline(1.0, color="tab:orange", lw=0.6, alpha=0.5)
+            right.set_ylabel("trained / random init", color="tab:orange", fontsize=9)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("optimiser step")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Label-free measures on held-out rows (no labels)", fontsize=12)
+    return _save(fig, path)
+
+
 # ------------------------------------------------------------------------------ nearest neighbours (vicreg neighbors)
 #
 # Image grids are laid out by hand in inches, so their size in pixels is known in advance: a grid of Q queries with k

@@ -19,6 +19,7 @@ from tqdm import tqdm
 __all__ = ["EVERY_SECONDS", "Progress", "format_count", "progress_line"]
 
 T = TypeVar("T")
+S = TypeVar("S", bound=Sized)
 
 EVERY_SECONDS = 10.0
 """Without a bar, a progress line at least this often while a loop runs."""
@@ -113,11 +114,11 @@ class Progress:
         else:
             yield from self._lines(items, desc, total, unit, count)
 
-    def batches(self, desc: str, total: int, unit: str = "rows") -> Callable[[Iterable[Sized]], Iterator[Sized]]:
+    def batches(self, desc: str, total: int, unit: str = "rows") -> Callable[[Iterable[S]], Iterator[S]]:
         """A wrapper for an iterable of batches that counts their rows (``len``) out of ``total``; e.g.
         ``extract_features(..., track=progress.batches("features vicreg", len(rows), "images"))``."""
 
-        def wrap(items: Iterable[Sized]) -> Iterator[Sized]:
+        def wrap(items: Iterable[S]) -> Iterator[S]:
             return self.track(items, desc, total=total, unit=unit, count=len)
 
         return wrap

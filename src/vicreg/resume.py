@@ -7,6 +7,9 @@ A leaf beside :mod:`vicreg.checkpoint`: it takes the run's settings as the plain
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,19 @@ from vicreg.checkpoint import (
     restore_rng_state,
 )
 from vicreg.monitors import OnlineProbe
+from vicreg.resume_rules import ResumeChanges, classify_changes, describe
 
-__all__ = ["MUST_MATCH", "check_settings", "newest_readable", "restore", "training_state"]
+__all__ = [
+    "MUST_MATCH",
+    "check_changes",
+    "check_settings",
+    "newest_readable",
+    "record_resume",
+    "restore",
+    "training_state",
+]
+
+RESUMES_NAME = "resumes.jsonl"
 
 MUST_MATCH = ("model", "optim.name", "batch_size")
 """Settings a checkpoint's state depends on: the weights' shapes, the optimiser's state, the step -> data map.
@@ -123,3 +137,45 @@ def restore(
     if type(step) is not int or step < 0:
         raise CheckpointError(f"{path} holds an invalid step {step!r}")
     return step
+
+
+def check_changes(
+    path: Path,
+    state: Mapping[str, Any],
+    config: Mapping[str, Any],
+    fingerprint: Mapping[str, Any] | None,
+    *,
+    new_data: bool = False,
+) -> ResumeChanges:
+    """What resuming the checkpoint ``state`` (read from ``path``) with this run's ``config`` and data
+    ``fingerprint`` would change (:func:`vicreg.resume_rules.classify_changes`); returns the announced changes.
+
+    Raises:
+        CheckpointError: a change the table refuses, in one line listing only the differing fields (old -> new).
+    """
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} holds no run config; it was not written by `vicreg train`")
+    changes = classify_changes(saved, config, state.get("data"), fingerprint, new_data=new_data)
+    if changes.refused:
+        other_data = any(c.field.startswith("data.") for c in changes.refused)
+        also = " (or, to continue on other data, --resume-with-new-data)" if other_data else ""
+        raise CheckpointError(
+            f"{path}: resuming would change {describe(changes.refused)}; use the same values{also}, or another --out"
+        )
+    return changes
+
+
+def record_resume(run_dir: Path, step: int, changes: ResumeChanges, clock: Callable[[], float] = time.time) -> Path:
+    """Append this resume (its step, time and announced changes) to ``RUN/resumes.jsonl``, one JSON line."""
+    row = {
+        "step": step,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(clock())),
+        "changes": [{"field": c.field, "old": c.old, "new": c.new} for c in changes.announced],
+    }
+    path = run_dir / RESUMES_NAME
+    with open(path, "a", encoding="utf-8") as f:  # one short line: an append is all or nothing in practice
+        f.write(json.dumps(row, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return path

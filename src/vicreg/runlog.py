@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -57,7 +57,14 @@ class RunLog:
     """
 
     def __init__(
-        self, run_dir: Path, enabled: bool, progress: bool, total: int, start: int, out: TextIO | None = None
+        self,
+        run_dir: Path,
+        enabled: bool,
+        progress: bool,
+        total: int,
+        start: int,
+        out: TextIO | None = None,
+        tensorboard: bool = True,
     ) -> None:
         self.enabled = enabled
         self.out = out if out is not None else sys.stdout
@@ -66,7 +73,9 @@ class RunLog:
         self.file = open(run_dir / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115
         self.tb = None
         self.bar = None
-        if enabled:
+        self.sinks: list[Callable[[dict[str, Any]], None]] = []
+        """Called with every metrics row (e.g. an experiment tracker's ``log_scalars``)."""
+        if enabled and tensorboard:
             # purge_step: TensorBoard hides earlier events of steps >= start (a killed run's last steps)
             self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start)
         if enabled and progress and _isatty(sys.stderr):
@@ -95,6 +104,8 @@ class RunLog:
             for key, value in row.items():
                 if key not in ("step", "epoch") and isinstance(value, int | float):
                     self.tb.add_scalar(key.replace(".", "/"), value, row["step"])
+        for sink in self.sinks:
+            sink(row)
         if "loss" in row:
             self.last_row = row
             if self.bar is not None:
@@ -219,6 +230,8 @@ class RunHeader:
             f"vicreg train: {self.modalities} -> {self.out}",
             f"  data        {s.get('source')} ({s.get('split')}): {s.get('count')} samples of {shape_words}{classes}",
         ]
+        if s.get("views"):  # a data kind that says which views it chose (multi-band images)
+            lines.append(f"  views       {s['views']}")
         for branch, name, params, features in self.encoders:
             lines.append(f"  encoder{branch:<4} {name}: {params:,} parameters, {features} features")
         lines.append(f"  expander    {self.expander}: {self.expander_params:,} parameters ({self.params:,} in all)")

@@ -16,7 +16,17 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["ThreadChoice", "ThreadTuner", "available_cores", "candidate_counts", "choose_threads", "default_threads"]
+__all__ = [
+    "StepThreads",
+    "ThreadChoice",
+    "ThreadTrial",
+    "ThreadTuner",
+    "available_cores",
+    "candidate_counts",
+    "choose_threads",
+    "default_threads",
+    "fixed_threads",
+]
 
 
 def available_cores() -> int:
@@ -54,10 +64,32 @@ class ThreadChoice:
     threads: int
     seconds: dict[int, float]
 
-    def words(self) -> str:
-        """``2 threads (measured: 1 -> 0.81 s, 2 -> 1.51 s per step)``, for the header and the log."""
+    def words(self, note: str = "") -> str:
+        """``1 (measured: 1 -> 0.81 s, 2 -> 1.51 s per step; NOTE)``, for the run's ``threads`` line."""
         timed = ", ".join(f"{n} -> {s:.3g} s" for n, s in sorted(self.seconds.items()))
-        return f"{self.threads} thread{'s' if self.threads != 1 else ''} (measured: {timed} per step)"
+        return f"{self.threads} (measured: {timed} per step{'; ' + note if note else ''})"
+
+    def row(self) -> dict[str, float]:
+        """The choice as a metrics row's fields: ``threads`` and ``threads.seconds.N`` for every count timed."""
+        return {"threads": self.threads, **{f"threads.seconds.{n}": s for n, s in sorted(self.seconds.items())}}
+
+
+def fixed_threads(requested: int | None, environ: dict[str, str] | None = None) -> tuple[int, str] | None:
+    """A count decided before any measurement, with the reason, or ``None`` (choose by measurement).
+
+    ``--threads N`` decides; so does ``OMP_NUM_THREADS`` outside torchrun (the usual knob: ``OMP_NUM_THREADS=1``
+    gives bit-identical reruns). Under torchrun it does not, because torchrun sets it to 1 itself whenever the user
+    did not, so it cannot tell a choice from its own default.
+    """
+    environ = dict(os.environ) if environ is None else environ
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"threads must be at least 1, got {requested}; omit --threads to choose by measurement")
+        return requested, "--threads"
+    omp = environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) >= 1 and "LOCAL_WORLD_SIZE" not in environ:
+        return int(omp), "OMP_NUM_THREADS"
+    return None
 
 
 def choose_threads(time_at: Callable[[int], float], candidates: Sequence[int], repeats: int = 2) -> ThreadChoice:
@@ -67,17 +99,44 @@ def choose_threads(time_at: Callable[[int], float], candidates: Sequence[int], r
     Candidates are visited round-robin (1, 2, 1, 2, ...) rather than in blocks, so a load that starts or stops in
     the middle of the measurement affects every candidate alike.
     """
-    if not candidates:
-        raise ValueError("no thread counts to choose from")
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}")
-    samples: dict[int, list[float]] = {n: [] for n in candidates}
-    for _ in range(repeats):
-        for n in candidates:
-            samples[n].append(time_at(n))
-    seconds = {n: statistics.median(s) for n, s in samples.items()}
-    best = min(seconds, key=lambda n: (seconds[n], n))
-    return ThreadChoice(best, seconds)
+    trial = ThreadTrial(candidates, repeats, warm=False)
+    while (choice := trial.record(time_at(trial.count()))) is None:
+        pass
+    return choice
+
+
+class ThreadTrial:
+    """One measurement driven from outside, one unit of work at a time (the training loop's steps): run the next
+    unit with :meth:`count` threads, then :meth:`record` its seconds; the last record returns the choice.
+
+    Candidates are visited round-robin, ``repeats`` times; with ``warm`` a first untimed round goes before
+    (the first unit at a new count pays for thread start-up and per-count kernel set-up).
+    """
+
+    def __init__(self, candidates: Sequence[int], repeats: int = 2, *, warm: bool = True) -> None:
+        if not candidates:
+            raise ValueError("no thread counts to choose from")
+        if repeats < 1:
+            raise ValueError(f"repeats must be at least 1, got {repeats}")
+        self.candidates = list(candidates)
+        self.order = self.candidates * (repeats + int(warm))
+        self.untimed = len(self.candidates) if warm else 0
+        self.done = 0
+        self.samples: dict[int, list[float]] = {n: [] for n in self.candidates}
+
+    def count(self) -> int:
+        """The thread count for the next unit of work."""
+        return self.order[self.done]
+
+    def record(self, seconds: float) -> ThreadChoice | None:
+        """The seconds of the unit just run at :meth:`count`; the choice once every unit is timed."""
+        if self.done >= self.untimed:
+            self.samples[self.order[self.done]].append(seconds)
+        self.done += 1
+        if self.done < len(self.order):
+            return None
+        med = {n: statistics.median(s) for n, s in self.samples.items()}
+        return ThreadChoice(min(med, key=lambda n: (med[n], n)), med)
 
 
 @dataclass
@@ -115,3 +174,55 @@ class ThreadTuner:
             return False
         now = statistics.median(self.recent)
         return abs(now - self.reference) > self.drift * self.reference
+
+
+class StepThreads:
+    """The thread count of a training loop, chosen by measuring its own steps.
+
+    Before each step call :meth:`count` (and set it); after the step, :meth:`record` its seconds. The first steps
+    are a :class:`ThreadTrial` over ``candidates`` (``repeats`` timed rounds after a warm one); they are real steps,
+    only run at different counts. When a trial ends, :meth:`record` returns its :class:`ThreadChoice`: pass it (or
+    the choice another process made, under torchrun) to :meth:`settle`. Then a :class:`ThreadTuner` watches the
+    step time; every ``tuner.every`` steps, if it drifted, ``agree(1)`` (rank 0's verdict under torchrun, so that
+    every process measures at the same steps) starts a short re-check of ``recheck_repeats`` rounds.
+    """
+
+    def __init__(
+        self,
+        candidates: Sequence[int],
+        *,
+        repeats: int = 3,
+        recheck_repeats: int = 2,
+        tuner: ThreadTuner | None = None,
+        agree: Callable[[int], int] = lambda verdict: verdict,
+    ) -> None:
+        self.candidates = list(candidates)
+        self.recheck_repeats = recheck_repeats
+        self.tuner = tuner if tuner is not None else ThreadTuner()
+        self.agree = agree
+        self.trial: ThreadTrial | None = ThreadTrial(self.candidates, repeats, warm=True)
+        self.choice: ThreadChoice | None = None
+
+    @property
+    def measuring(self) -> bool:
+        """A trial is under way (the step time is not the chosen count's)."""
+        return self.trial is not None
+
+    def count(self) -> int:
+        if self.trial is not None:
+            return self.trial.count()
+        assert self.choice is not None
+        return self.choice.threads
+
+    def record(self, seconds: float) -> ThreadChoice | None:
+        if self.trial is not None:
+            return self.trial.record(seconds)
+        due = self.tuner.observe(seconds)
+        if self.tuner.since % self.tuner.every == 0 and self.agree(int(due)):
+            self.trial = ThreadTrial(self.candidates, self.recheck_repeats, warm=False)
+        return None
+
+    def settle(self, choice: ThreadChoice) -> None:
+        """Run at ``choice.threads`` from now on; the tuner's reference is its measured time."""
+        self.trial, self.choice = None, choice
+        self.tuner.chosen(choice)

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vicreg.augment import functional as AF
-from vicreg.augment.images import ViewConfig, default_blur_kernel_size, sample_view_params
+from vicreg.augment.images import OneViewConfig, default_blur_kernel_size, sample_view_params
 from vicreg.data.bands import BandStats, to_unit
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "BandViews",
     "BandViewsConfig",
     "apply_band_view",
+    "auto_recipe",
     "band_views",
     "sample_band_view_params",
 ]
@@ -280,7 +281,7 @@ def sample_band_view_params(
         device = generator.device if generator is not None else torch.device("cpu")
     device = torch.device(device)
     shared = sample_view_params(
-        ViewConfig(
+        OneViewConfig(
             crop_scale=cfg.crop_scale,
             crop_ratio=cfg.crop_ratio,
             flip_p=cfg.flip_p,
@@ -540,9 +541,10 @@ class BandViews:
 class BandViewsConfig:
     """The views of a multi-band / 16-bit training run; :func:`band_views` makes them."""
 
-    recipe: Literal["multispectral", "greyscale16"] = "multispectral"
-    """``multispectral`` (satellite: rotations, shared brightness/contrast, band dropout) or ``greyscale16``
-    (microscopy/medical: per-channel brightness/contrast/gamma, noise); see :data:`RECIPES`."""
+    recipe: Literal["auto", "multispectral", "greyscale16"] = "auto"
+    """``multispectral`` (satellite: rotations, shared brightness/contrast, band dropout), ``greyscale16``
+    (microscopy/medical: per-channel brightness/contrast/gamma, noise), see :data:`RECIPES`; ``auto``:
+    greyscale16 for up to 4 bands, multispectral for more (:func:`auto_recipe`)."""
     size: int = 64
     """Output size of the random resized crop, in pixels."""
     crop_scale_min: float = 0.2
@@ -555,8 +557,8 @@ class BandViewsConfig:
     solarization 0.2 on view B); empty: none. Sentinel-2 L1C/L2A with all 13 bands: 3 2 1."""
 
     def __post_init__(self) -> None:
-        if self.recipe not in RECIPES:
-            raise ValueError(f"views.recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
+        if self.recipe not in RECIPES and self.recipe != "auto":
+            raise ValueError(f"views.recipe must be auto or one of {sorted(RECIPES)}, got {self.recipe!r}")
         if self.size < 8:
             raise ValueError(f"views.size must be at least 8 pixels, got {self.size}")
         if not 0 < self.crop_scale_min <= 1:
@@ -565,9 +567,16 @@ class BandViewsConfig:
             raise ValueError(f"views.rgb_bands must be three band indices (R G B), got {self.rgb_bands}")
 
 
+def auto_recipe(channels: int) -> Literal["multispectral", "greyscale16"]:
+    """The recipe ``recipe="auto"`` picks: ``greyscale16`` for 1 to 4 bands (a greyscale scan, a few
+    microscopy stains), ``multispectral`` for 5 or more (satellite bands)."""
+    return "greyscale16" if channels <= 4 else "multispectral"
+
+
 def band_views(cfg: BandViewsConfig, stats: BandStats) -> BandViews:
     """The :class:`BandViews` of a run's settings for data with these per-band statistics."""
-    view_a, view_b = RECIPES[cfg.recipe]
+    recipe = auto_recipe(len(stats.mean)) if cfg.recipe == "auto" else cfg.recipe
+    view_a, view_b = RECIPES[recipe]
     overrides: dict[str, object] = {"crop_scale": (cfg.crop_scale_min, 1.0)}
     if cfg.rotations is not None:
         overrides.update(rotate90=cfg.rotations, vflip_p=0.5 if cfg.rotations else 0.0)

@@ -11,6 +11,7 @@ package and never branches on the modality itself. One module per job:
   split for evaluation; :mod:`~vicreg.build.splits`: labelled train/test splits;
 * :mod:`~vicreg.build.checkpoints`: what a checkpoint stores (:func:`checkpoint_meta`) and :func:`load_encoder`,
   which rebuilds a trained model strictly;
+* :mod:`~vicreg.build.labelfree`: the label-free measures of an encoder on a seeded held-out sample;
 * :mod:`~vicreg.build.runs`: :func:`open_run` (encoder, device, the data kind of the data asked for, with the data
   root passed as an argument) and :func:`encoder_features` (cached frozen features).
 
@@ -39,9 +40,16 @@ from vicreg.build.kinds import (
     data_kind,
     run_data_kind,
 )
+from vicreg.build.labelfree import (
+    LabelFreeMonitor,
+    LabelFreeSample,
+    label_free_monitor,
+    label_free_sample,
+    measure_label_free,
+)
 from vicreg.build.runs import DataArgs, OpenRun, encoder_features, open_run, open_run_with
 from vicreg.build.runtime import autocast_dtype, resolve_device, setup_distributed
-from vicreg.build.splits import labelled_splits
+from vicreg.build.splits import NoLabelsError, held_out_rows, labelled_splits
 
 __all__ = [
     "KINDS",
@@ -50,7 +58,10 @@ __all__ = [
     "DataKind",
     "ImageKind",
     "Input",
+    "LabelFreeMonitor",
+    "LabelFreeSample",
     "LoadedEncoder",
+    "NoLabelsError",
     "OpenRun",
     "PairKind",
     "SignalKind",
@@ -64,8 +75,12 @@ __all__ = [
     "encoder_spec",
     "encoder_specs",
     "find_checkpoint",
+    "held_out_rows",
+    "label_free_monitor",
+    "label_free_sample",
     "labelled_splits",
     "load_encoder",
+    "measure_label_free",
     "model_from_config",
     "model_from_specs",
     "open_run",

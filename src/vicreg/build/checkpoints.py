@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from vicreg.build.encoders import Input, encoder_spec, model_from_specs
 from vicreg.build.kinds import DataKind, PairKind, TrainingData, data_kind, run_data_kind
 from vicreg.checkpoint import CheckpointError, load_checkpoint, newest_good_checkpoint
 from vicreg.config import TrainConfig, config_from_dict
+from vicreg.data.bands import BandStats, to_display
 from vicreg.distributed import DistInfo
 from vicreg.models import EncoderSpec, VICReg
 
@@ -34,7 +35,7 @@ __all__ = [
 def checkpoint_meta(data: TrainingData, spec: EncoderSpec, spec_b: EncoderSpec | None) -> dict[str, Any]:
     """What a checkpoint stores, beside the weights and the config, to rebuild and feed the model without
     reading the training data again: the data kind and each encoder's :class:`EncoderSpec`."""
-    kind: dict[str, Any] = {"name": data.kind.name}
+    kind: dict[str, Any] = {"name": data.kind.name, **data.meta}
     if isinstance(data.kind, PairKind):
         kind.update(modality_a=data.kind.modality_a, modality_b=data.kind.modality_b)
     return {
@@ -96,7 +97,27 @@ class LoadedEncoder:
             data_column=data_column or (self.config.data_column if own else ""),
             label_column=label_column or (self.config.label_column if own else ""),
             root=root,
+            window=self.config.window,  # the encoder learned windowed values: any DICOM data gets its window
         )
+
+    @property
+    def band_stats(self) -> BandStats | None:
+        """Multi-band runs: the training data's per-band statistics (their ``low``/``high`` stretch pictures)."""
+        stored = self.data_kind.get("band_stats")
+        return BandStats.from_dict(stored) if isinstance(stored, Mapping) else None
+
+    def pictures(self, rows: Tensor, bands: Sequence[int] = ()) -> Tensor:
+        """``uint8`` grey or RGB pictures ``(..., 1 or 3, H, W)`` of image rows ``(..., C, H, W)`` for figures:
+        8-bit grey/RGB rows as they are; other rows through :func:`vicreg.data.bands.to_display` (``bands``: one
+        or three band indices, default the first three), each band stretched over the training data's
+        ``low``/``high`` percentiles when the run stored them."""
+        if not bands and rows.dtype == torch.uint8 and rows.shape[-3] in (1, 3):
+            return rows
+        stats = self.band_stats
+        flat = rows.reshape(-1, *rows.shape[-3:])
+        low, high = (None, None) if stats is None else (stats.low, stats.high)
+        shown = to_display(flat, bands, low, high)
+        return shown.reshape(*rows.shape[:-3], *shown.shape[1:])
 
     def branch(self, name: str = "a") -> tuple[nn.Module, EncoderSpec]:
         """The backbone of branch ``name`` (``a``, or ``b`` of a two-encoder run) and its description."""

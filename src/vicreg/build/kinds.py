@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vicreg.augment.bands import auto_recipe, band_views
 from vicreg.augment.images import image_views
 from vicreg.augment.pairs import PairViews, TensorPair
 from vicreg.augment.signals import signal_views
@@ -28,6 +29,7 @@ from vicreg.data import (
     FloatDataset,
     FolderLoader,
     ImageDataset,
+    ImageFolderSource,
     InMemoryLoader,
     channel_stats,
     folder_loader,
@@ -38,6 +40,7 @@ from vicreg.data import (
     load_float_rows,
     load_pairs,
 )
+from vicreg.data.bands import BandImages, BandStats, band_format, band_source_has_test, parse_window, read_bands
 from vicreg.data.hf import (
     HFStreamLoader,
     hf_loader,
@@ -47,12 +50,15 @@ from vicreg.data.hf import (
     load_hf_images,
     parse_hf_source,
 )
+from vicreg.data.loaders import decode_folder
 from vicreg.distributed import DistInfo
+from vicreg.htmlreport.thumbs import image_thumbnails, signal_images, signal_thumbnails, table_texts
 from vicreg.models import EncoderSpec, VICReg
 from vicreg.monitors import KnnMonitor
 
 __all__ = [
     "KINDS",
+    "BandKind",
     "BatchLoader",
     "DataKind",
     "ImageKind",
@@ -64,6 +70,11 @@ __all__ = [
     "data_kind",
     "run_data_kind",
 ]
+
+LabelFreeViews = Callable[[Tensor, torch.Generator], Any]
+"""``(rows, generator)`` -> one augmented copy or a pair of copies, as the encoder takes them."""
+Preview = tuple[list[str] | None, list[str] | None]
+"""What a point of the report's explorer shows: thumbnails (PNG data URIs) or texts, one per row (or ``None``)."""
 
 Views = Any  # a views object: views(x, generator=g) -> (v_a, v_b); PaperViews also has .multi (local crops)
 BatchLoader = InMemoryLoader | FolderLoader | HFStreamLoader
@@ -83,6 +94,9 @@ class TrainingData:
     monitor: KnnMonitor | None
     summary: dict[str, Any]
     """Source, split, count, shape and classes, in words and numbers, for the run header."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """What the checkpoint's ``data_kind`` stores beside the kind's name (multi-band data: the band statistics
+    and the DICOM window), to feed and show the data as training did without reading it again."""
 
     def model(self, cfg: TrainConfig) -> tuple[VICReg, EncoderSpec, EncoderSpec | None]:
         """A freshly initialised model for this data (:func:`~vicreg.build.model_from_specs`), and the
@@ -95,7 +109,7 @@ class TrainingData:
 class Split:
     """One split for evaluation / embedding: the rows as the encoder's data kind holds them."""
 
-    data: Dataset
+    data: Dataset | BandImages
     native_shape: tuple[int, ...] | None = None
     """Images: their size before resizing (``None``: an image folder, decoded straight to the size)."""
     paths: list[str] | None = None
@@ -119,6 +133,55 @@ class DataKind(ABC):
         """Whether ``source`` has its own test split (else evaluation makes a seeded one)."""
         return has_splits(source)
 
+    def sample_split(
+        self, source: str, split: str, spec: EncoderSpec, pick: Callable[[int], Tensor], *, download: bool = False
+    ) -> Split:
+        """The rows ``pick(n)`` (indices into the split's ``n`` rows) of one split, as :meth:`load_split` gives
+        them; kinds that can read a few rows without the rest (image folders) override it."""
+        whole = self.load_split(source, split, spec, download=download)
+        index = pick(len(whole.data))
+        paths = None if whole.paths is None else [whole.paths[i] for i in index.tolist()]
+        return Split(whole.data.subset(index), whole.native_shape, paths)
+
+    @abstractmethod
+    def label_free_views(self, cfg: TrainConfig, spec: EncoderSpec, rows: Dataset | BandImages) -> LabelFreeViews:
+        """The training views of ``cfg`` for ``rows`` of this kind (as :meth:`load_split` gives them to encoder
+        ``spec``): ``(rows, generator)`` -> augmented copies, the surrogate classes of LiDAR."""
+
+    def preview(self, rows: Tensor) -> Preview:
+        """How rows (as :meth:`load_split` gives them) look in the HTML report: ``(thumbnails, texts)``."""
+        return None, None
+
+    def sprite(self, rows: Tensor) -> Tensor | np.ndarray | None:
+        """uint8 pictures ``(N, C, H, W)`` of rows for TensorBoard's projector (``None``: no picture)."""
+        return None
+
+
+def _uint8_images(rows: Tensor) -> Tensor:
+    """Images as uint8: 16-bit bands scaled per image to 0..255 (what a screen shows)."""
+    if rows.dtype == torch.uint8:
+        return rows
+    x = rows.float()
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    return ((x - lo) / (hi - lo).clamp_min(1e-6) * 255).round().to(torch.uint8)
+
+
+def _preview(modality: str, rows: Tensor) -> Preview:
+    if modality == "image":
+        return image_thumbnails(_uint8_images(rows)), None
+    if modality == "signal":
+        return signal_thumbnails(rows), None
+    return None, table_texts(rows)
+
+
+def _sprite(modality: str, rows: Tensor) -> Tensor | np.ndarray | None:
+    if modality == "image":
+        return _uint8_images(rows)
+    if modality == "signal":
+        return signal_images(rows)
+    return None
+
 
 def _check_batch(n: int, cfg: TrainConfig, what: str) -> None:
     if n < cfg.batch_size:
@@ -131,7 +194,7 @@ def _shard(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     return {"seed": cfg.seed, "rank": info.rank, "world_size": info.world_size}
 
 
-def _summary(data: Dataset, source: str, split: str) -> dict[str, Any]:
+def _summary(data: Dataset | BandImages, source: str, split: str) -> dict[str, Any]:
     return {
         "source": source,
         "split": split,
@@ -151,10 +214,15 @@ class ImageKind(DataKind):
     name = "image"
 
     def __init__(
-        self, data_column: str = "", label_column: str = "", root: str | os.PathLike[str] | None = None
+        self,
+        data_column: str = "",
+        label_column: str = "",
+        root: str | os.PathLike[str] | None = None,
+        window: str = "",
     ) -> None:
         self.columns: dict[str, Any] = {"data_column": data_column or None, "label_column": label_column or None}
         self.root = root
+        self.window = window
 
     def _streamed(self, cfg: TrainConfig, info: DistInfo) -> tuple[FolderLoader | HFStreamLoader, str, int]:
         """The loader of an image folder or a Hugging Face dataset (decoded in workers), its split and size."""
@@ -189,6 +257,8 @@ class ImageKind(DataKind):
         return loader, "train", len(loader.source)
 
     def training_data(self, cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainingData:
+        if not is_hf_source(cfg.data) and band_format(cfg.data) is not None:  # multi-band / 16-bit images
+            return BandKind(cfg.window).training_data(cfg, info, device)
         per_rank = cfg.batch_size // info.world_size
         path = Path(cfg.data).expanduser()
         loader: BatchLoader
@@ -245,6 +315,8 @@ class ImageKind(DataKind):
         size = spec.input_shape[-1] if len(spec.input_shape) == 3 else 0
         if size < 1:
             raise CheckpointError(f"the encoder's description has no image size ({spec.input_shape}); re-export it")
+        if not is_hf_source(source) and band_format(source) is not None:
+            return BandKind(self.window).load_split(source, split, spec, download=download)
         if is_hf_source(source):
             data = load_hf_images(
                 source, split, size=size, channels=spec.in_channels, download=download, **self.columns
@@ -256,7 +328,120 @@ class ImageKind(DataKind):
     def has_splits(self, source: str) -> bool:
         if is_hf_source(source):
             return parse_hf_source(source).split is None and "test" in hf_splits(source)
+        if band_format(source) is not None:
+            return band_source_has_test(source)
         return has_splits(source)
+
+    def sample_split(
+        self, source: str, split: str, spec: EncoderSpec, pick: Callable[[int], Tensor], *, download: bool = False
+    ) -> Split:
+        path = Path(source).expanduser()
+        if is_hf_source(source) or not is_image_folder(path):
+            return super().sample_split(source, split, spec, pick, download=download)
+        folder = ImageFolderSource(path, spec.input_shape[-1], channels=spec.in_channels)
+        index = pick(len(folder)).tolist()  # decode only the rows picked, not the whole folder
+        folder.files = [folder.files[i] for i in index]
+        folder.labels = None if folder.labels is None else [folder.labels[i] for i in index]
+        data, paths = decode_folder(folder)
+        return Split(data, None, paths)
+
+    def label_free_views(self, cfg: TrainConfig, spec: EncoderSpec, rows: Dataset | BandImages) -> LabelFreeViews:
+        views = image_views(cfg.views, spec.mean, spec.std, spec.in_channels)
+        return lambda x, generator: views(x, generator=generator)
+
+    def preview(self, rows: Tensor) -> Preview:
+        return _preview(self.name, rows)
+
+    def sprite(self, rows: Tensor) -> Tensor | np.ndarray | None:
+        return _sprite(self.name, rows)
+
+
+class BandKind(DataKind):
+    """Multi-band and high-bit-depth images (:mod:`vicreg.data.bands`): a ``.npy``/``.npz`` of ``(N, C, H, W)``
+    images that are not 8-bit grey or RGB, a folder of such TIFFs, or a folder of DICOM files (``window``: the
+    DICOM window, ``""``, ``"file"`` or ``"CENTER,WIDTH"``).
+
+    The images stay in their own dtype on the device (``uint16`` is 2 bytes a value until the views convert it);
+    per-band statistics of the training split (percentiles ``cfg.band_percentiles``) give the encoder's
+    normalisation and the views' working range (:func:`vicreg.augment.bands.band_views`); the encoder reads
+    ``C`` channels. :class:`ImageKind` hands such sources to this kind, so the encoder's input stays ``image``.
+    """
+
+    name = "image"
+
+    def __init__(self, window: str = "") -> None:
+        self.window = window
+
+    def training_data(self, cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainingData:
+        train_set = read_bands(cfg.data, "train", size=cfg.image_size or None, window=parse_window(cfg.window))
+        _check_batch(len(train_set), cfg, "images")
+        stats = train_set.stats(percentiles=cfg.band_percentiles)
+        loader = InMemoryLoader(
+            train_set.images.to(device),
+            cfg.batch_size // info.world_size,
+            labels=None if train_set.labels is None else train_set.labels.to(device),
+            shuffle=True,
+            drop_last=True,
+            **_shard(cfg, info),
+        )
+        views = band_views(cfg.band_views, stats)
+        size = cfg.band_views.size
+        inp = Input(self.name, (train_set.channels, size, size), stats.mean, stats.std)
+        monitor = None
+        if cfg.eval_split and cfg.knn_every > 0 and train_set.labels is not None:
+            test = None
+            if band_source_has_test(cfg.data):
+                test = read_bands(cfg.data, "test", window=parse_window(cfg.window))
+            if test is None or test.labels is not None:
+                monitor = KnnMonitor(
+                    train_set.images,
+                    train_set.labels,
+                    None if test is None else test.images,
+                    None if test is None else test.labels,
+                    inp.mean,
+                    inp.std,
+                )
+        classes = 0 if train_set.labels is None else int(train_set.labels.max()) + 1
+        summary = _summary(train_set, cfg.data, "train")
+        recipe = cfg.band_views.recipe
+        words = f"{auto_recipe(train_set.channels)} (auto)" if recipe == "auto" else recipe
+        rgb = f", RGB operations on bands {list(cfg.band_views.rgb_bands)}" if cfg.band_views.rgb_bands else ""
+        lo_p, hi_p = cfg.band_percentiles
+        summary["views"] = (
+            f"band views, recipe {words}, {size} px{rgb}; {train_set.channels} bands of "
+            f"{str(train_set.images.dtype).removeprefix('torch.')}, normalised by per-band statistics within the "
+            f"{lo_p:g}-{hi_p:g} percentiles" + (f"; DICOM window {cfg.window}" if cfg.window else "")
+        )
+        meta = {"band_stats": stats.to_dict(), "band_percentiles": list(cfg.band_percentiles), "window": cfg.window}
+        return TrainingData(self, loader, views, (inp, inp), classes, monitor, summary, meta)
+
+    def load_split(self, source: str, split: str, spec: EncoderSpec, *, download: bool = False) -> Split:
+        size = spec.input_shape[-1]
+        data = read_bands(source, split, window=parse_window(self.window))
+        native = data.image_size
+        if data.channels != spec.in_channels:
+            raise ValueError(
+                f"{source} has {data.channels} bands but the encoder was trained on {spec.in_channels}; pass data "
+                "with the training run's bands, in its order"
+            )
+        return Split(data.resized(size), native)
+
+    def has_splits(self, source: str) -> bool:
+        return band_source_has_test(source)
+
+    def label_free_views(self, cfg: TrainConfig, spec: EncoderSpec, rows: Dataset | BandImages) -> LabelFreeViews:
+        """The run's band views, normalising with the encoder's statistics; the photometric range (the
+        percentiles) is read from ``rows``, the held-out sample."""
+        assert isinstance(rows, BandImages)
+        sample = rows.stats(percentiles=cfg.band_percentiles)
+        views = band_views(cfg.band_views, BandStats(spec.mean, spec.std, sample.low, sample.high))
+        return lambda x, generator: views(x, generator=generator)
+
+    def preview(self, rows: Tensor) -> Preview:
+        return _preview(self.name, rows)
+
+    def sprite(self, rows: Tensor) -> Tensor | np.ndarray | None:
+        return _sprite(self.name, rows)
 
 
 class _FloatKind(DataKind):
@@ -296,6 +481,12 @@ class _FloatKind(DataKind):
             return False
         return True
 
+    def preview(self, rows: Tensor) -> Preview:
+        return _preview(self.name, rows)
+
+    def sprite(self, rows: Tensor) -> Tensor | np.ndarray | None:
+        return _sprite(self.name, rows)
+
 
 def _check_width(data: Dataset, spec: EncoderSpec) -> None:
     if spec.input_shape and data.rows.shape[1] != spec.input_shape[0]:
@@ -321,6 +512,10 @@ class SignalKind(_FloatKind):
     def _views(self, cfg: TrainConfig, side: FloatDataset) -> Any:
         return signal_views(cfg.signal_views, side.mean, side.std)
 
+    def label_free_views(self, cfg: TrainConfig, spec: EncoderSpec, rows: Dataset | BandImages) -> LabelFreeViews:
+        views = signal_views(cfg.signal_views, spec.mean, spec.std)  # standardised as in training
+        return lambda x, generator: views(x, generator=generator)
+
 
 class TableKind(_FloatKind):
     """Table rows ``(N, F)``."""
@@ -329,6 +524,11 @@ class TableKind(_FloatKind):
 
     def _views(self, cfg: TrainConfig, side: FloatDataset) -> Any:
         return table_views(cfg.table_views, side.x)
+
+    def label_free_views(self, cfg: TrainConfig, spec: EncoderSpec, rows: Dataset | BandImages) -> LabelFreeViews:
+        assert isinstance(rows, FloatDataset)
+        views = table_views(cfg.table_views, rows.x)  # corruption draws from the marginals of the rows measured
+        return lambda x, generator: views(x, generator=generator)
 
 
 def _side(x: np.ndarray, labels: Tensor | None, modality: str, name: str) -> Dataset:
@@ -408,6 +608,17 @@ class PairKind(DataKind):
             return False
         return True
 
+    def label_free_views(self, cfg: TrainConfig, spec: EncoderSpec, rows: Dataset | BandImages) -> LabelFreeViews:
+        assert not isinstance(rows, BandImages)  # pairs hold 8-bit images or float rows
+        view, _ = _one_view(cfg, self.modality_a, rows, "a")  # branch A's view: eval measures branch A
+        return view
+
+    def preview(self, rows: Tensor) -> Preview:
+        return _preview(self.modality_a, rows)  # the first side: what evaluation and embedding read
+
+    def sprite(self, rows: Tensor) -> Tensor | np.ndarray | None:
+        return _sprite(self.modality_a, rows)
+
 
 KINDS: dict[str, type[DataKind]] = {"image": ImageKind, "signal": SignalKind, "table": TableKind}
 
@@ -419,20 +630,27 @@ def data_kind(
     data_column: str = "",
     label_column: str = "",
     root: str | os.PathLike[str] | None = None,
+    window: str = "",
 ) -> DataKind:
     """The data kind of a run's ``modality`` (and ``modality_b`` for two-modality pairs); ``data_column``,
-    ``label_column`` and ``root``: see :class:`ImageKind` (the other kinds read no names or columns)."""
+    ``label_column``, ``root`` and ``window``: see :class:`ImageKind` (the other kinds read no names or
+    columns)."""
     if modality_b:
         return PairKind(modality, modality_b)
     if modality not in KINDS:
         raise ValueError(f"unknown modality {modality!r}; choose one of {', '.join(KINDS)}")
     if modality == "image":
-        return ImageKind(data_column, label_column, root)
+        return ImageKind(data_column, label_column, root, window)
     return KINDS[modality]()
 
 
 def run_data_kind(cfg: TrainConfig) -> DataKind:
     """The data kind of a training config."""
     return data_kind(
-        cfg.modality, cfg.modality_b, data_column=cfg.data_column, label_column=cfg.label_column, root=cfg.data_root
+        cfg.modality,
+        cfg.modality_b,
+        data_column=cfg.data_column,
+        label_column=cfg.label_column,
+        root=cfg.data_root,
+        window=cfg.window,
     )

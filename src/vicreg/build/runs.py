@@ -5,6 +5,7 @@ that reads the data asked for (the data root passed down as an argument, never t
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,13 +105,15 @@ def encoder_features(
     precision: str = "fp32",
     seed: int = 0,
     labels: Tensor | None = None,
+    track: Callable[[Iterable[Tensor]], Iterable[Tensor]] | None = None,
 ) -> tuple[Tensor, bool]:
     """Frozen features of ``rows`` (images, signals or table rows, as the run's data kind loads them).
 
     ``which``: ``vicreg`` (representation), ``expander`` (representation
     and expander output side by side, ``(N, feature_dim + embedding_dim)``) or ``random_init``.
 
-    Cached under ``cache_dir`` (``None``: not cached). Returns ``(features, cache_hit)``.
+    Cached under ``cache_dir`` (``None``: not cached). Returns ``(features, cache_hit)``. ``track`` wraps the row
+    batches when they are computed (``Progress.batches(...)``; a cache hit computes nothing).
     """
     device = torch.device(device)
     if which == "random_init":
@@ -143,6 +146,7 @@ def encoder_features(
             mean=enc.mean,
             std=enc.std,
             autocast_dtype=autocast_dtype(precision, device),
+            track=track,
         )
 
     return cached(cache_dir, key, compute)

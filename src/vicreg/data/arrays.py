@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+from numpy.lib.recfunctions import structured_to_unstructured
 from torch import Tensor
 from torchvision.transforms.v2.functional import center_crop, resize
 
@@ -268,7 +269,7 @@ def channel_stats(images: Tensor, chunk_elements: int = 1 << 24) -> tuple[tuple[
 def as_float_array(x: Any, kind: Kind, *, name: str = "arrays") -> Tensor:
     """A contiguous float32 tensor of signals ``(N, C, T)`` (``(N, T)`` is read as one channel) or table rows
     ``(N, F)``; NaN and infinite values are refused."""
-    t = torch.as_tensor(np.asarray(x)) if not isinstance(x, Tensor) else x
+    t = torch.as_tensor(_numeric_table(np.asarray(x), kind, name)) if not isinstance(x, Tensor) else x
     if kind == "signal" and t.ndim == 2:
         t = t[:, None, :]
     want = {"signal": 3, "table": 2}[kind]
@@ -281,6 +282,39 @@ def as_float_array(x: Any, kind: Kind, *, name: str = "arrays") -> Tensor:
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name}: the {kind} data holds NaN or infinite values; impute or drop them first")
     return t.contiguous()
+
+
+def _is_number(dtype: np.dtype) -> bool:
+    return dtype.kind in "biuf"  # bool, signed, unsigned, float (complex and text are not numbers)
+
+
+def _numeric_table(a: np.ndarray, kind: Kind, name: str) -> np.ndarray:
+    """``a`` when it holds numbers; a structured array (``DataFrame.to_records()``) of number columns as one
+    float array; otherwise one line naming the first column that is not numbers and one of its values."""
+    if a.dtype.names:
+        for column in a.dtype.names:
+            if not _is_number(a.dtype[column]):
+                raise ValueError(
+                    f"{name}: column {column!r} of the {kind} data holds {a.dtype[column]} values, not numbers; "
+                    "encode it as numbers (e.g. one-hot or category codes) or drop it before saving"
+                )
+        return structured_to_unstructured(a, dtype=np.float64)
+    if _is_number(a.dtype):
+        return a
+    if a.dtype.kind in "US" and a.ndim == 2:
+        for j in range(a.shape[1]):
+            for i, value in enumerate(a[:, j].tolist()):
+                try:
+                    float(value)
+                except ValueError:
+                    raise ValueError(
+                        f"{name}: column {j} of the {kind} data holds text ({value!r} in row {i}), not numbers; "
+                        "encode it as numbers (e.g. one-hot or category codes) or drop it before saving"
+                    ) from None
+    raise ValueError(
+        f"{name}: the {kind} data is stored as {a.dtype} values, not numbers; convert it to numbers before "
+        "saving (e.g. x.astype(numpy.float32))"
+    )
 
 
 def as_labels(y: Any, n: int, name: str) -> Tensor | None:

@@ -30,7 +30,7 @@ map that :class:`vicreg.models.EncoderSpec` (``mean``/``std``) already describes
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -40,20 +40,27 @@ import torch
 from torch import Tensor
 
 from vicreg.data.arrays import resize_images
+from vicreg.data.numpy_files import check_numpy_file
 from vicreg.data.readers import file_content
 
 __all__ = [
     "BAND_DTYPES",
     "DICOM_EXTENSIONS",
     "TIFF_EXTENSIONS",
+    "BandFormat",
     "BandImages",
     "BandStats",
     "as_band_images",
+    "band_format",
+    "band_source_has_test",
     "band_stats",
     "normalize_bands",
+    "parse_window",
     "read_band_arrays",
+    "read_bands",
     "read_dicom_folder",
     "read_tiff_folder",
+    "to_display",
     "to_unit",
 ]
 
@@ -239,6 +246,7 @@ def read_band_arrays(path: str | os.PathLike[str], *, split: str = "train") -> B
         raise FileNotFoundError(f"no array file at {path}: give a .npy or .npz file of (N, C, H, W) images")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    check_numpy_file(path)  # cut short, impossible sizes, damaged archives: one line, before any allocation
     try:
         content = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
@@ -471,7 +479,7 @@ class BandStats(NamedTuple):
         return {k: list(v) for k, v in self._asdict().items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Sequence[float]]) -> BandStats:
+    def from_dict(cls, d: Mapping[str, Sequence[float]]) -> BandStats:
         return cls(*(tuple(float(v) for v in d[k]) for k in cls._fields))
 
 
@@ -542,3 +550,174 @@ def normalize_bands(
     m = torch.tensor(mean, dtype=torch.float32, device=device).expand(c).reshape(shape)
     s = torch.tensor(std, dtype=torch.float32, device=device).expand(c).reshape(shape)
     return (x - m) / s  # not in place: a float32 x is returned by to_unit as it is
+
+
+# ------------------------------------------------------------------------------------------------- sources
+
+
+BandFormat = Literal["arrays", "tiff", "dicom"]
+
+
+def _array_is_bands(shape: tuple[int, ...], dtype: np.dtype[Any], value_range: Any) -> bool:
+    """Whether an image array is multi-band / high-bit-depth rather than 8-bit grey or RGB (see
+    :func:`band_format`); ``value_range()`` gives ``(min, max)`` for float arrays, read only when needed."""
+    if len(shape) == 4 and shape[1] not in (1, 3) and shape[-1] not in (1, 3):
+        return True  # channels first, C not 1 or 3
+    if np.issubdtype(dtype, np.integer):
+        return dtype != np.uint8
+    if np.issubdtype(dtype, np.floating):
+        lo, hi = value_range()
+        return not (lo >= 0 and hi <= 1)  # floats in [0, 1] are 8-bit images scaled (the ImageDataset rule)
+    return False
+
+
+def _first_file(folder: Path, matches: Any, look: int = 64) -> Path | None:
+    """The first matching file among the first ``look`` files of ``folder`` and of its first sub-folder (a
+    cheap look: a large image folder is not walked)."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    subs = [p for p in entries if p.is_dir()]
+    files = [p for p in entries if p.is_file()][:look]
+    if subs:
+        files += sorted(p for p in subs[0].iterdir() if p.is_file() and not p.name.startswith("."))[:look]
+    return next((p for p in files if matches(p)), None)
+
+
+def band_format(source: str | os.PathLike[str]) -> BandFormat | None:
+    """How :func:`read_bands` reads ``source``, or ``None`` when it is not multi-band / high-bit-depth data.
+
+    * a ``.npy``/``.npz`` file whose images are not 8-bit grey or RGB: ``(N, C, H, W)`` with ``C`` not 1 or 3,
+      any integer dtype but ``uint8``, or floats outside ``[0, 1]`` -> ``"arrays"``;
+    * a folder whose first file (directly, or in the first class sub-folder) is a DICOM file -> ``"dicom"``;
+    * a folder whose first file is a TIFF that is not 8-bit grey or RGB (read from its header with
+      ``tifffile``; without it, TIFF folders stay 8-bit image folders) -> ``"tiff"``.
+
+    8-bit grey and RGB data keep the image path (:class:`~vicreg.data.ImageDataset` and its views).
+    """
+    path = Path(os.fspath(source)).expanduser()
+    if path.is_file() and path.suffix.lower() in (".npy", ".npz"):
+        try:
+            content = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            return None  # the image path's reader says what is wrong
+        if isinstance(content, np.ndarray):
+            a = content
+            return "arrays" if _array_is_bands(a.shape, a.dtype, lambda: (float(a.min()), float(a.max()))) else None
+        with content:
+            key = next((k for k in ("images", "x", "data", "X") if k in content.files), None)
+            if key is None and len(content.files) == 1:
+                key = content.files[0]
+            if key is None:
+                return None
+            a = content[key]
+        return "arrays" if _array_is_bands(a.shape, a.dtype, lambda: (float(a.min()), float(a.max()))) else None
+    if not path.is_dir():
+        return None
+    first = _first_file(path, lambda p: _is_dicom(p) or p.suffix.lower() in TIFF_EXTENSIONS)
+    if first is None:
+        return None
+    if first.suffix.lower() not in TIFF_EXTENSIONS:
+        return "dicom"
+    try:
+        import tifffile
+    except ImportError:
+        return None
+    try:
+        with tifffile.TiffFile(first) as tif:
+            series = tif.series[0]
+            shape, dtype, axes = tuple(series.shape), np.dtype(series.dtype), series.axes
+    except (OSError, tifffile.TiffFileError):
+        return None
+    bands = next((n for ax, n in zip(axes, shape, strict=True) if ax not in "YX" and n > 1), 1)
+    return None if dtype == np.uint8 and bands in (1, 3) else "tiff"
+
+
+def parse_window(text: str) -> Window:
+    """A DICOM window from its command-line form: ``""`` (none), ``"file"`` or ``"CENTER,WIDTH"``."""
+    text = text.strip()
+    if not text:
+        return None
+    if text == "file":
+        return "file"
+    parts = text.replace(" ", ",").split(",")
+    parts = [p for p in parts if p]
+    try:
+        center, width = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(
+            f"window must be CENTER,WIDTH in modality units (e.g. 40,400 for CT soft tissue) or 'file', got {text!r}"
+        ) from None
+    if not width > 0:
+        raise ValueError(f"the window width must be > 0, got {text!r}")
+    return center, width
+
+
+def read_bands(
+    source: str | os.PathLike[str], split: str = "train", *, size: int | None = None, window: Window = None
+) -> BandImages:
+    """The multi-band images of ``source`` (a format :func:`band_format` recognises), at ``size`` when given.
+
+    ``split``: ``train`` or ``test`` for array files (``images_test`` in a ``.npz``); folders hold one split
+    (evaluation splits them). ``window``: DICOM folders only (:func:`read_dicom_folder`)."""
+    fmt = band_format(source)
+    if fmt is None:
+        raise ValueError(
+            f"{source} is not multi-band data: give a .npy/.npz of (N, C, H, W) images, a folder of TIFF files or a "
+            "folder of DICOM files"
+        )
+    if fmt == "arrays":
+        data = read_band_arrays(source, split=split)
+        return data if size is None else data.resized(size)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if fmt == "tiff":
+        return read_tiff_folder(source, size=size)
+    return read_dicom_folder(source, window=window, size=size)
+
+
+def band_source_has_test(source: str | os.PathLike[str]) -> bool:
+    """Whether a multi-band source has its own test split (a ``.npz`` with ``images_test``/``x_test``)."""
+    path = Path(os.fspath(source)).expanduser()
+    if not (path.is_file() and path.suffix.lower() == ".npz"):
+        return False
+    with np.load(path, allow_pickle=False) as content:
+        return any(f"{k}_test" in content.files for k in ("images", "x", "data", "X"))
+
+
+def to_display(
+    images: Tensor,
+    bands: Sequence[int] = (),
+    low: Sequence[float] | None = None,
+    high: Sequence[float] | None = None,
+) -> Tensor:
+    """``uint8`` pictures ``(N, 1 or 3, H, W)`` of images of any bands and dtype, for figures.
+
+    ``bands``: one band (grey) or three (R, G, B, e.g. ``(3, 2, 1)`` for Sentinel-2's B4/B3/B2); default: the
+    images themselves when they are ``uint8`` grey or RGB, else the first three bands (one when ``C < 3``).
+    Each shown band is stretched from ``low`` to ``high`` (per band, in :func:`to_unit`'s units; default: the
+    1st and 99th percentiles of the images shown) onto ``0..255``, clipped: a display stretch only, the data
+    are never changed.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"to_display needs (N, C, H, W) images, got {tuple(images.shape)}")
+    c = images.shape[1]
+    if not bands:
+        if images.dtype == torch.uint8 and c in (1, 3):
+            return images
+        bands = (0, 1, 2) if c >= 3 else (0,)
+    bands = tuple(bands)
+    if len(bands) not in (1, 3):
+        raise ValueError(f"show one band (grey) or three (R G B), got {len(bands)}: {bands}")
+    _check_band_indices(bands, c, "bands")
+    x = to_unit(images[:, list(bands)].cpu())
+    if low is None or high is None:
+        if images.dtype == torch.uint8:
+            lo, hi = torch.zeros(len(bands)), torch.ones(len(bands))
+        else:
+            stats = band_stats(x, percentiles=(1.0, 99.0), max_samples=1 << 16)
+            lo, hi = torch.tensor(stats.low), torch.tensor(stats.high)
+    else:
+        lo = torch.tensor([float(low[b]) for b in bands])
+        hi = torch.tensor([float(high[b]) for b in bands])
+    span = torch.where(hi > lo, hi - lo, torch.ones_like(hi)).view(1, -1, 1, 1)
+    u = (x - lo.view(1, -1, 1, 1)) / span
+    return u.clamp_(0, 1).mul_(255).round_().to(torch.uint8)

@@ -19,7 +19,8 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import find_classes, make_dataset
+
+from vicreg.paths import expect_folder
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -105,17 +106,68 @@ def _has_image_extension(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()  # follows links
+    except OSError:  # a link that loops: not a folder (a file name that loops is reported when read)
+        return False
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def _folder_id(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _walk_images(top: str | os.PathLike[str], seen: set[tuple[int, int]]) -> tuple[list[str], int]:
+    """The image files under ``top`` (links followed), each real folder visited once; and how many other
+    files there were.
+
+    ``seen`` holds the ``(st_dev, st_ino)`` of the folders already visited (shared between calls): a link back
+    to an ancestor, or a second link to a folder already read, is not entered again, so a link loop cannot
+    multiply the data. Folders are entered in sorted order, so the path kept for a folder reached twice is
+    reproducible. Files come grouped by folder (folders sorted by path), sorted by name within a folder:
+    torchvision's ``make_dataset`` order. File links are listed as found; one that loops or is broken fails
+    when decoded and is skipped like any unreadable file.
+    """
+    by_folder: dict[str, list[str]] = {}
+    others = 0
+    for folder, dirs, found in os.walk(top, followlinks=True):
+        key = _folder_id(folder)
+        if key is None or key in seen:
+            dirs[:] = []  # already read under another path (or vanished): do not enter it again
+            continue
+        seen.add(key)
+        dirs.sort()
+        images = [f for f in found if _has_image_extension(f)]
+        others += len(found) - len(images)
+        if images:
+            by_folder[folder] = sorted(images)
+    files = [os.path.join(d, f) for d in sorted(by_folder) for f in by_folder[d]]
+    return files, others
+
+
 def scan_folder(
     root: str | os.PathLike[str], labeled: bool | None = None
 ) -> tuple[list[str], list[int] | None, tuple[str, ...]]:
     """Find the image files under ``root``, recursively, in a sorted (reproducible) order.
 
     ``labeled=None`` (auto): labelled when a top-level sub-folder of ``root`` holds images (at any depth);
-    each such sub-folder is then a class, torchvision's ``ImageFolder`` convention (its ``find_classes`` and
-    ``make_dataset`` are used), and images lying directly in ``root`` are ignored with a warning.
+    each such sub-folder is then a class, torchvision's ``ImageFolder`` convention (classes in sorted order,
+    files in ``make_dataset``'s order), and images lying directly in ``root`` are ignored with a warning.
     Unlabeled otherwise (labels ``None``). ``labeled=False`` reads every image under ``root`` without labels
     (e.g. photos sorted into date folders); ``labeled=True`` requires class sub-folders. Files are selected by
-    extension (:data:`IMAGE_EXTENSIONS`, any case); other files are not looked at.
+    extension (:data:`IMAGE_EXTENSIONS`, any case); other files are not looked at. Links are followed, but
+    each real folder is read once (see :func:`_walk_images`): a link loop does not multiply the data.
 
     Returns:
         ``(paths, labels or None, class names)``.
@@ -123,42 +175,35 @@ def scan_folder(
     Raises:
         FileNotFoundError: ``root`` does not exist.
         NotADirectoryError: ``root`` is a file.
-        ValueError: no image file under ``root`` (or no class sub-folder with images when ``labeled=True``).
+        ValueError: ``root`` is a pipe, a device or a link that loops; no image file under ``root`` (or no
+            class sub-folder with images when ``labeled=True``).
     """
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(f"image folder {root} does not exist; check the path")
-    if not root.is_dir():
-        raise NotADirectoryError(f"{root} is a file, not an image folder")
-    if labeled is not False and any(e.is_dir() for e in os.scandir(root)):
-        classes, class_to_idx = find_classes(str(root))
-        samples = make_dataset(str(root), class_to_idx, is_valid_file=_has_image_extension, allow_empty=True)
-        # Keep only the classes that have images, so empty helper folders do not become labels.
-        used = sorted({c for _, c in samples})
-        if used:
-            loose = [e.name for e in os.scandir(root) if e.is_file() and _has_image_extension(e.name)]
+    root = expect_folder(root, "an image folder", "point to the folder that holds the images")
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    if labeled is not False and any(_is_dir(e) for e in entries):
+        seen = {key} if (key := _folder_id(root)) else set()  # a link back to root is not a class's content
+        names: list[str] = []
+        samples: list[tuple[str, int]] = []
+        for entry in (e for e in entries if _is_dir(e)):
+            found = _walk_images(entry.path, seen)[0]
+            if found:  # only classes that have images, so empty helper folders do not become labels
+                samples += [(f, len(names)) for f in found]
+                names.append(entry.name)
+        if samples:
+            loose = [e.name for e in entries if _is_file(e) and _has_image_extension(e.name)]
             if loose:
                 warnings.warn(
                     f"{len(loose)} image file(s) directly in {root} (e.g. {loose[0]}) are ignored: the "
                     "folder has class sub-folders; pass labeled=False to read every image without labels",
                     stacklevel=3,
                 )
-            remap = {old: new for new, old in enumerate(used)}
-            names = tuple(classes[c] for c in used)
-            return [p for p, _ in samples], [remap[c] for _, c in samples], names
+            return [p for p, _ in samples], [c for _, c in samples], tuple(names)
     if labeled:
         raise ValueError(
             f"labeled=True but {root} has no sub-folder with images; put each class's images in "
             "root/<class name>/, or pass labeled=None"
         )
-    files: list[str] = []
-    others = 0
-    for d, _, found in os.walk(root, followlinks=True):
-        for f in found:
-            if _has_image_extension(f):
-                files.append(os.path.join(d, f))
-            else:
-                others += 1
+    files, others = _walk_images(root, set())
     if not files:
         what = f"only {others} file(s) with other extensions" if others else "nothing"
         raise ValueError(

@@ -21,15 +21,22 @@ same per-epoch order, a pure function of ``(seed, epoch)`` given by :func:`shard
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import signal
+import traceback
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, cast
+from typing import Any, NamedTuple, NoReturn, Protocol, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Dataset as TorchDataset
 
 from vicreg.augment.pairs import TensorPair
 from vicreg.data.arrays import Dataset, FloatDataset, ImageDataset
@@ -45,6 +52,8 @@ __all__ = [
     "collate_folder",
     "decode_source",
     "folder_loader",
+    "ignore_stop_signals",
+    "is_worker_exit",
     "load_folder",
     "shard_indices",
 ]
@@ -273,6 +282,85 @@ def _default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
+# ---------------------------------------------------------------------------- workers: stop signals and errors
+# Ctrl-C in a terminal, SLURM and systemd signal the whole process group. The main process owns the stop (it
+# saves a checkpoint first), so the decoding workers ignore SIGINT and SIGTERM; they are ended by the loader.
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_WORKER_EXIT = re.compile(r"DataLoader worker \(pid.*?\) (exited unexpectedly|is killed by signal)")
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A DataLoader ``worker_init_fn``: the worker ignores SIGINT and SIGTERM (the main process owns the stop).
+
+    Workers are started with these signals blocked (:func:`_stop_signals_blocked`), so one sent to the process
+    group while a worker starts cannot kill it before this runs; it stays pending and is then discarded here.
+    """
+    del worker_id
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+@contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Block SIGINT and SIGTERM in this thread while worker processes are forked (they inherit the mask); a
+    signal arriving meanwhile is delivered to this process when the block ends, none is lost."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def is_worker_exit(err: BaseException) -> bool:
+    """Whether ``err`` is torch's "DataLoader worker (pid ...) exited unexpectedly / is killed by signal"."""
+    return isinstance(err, RuntimeError) and _WORKER_EXIT.search(str(err)) is not None
+
+
+class _WorkerError(NamedTuple):
+    """An exception raised in a worker, sent back as a value: the main process raises ``error`` itself, so the
+    user sees the same one line as with ``num_workers=0`` instead of torch's "Original Traceback" text."""
+
+    error: bytes  # the pickled exception: unpickled only to be raised, so no frame of the loader holds it
+    traceback: str
+
+
+def _portable(err: BaseException) -> bytes:
+    """``err`` pickled when it survives the trip (from the worker), else a RuntimeError with its text."""
+    try:
+        data = pickle.dumps(err)
+        pickle.loads(data)
+    except Exception:
+        return pickle.dumps(RuntimeError(f"{type(err).__name__}: {err}"))
+    return data
+
+
+class _Reporting(TorchDataset[Any]):
+    """The source as the workers see it: an exception becomes a :class:`_WorkerError` sample."""
+
+    def __init__(self, source: ImageSource) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> FolderSample | _WorkerError:
+        try:
+            return self.source[index]
+        except Exception as err:
+            return _WorkerError(_portable(err), traceback.format_exc())
+
+
+def _collate_reporting(samples: list[Any]) -> FolderBatch | _WorkerError:
+    failed = next((s for s in samples if isinstance(s, _WorkerError)), None)
+    return failed if failed is not None else collate_folder(samples)
+
+
 class ImageSource(Protocol):
     """What :class:`FolderLoader` reads: an :class:`ImageFolderSource`, or a Hugging Face dataset's images
     (:class:`vicreg.data.hf.HFImageSource`). Item ``i`` is a :class:`FolderSample` (a bad image's slot holds the
@@ -351,18 +439,37 @@ class FolderLoader:
         self.source = source
         self.strict = strict
         self.bad_files: dict[str, str] = {}
+        self.stop_requested = False
         self._state = _EpochState(len(source), batch_size, shuffle, drop_last, seed, rank, world_size)
         workers = _default_workers() if num_workers is None else num_workers
-        self._loader: DataLoader[FolderSample] = DataLoader(
-            cast(Any, source),  # a map-style dataset: len() and items, what ImageSource promises
+        self._loader: DataLoader[Any] = DataLoader(
+            _Reporting(source) if workers > 0 else cast(Any, source),  # map-style: what ImageSource promises
             batch_size=batch_size,
             sampler=_ShardSampler(self._state),
             num_workers=workers,
-            collate_fn=collate_folder,
+            collate_fn=_collate_reporting if workers > 0 else collate_folder,
             pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
             prefetch_factor=prefetch_factor if workers > 0 else None,
             persistent_workers=workers > 0,
+            worker_init_fn=ignore_stop_signals if workers > 0 else None,
         )
+        # Workers ignore SIGTERM, so multiprocessing's exit handler (terminate, then join) would wait for them
+        # forever: end them through torch's own shutdown first (a finalizer runs before that handler).
+        weakref.finalize(self, _shut_down, self._loader, os.getpid())
+
+    def request_stop(self) -> None:
+        """Say that the main process is stopping (call it from its SIGINT/SIGTERM handler).
+
+        From then on a worker that dies (a ``kill`` aimed at it, the end of a job's grace period) ends the
+        iteration quietly instead of raising torch's "DataLoader worker exited unexpectedly": it is part of the
+        stop. The caller checks its own stop flag when the iteration ends.
+        """
+        self.stop_requested = True
+
+    def close(self) -> None:
+        """End the worker processes now (the next iteration starts new ones). Also done when the loader is
+        garbage-collected and at interpreter exit."""
+        _shut_down(self._loader, os.getpid())
 
     def __len__(self) -> int:
         """Batches per epoch for this process."""
@@ -376,7 +483,11 @@ class FolderLoader:
         """The full :class:`FolderBatch` es (file indices and rejected files included), bad files handled."""
         new: dict[str, str] = {}
         try:
-            for batch in self._loader:
+            with _stop_signals_blocked():  # the first iteration forks the workers
+                batches = iter(self._loader)
+            for batch in _until_stopped(batches, self):
+                if isinstance(batch, _WorkerError):
+                    _raise_worker_error(batch)
                 note_bad_images(batch.bad, self.bad_files, new, strict=self.strict)
                 yield batch
         finally:
@@ -386,6 +497,38 @@ class FolderLoader:
         labelled = self.source.labels is not None
         for batch in self.batches():
             yield batch.images, batch.labels if labelled else None
+
+
+def _raise_worker_error(failed: _WorkerError) -> NoReturn:
+    """Raise the worker's exception here, with its traceback as a note (shown only with a traceback)."""
+    error = pickle.loads(failed.error)
+    if hasattr(error, "add_note"):  # Python >= 3.11
+        error.add_note(f"raised in a DataLoader worker:\n{failed.traceback}")
+    try:
+        raise error
+    finally:  # no frame -> exception -> traceback -> frame cycle: the loader is freed (workers ended) at once
+        del error
+
+
+def _shut_down(loader: DataLoader[Any], owner: int) -> None:
+    iterator = getattr(loader, "_iterator", None)  # persistent workers live in the DataLoader's iterator
+    if iterator is not None and os.getpid() == owner:  # not in a forked worker, which holds a copy
+        loader._iterator = None
+        iterator._shutdown_workers()
+
+
+def _until_stopped(batches: Iterator[Any], loader: FolderLoader) -> Iterator[Any]:
+    """``batches``, ended quietly when a worker dies after :meth:`FolderLoader.request_stop`."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except RuntimeError as err:
+            if loader.stop_requested and is_worker_exit(err):
+                return
+            raise
+        yield batch
 
 
 def folder_loader(

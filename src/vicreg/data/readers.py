@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from vicreg.data.arrays import ImageDataset
+from vicreg.data.numpy_files import DAMAGED_ARCHIVE_ERRORS, check_numpy_file
 
 __all__ = ["idx_file", "read_cifar", "read_idx", "read_idx_folder", "read_numpy", "read_stl10"]
 
@@ -189,6 +190,7 @@ def file_content(path: Path) -> str:
 
 
 def read_numpy(path: Path) -> ImageDataset:
+    check_numpy_file(path)  # cut short, impossible sizes, damaged archives: one line, before any allocation
     try:
         content = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
@@ -211,5 +213,11 @@ def read_numpy(path: Path) -> ImageDataset:
                 "name it 'images' (and the labels 'labels')"
             )
         label_key = next((k for k in ("labels", "y", "targets", "Y") if k in keys), None)
-        labels = content[label_key] if label_key else None
-        return ImageDataset.from_arrays(content[image_key], labels, name=str(path))
+        try:
+            images = content[image_key]
+            labels = content[label_key] if label_key else None
+        except DAMAGED_ARCHIVE_ERRORS as err:  # a bad CRC or a cut stream, met while decompressing
+            raise ValueError(
+                f"{path} is a damaged .npz archive ({type(err).__name__}: {err}); write or copy it again"
+            ) from err
+        return ImageDataset.from_arrays(images, labels, name=str(path))

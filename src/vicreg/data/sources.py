@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -26,8 +27,10 @@ from torch import Tensor
 from vicreg.data.arrays import FloatDataset, ImageDataset, Kind, as_labels
 from vicreg.data.folder import ImageFolderSource
 from vicreg.data.loaders import decode_folder, load_folder
+from vicreg.data.numpy_files import check_numpy_file
 from vicreg.data.readers import idx_file, read_cifar, read_idx_folder, read_numpy, read_stl10
 from vicreg.deprecation import renamed
+from vicreg.paths import expect_file, path_kind
 
 __all__ = [
     "DATASET_NAMES",
@@ -274,6 +277,12 @@ def load(
         path = Path(text).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist and is not a dataset name ({', '.join(DATASET_NAMES)})")
+        what = path_kind(path)
+        if what not in ("a file", "a folder"):
+            raise ValueError(
+                f"{path} is {what}, not a data file or folder; pass a .npy/.npz file, a dataset folder or an "
+                "image folder"
+            )
         if path.is_file():
             if path.suffix.lower() not in (".npy", ".npz"):
                 raise ValueError(
@@ -332,16 +341,17 @@ def load_at_size(
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+    expect_file(path, "a .npz file", "signals and tables are read from a .npz file (keys x, y, x_test, y_test)")
     if path.suffix.lower() != ".npz":
         raise ValueError(f"{path}: signals and tables are read from a .npz file (keys x, y, x_test, y_test)")
+    check_numpy_file(path)  # cut short, impossible sizes, damaged archives, text columns: one line, no allocation
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if not hasattr(f, "files"):
-                raise ValueError("a single array")
+        content = np.load(path, allow_pickle=False)
+        if isinstance(content, np.ndarray):
+            raise ValueError("a single array")
+        with content as f:
             return {k: f[k] for k in f.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, zlib.error) as err:
         raise ValueError(
             f"{path} is not a readable .npz archive ({type(err).__name__}: {err}); write it with numpy.savez(path, "
             "x=..., y=...)"

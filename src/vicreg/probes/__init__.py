@@ -8,7 +8,7 @@ table (the results table).
 
 from vicreg.probes.features import extract_features, normalize_rows, raw_features
 from vicreg.probes.knn import knn_accuracy, knn_evaluate, knn_predict
-from vicreg.probes.linear import ProbeResult, balanced_subset, linear_probe, standardize
+from vicreg.probes.linear import ProbeResult, balanced_subset, linear_probe, probe_suite, standardize
 from vicreg.probes.table import format_table, markdown_table
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "linear_probe",
     "markdown_table",
     "normalize_rows",
+    "probe_suite",
     "raw_features",
     "standardize",
 ]

@@ -39,6 +39,7 @@ __all__ = [
     "RANKME_EPS",
     "alpha_req",
     "covariance_eigenvalues",
+    "format_label_free",
     "label_free_scores",
     "lidar",
     "linear_cka",
@@ -273,3 +274,40 @@ def label_free_scores(
         out.update(moved_from_init(scores, init_scores))
         out["cka_to_init"] = linear_cka(feats, init_feats)
     return out
+
+
+def label_free_table(section: Mapping[str, object]) -> list[list[str]]:
+    """The label-free section of eval.json (``vicreg``, ``random_init``, ``vs_init``) as rows of text, the first
+    the header; empty when the section holds no scores."""
+    ours = section.get("vicreg")
+    init = section.get("random_init")
+    ratio = section.get("vs_init")
+    if not isinstance(ours, Mapping):
+        return []
+    init = init if isinstance(init, Mapping) else {}
+    ratio = ratio if isinstance(ratio, Mapping) else {}
+    rows = [["label-free (no labels)", "vicreg", "random_init", "vicreg / random_init"]]
+    for name in ("rankme", "lidar", "alpha_req"):
+        cells = [ours.get(name), init.get(name), ratio.get(f"{name}_vs_init")]
+        rows.append([name, *("-" if not isinstance(v, int | float) else f"{v:.4g}" for v in cells)])
+    return rows
+
+
+def format_label_free(section: Mapping[str, object], markdown: bool = False) -> str:
+    """The label-free section of eval.json (``vicreg``, ``random_init``, ``vs_init``, ``cka_to_init``) as a
+    plain-text table (``vicreg eval``) or a Markdown one (``vicreg report``)."""
+    rows = label_free_table(section)
+    if not rows:
+        return ""
+    header = rows[0]
+    cka = section.get("cka_to_init")
+    if markdown:
+        lines = ["| " + " | ".join(r) + " |" for r in rows]
+        lines.insert(1, "|---|---:|---:|---:|")
+    else:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        pad = [str.ljust] + [str.rjust] * (len(header) - 1)
+        lines = ["  ".join(p(c, w) for p, c, w in zip(pad, r, widths, strict=True)) for r in rows]
+    if isinstance(cka, int | float):
+        lines.append(("\n" if markdown else "") + f"linear CKA to the random-init representation: {cka:.3g}")
+    return "\n".join(lines)
