@@ -1,20 +1,24 @@
 """The helpers every test module shares: a free port, tiny data, a tiny training config, the CLI run in-process
-or in a real process, and checkpoint comparison. Test modules import from here, never from one another."""
+or in a real process, the tiny trained runs one per data kind (:class:`TinyRuns`, the ``tiny_runs`` fixture of
+conftest.py), and checkpoint comparison. Test modules import from here, never from one another."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tests.data.make_files import write_idx
 from vicreg.checkpoint import load_checkpoint
 from vicreg.cli import main
 from vicreg.config import ModelConfig, OptimConfig, TrainConfig, ViewsConfig
@@ -49,6 +53,23 @@ def tiny_npz(path: Path, n: int = 96, size: int = 16, channels: int = 1, seed: i
     return path
 
 
+def fashion_like(root: Path, n_train: int = 1200, n_test: int = 300) -> None:
+    """IDX files with two learnable classes (a bright square or a bright bar) and noise."""
+    rng = np.random.default_rng(0)
+    folder = root / "fashion-mnist"
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 60, (n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 2).astype(np.uint8)
+        for i in range(n):
+            r, c = rng.integers(2, 18, 2)
+            if labels[i]:
+                images[i, r : r + 8, c : c + 8] = 230
+            else:
+                images[i, r : r + 3, 2:26] = 230
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+
+
 def tiny_config(root: Path, **overrides: object) -> TrainConfig:
     """Two epochs of a width-4 small CNN on :func:`tiny_npz` (16 px views, batch 16, one thread) written to
     ``root/run``."""
@@ -70,6 +91,107 @@ def tiny_config(root: Path, **overrides: object) -> TrainConfig:
         optim=OptimConfig(name="lars", base_lr=0.2, warmup_epochs=0.5),
     )
     return replace(cfg, **overrides)  # type: ignore[arg-type]
+
+
+def _labels(n: int) -> np.ndarray:
+    return np.arange(n) % 3
+
+
+def image_npz(path: Path) -> Path:
+    """48 random 16 px grey images, 3 classes."""
+    rng = np.random.default_rng(0)
+    np.savez(path, images=rng.integers(0, 256, (48, 1, 16, 16), dtype=np.uint8), labels=_labels(48))
+    return path
+
+
+def signal_npz(path: Path) -> Path:
+    """48 + 24 two-channel signals of 40 samples, 3 classes shifted apart, with a test split."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(48, 2, 40)).astype(np.float32) + _labels(48)[:, None, None]
+    xt = rng.normal(size=(24, 2, 40)).astype(np.float32) + _labels(24)[:, None, None]
+    np.savez(path, x=x, y=_labels(48), x_test=xt, y_test=_labels(24))
+    return path
+
+
+def table_npz(path: Path) -> Path:
+    """48 + 24 table rows of 6 features, 3 classes shifted apart, with a test split."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(48, 6)).astype(np.float32) + _labels(48)[:, None]
+    np.savez(path, x=x, y=_labels(48), x_test=rng.normal(size=(24, 6)).astype(np.float32), y_test=_labels(24))
+    return path
+
+
+def pair_npz(path: Path) -> Path:
+    """48 + 24 pairs of a 16 px grey image and a row of 5 features, 3 classes, with a test split."""
+    rng = np.random.default_rng(3)
+    np.savez(
+        path,
+        x_a=rng.integers(0, 256, (48, 1, 16, 16), dtype=np.uint8),
+        x_b=rng.normal(size=(48, 5)).astype(np.float32),
+        y=_labels(48),
+        x_a_test=rng.integers(0, 256, (24, 1, 16, 16), dtype=np.uint8),
+        x_b_test=rng.normal(size=(24, 5)).astype(np.float32),
+        y_test=_labels(24),
+    )
+    return path
+
+
+IMAGE_FLAGS = ["--views.size", "16", "--model.backbone", "small_cnn", "--model.width", "4"]
+KINDS: dict[str, tuple[Callable[[Path], Path], list[str]]] = {
+    "image": (tiny_npz, IMAGE_FLAGS),
+    "signal": (signal_npz, ["--modality", "signal", "--model.backbone", "resnet1d", "--model.width", "4"]),
+    "table": (table_npz, ["--modality", "table", "--model.backbone", "mlp", "--model.width", "8"]),
+    "pair": (
+        pair_npz,
+        ["--modality", "image", "--modality-b", "table", *IMAGE_FLAGS, "--model.backbone-b", "mlp"],
+    ),
+}
+"""Each data kind: its tiny data and the ``vicreg train`` flags of a tiny encoder for it."""
+TINY_TRAIN = [
+    "--batch-size", "16", "--device", "cpu", "--epochs", "2", "--no-progress", "--log-every", "1",
+    "--model.expander", "16-16", "--optim.warmup-epochs", "0.5", "--diag-every", "2",
+]  # fmt: skip
+
+
+class TinyRuns:
+    """One tiny run per data kind, trained with ``vicreg train`` (in-process) the first time a test asks for it
+    and shared by every test of the session. :meth:`path` is for reading only (load, export elsewhere, embed to a
+    file elsewhere); :meth:`copy` gives a test its own copy to write into (eval.json, the feature cache, the
+    report). :meth:`check_untouched` (at the end of the session) fails if a test wrote into a shared run."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._runs: dict[str, tuple[Path, dict[str, tuple[int, int]]]] = {}
+
+    def path(self, kind: str) -> Path:
+        if kind not in self._runs:
+            data = KINDS[kind][0](self.root / f"{kind}.npz")
+            run = self.root / kind
+            done = run_cli("train", "--data", data, "--out", run, *TINY_TRAIN, *KINDS[kind][1])
+            assert done.returncode == 0, f"the tiny {kind} run did not train: {done.stderr[-3000:]}"
+            self._runs[kind] = (run, _listing(run))
+        return self._runs[kind][0]
+
+    def copy(self, kind: str, dest: Path) -> Path:
+        """A fresh copy of the ``kind`` run at ``dest`` (its data stays shared: the run refers to it by path)."""
+        shutil.copytree(self.path(kind), dest)
+        return dest
+
+    def data(self, kind: str) -> Path:
+        """The file the ``kind`` run was trained on."""
+        self.path(kind)
+        return self.root / f"{kind}.npz"
+
+    def check_untouched(self) -> None:
+        changed = {
+            kind: sorted(set(_listing(run).items()) ^ set(files.items())) for kind, (run, files) in self._runs.items()
+        }
+        changed = {kind: c for kind, c in changed.items() if c}
+        assert not changed, f"a test wrote into a shared tiny run (use tiny_runs.copy): {changed}"
+
+
+def _listing(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
 
 @dataclass

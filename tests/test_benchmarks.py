@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_demo import _fashion_like
+from tests.helpers import fashion_like
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ def _run(script: str, args: list[str], env: dict[str, str]) -> subprocess.Comple
 
 @pytest.mark.slow
 def test_ablations_dry_run_writes_results_and_reuses_identical_runs(tmp_path: Path) -> None:
-    _fashion_like(tmp_path / "data", n_train=600, n_test=200)
+    fashion_like(tmp_path / "data", n_train=600, n_test=200)
     env = {**os.environ, "VICREG_DATA": str(tmp_path / "data"), "OMP_NUM_THREADS": "2"}
     out = tmp_path / "abl"
     args = ["--out", str(out), "--max-steps", "2", "--groups", "loss", "simsiam"]

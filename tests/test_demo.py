@@ -7,40 +7,17 @@ before the Debian package's folder), so it runs the same with or without the rea
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.data.make_files import write_idx
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _fashion_like(root: Path, n_train: int = 1200, n_test: int = 300) -> None:
-    """IDX files with two learnable classes (a bright square or a bright bar) and noise."""
-    rng = np.random.default_rng(0)
-    folder = root / "fashion-mnist"
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images = rng.integers(0, 60, (n, 28, 28), dtype=np.uint8)
-        labels = (np.arange(n) % 2).astype(np.uint8)
-        for i in range(n):
-            r, c = rng.integers(2, 18, 2)
-            if labels[i]:
-                images[i, r : r + 8, c : c + 8] = 230
-            else:
-                images[i, r : r + 3, 2:26] = 230
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+from tests.helpers import fashion_like, run_cli
 
 
 @pytest.mark.slow
-def test_quick_demo_pipeline(tmp_path: Path) -> None:
-    _fashion_like(tmp_path / "data")
-    env = {**os.environ, "VICREG_DATA": str(tmp_path / "data"), "OMP_NUM_THREADS": "2"}
+def test_quick_demo_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fashion_like(tmp_path / "data")
+    monkeypatch.setenv("VICREG_DATA", str(tmp_path / "data"))
     out = tmp_path / "demo"
     # the same commands and flags as `make demo-quick`
     steps = [
@@ -49,11 +26,9 @@ def test_quick_demo_pipeline(tmp_path: Path) -> None:
         ["report", str(out)],
     ]
     for args in steps:
-        proc = subprocess.run(
-            [sys.executable, "-m", "vicreg", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-        )
+        proc = run_cli(*args)  # in-process: what it prints goes to buffers, as to a pipe
         assert proc.returncode == 0, f"vicreg {args[0]} failed:\n{proc.stderr[-3000:]}"
-        if args[0] == "train":  # stdout is a pipe, as in `make demo > demo.log`: the header and progress lines
+        if args[0] == "train":  # stdout is not a terminal, as in `make demo > demo.log`: the header and progress
             assert (
                 "starting a new run" in proc.stdout
                 and "fashion-mnist (train): 1200 samples of 1x28x28, 10 classes" in proc.stdout

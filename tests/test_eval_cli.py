@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import run_cli, tiny_config
+from tests.helpers import TinyRuns, run_cli, tiny_config
 from vicreg.build import load_encoder
 from vicreg.checkpoint import CheckpointError, load_checkpoint, read_backbone_state, save_checkpoint
 from vicreg.diagnostics import covariance_spectrum, effective_rank, spectral_effective_rank
@@ -24,10 +24,9 @@ FAST_EVAL = ["--probe-epochs", "3", "--k", "5", "20", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = tiny_config(tmp_path_factory.mktemp("eval"), epochs=1)
-    train(cfg)
-    return Path(cfg.out)
+def run(tmp_path_factory: pytest.TempPathFactory, tiny_runs: TinyRuns) -> Path:
+    """This module's copy of the session's tiny image run (its tests write eval.json, the cache, the report)."""
+    return tiny_runs.copy("image", tmp_path_factory.mktemp("eval") / "run")
 
 
 # ------------------------------------------------------------------------------------------------ numbers

@@ -13,20 +13,18 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 import vicreg
-from tests.helpers import run_cli, tiny_config
+from tests.helpers import TinyRuns, run_cli
 from vicreg.backbone import load_backbone
 from vicreg.build import load_encoder
 from vicreg.checkpoint import CheckpointError, read_backbone_spec
-from vicreg.train import train
 
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy"
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny trained run (small CNN, 16 px images), shared by this module's tests."""
-    cfg = tiny_config(tmp_path_factory.mktemp("tiny"), epochs=1, knn_every=0)
-    return train(cfg).run_dir
+@pytest.fixture
+def run(tiny_runs: TinyRuns) -> Path:
+    """The session's tiny image run (small CNN, 16 px images), read only."""
+    return tiny_runs.path("image")
 
 
 def batch(module: nn.Module, n: int = 5) -> Tensor:

@@ -130,7 +130,7 @@ def test_tensorboard_serves_the_projector_from_the_log_dir(tmp_path: Path) -> No
 
 
 def _get_json(
-    url: str, server: subprocess.Popen[bytes], ready: Callable[[dict], object], deadline_s: float = 180.0
+    url: str, server: subprocess.Popen[bytes], ready: Callable[[dict], object], deadline_s: float = 600.0
 ) -> dict:
     """GET ``url`` until the server answers JSON that is ``ready``; the deadline only guards against a server that
     never gets there."""

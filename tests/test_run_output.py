@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +13,7 @@ import pytest
 import torch
 
 import vicreg.runlog as runlog
-from tests.helpers import tiny_config, tiny_npz
+from tests.helpers import run_cli, tiny_config, tiny_npz
 from vicreg.build import find_checkpoint
 from vicreg.checkpoint import (
     CheckpointError,
@@ -30,9 +28,6 @@ from vicreg.plots import plot_knn
 from vicreg.report import ReportArgs, make_report
 from vicreg.runlog import RunLog, format_duration, progress_line
 from vicreg.train import train
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 # ------------------------------------------------------------------------------------------------ progress
 
@@ -86,12 +81,11 @@ def test_header_progress_and_resume_line_through_the_cli(tmp_path: Path) -> None
     data = tiny_npz(tmp_path / "d.npz")
     out = tmp_path / "run"
     args = [
-        sys.executable, "-m", "vicreg", "train", "--data", str(data), "--out", str(out), "--device", "cpu",
+        "train", "--data", str(data), "--out", str(out), "--device", "cpu",
         "--batch-size", "16", "--views.size", "16", "--model.backbone", "small_cnn", "--model.width", "4",
         "--model.expander", "32-32", "--log-every", "2", "--epochs", "2", "--precision", "bf16",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-    first = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    first = run_cli(*args)  # in-process; what it prints goes to buffers, as to a pipe
     assert first.returncode == 0, first.stderr
     text = first.stdout
     header = text.split("starting a new run")[0]
@@ -110,7 +104,7 @@ def test_header_progress_and_resume_line_through_the_cli(tmp_path: Path) -> None
     assert all("loss" in line and "img/s" in line and "ETA" in line for line in progress)
     assert "online kNN top1" in text and "k=20" in text  # the monitor's line names its protocol
 
-    second = subprocess.run([*args[:-4], "--epochs", "3"], capture_output=True, text=True, env=env, timeout=300)
+    second = run_cli(*args[:-4], "--epochs", "3")
     assert second.returncode == 0, second.stderr
     assert f"resuming from {out / 'checkpoints' / 'last.pt'} at step 12 of 18 (epoch 2.00)" in second.stdout
     assert "starting a new run" not in second.stdout
