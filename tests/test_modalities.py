@@ -275,6 +275,7 @@ def _tiny(tmp_path: Path, data: Path, **overrides) -> TrainConfig:
         diag_every=2,
         ckpt_every=100,
         progress=False,
+        threads=1,  # bit-exact resumes: no thread count chosen by timing
         optim=OptimConfig(name="adamw", base_lr=0.01, warmup_epochs=0.5),
     )
     return replace(cfg, **overrides)

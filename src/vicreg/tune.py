@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock
 from matplotlib.figure import Figure
 
 from vicreg.config import TrainConfig, config_to_dict, merge
@@ -399,7 +400,8 @@ def _open_study(settings: TuneSettings, folder: Path, say: Callable[[str], None]
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters:
         heartbeat["heartbeat_stale_trial_callback"] = heartbeat.pop("failed_trial_callback", None)  # optuna >= 4.9
-    with warnings.catch_warnings():
+    # two processes creating one SQLite database's tables at once: the second fails ("table studies already exists")
+    with FileLock(str(folder / ".storage.lock"), timeout=300), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, **heartbeat)
     name = settings.study or folder.resolve().name

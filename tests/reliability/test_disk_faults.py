@@ -109,6 +109,7 @@ def _cfg(root: Path, out: Path, **overrides) -> TrainConfig:
         log_every=1,
         knn_every=0,
         progress=False,
+        threads=1,  # bit-exact: no thread count chosen by timing
         views=ViewsConfig(size=16),
         model=ModelConfig(backbone="small_cnn", expander="256-256", width=4),
         optim=OptimConfig(base_lr=0.2, warmup_epochs=0.5),

@@ -44,6 +44,7 @@ def test_bf16_training_stays_finite(tmp_path: Path) -> None:
         ckpt_every=BF16_STEPS,
         knn_every=0,
         progress=False,
+        threads=1,
         views=ViewsConfig(size=16),
         model=ModelConfig(backbone="small_cnn", expander="32-32", width=4),
         optim=OptimConfig(name="lars", base_lr=0.3, warmup_epochs=1.0),
