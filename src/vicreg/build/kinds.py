@@ -357,7 +357,8 @@ class ImageKind(DataKind):
         self, source: str, split: str, spec: EncoderSpec, pick: Callable[[int], Tensor], *, download: bool = False
     ) -> Split:
         path = Path(source).expanduser()
-        if is_hf_source(source) or not is_image_folder(path):
+        bands = not is_hf_source(source) and band_format(source) is not None  # read whole (load_split hands over)
+        if bands or is_hf_source(source) or not is_image_folder(path):
             return super().sample_split(source, split, spec, pick, download=download)
         folder = ImageFolderSource(path, spec.input_shape[-1], channels=spec.in_channels)
         index = pick(len(folder)).tolist()  # decode only the rows picked, not the whole folder
@@ -367,6 +368,8 @@ class ImageKind(DataKind):
         return Split(data, None, paths)
 
     def label_free_views(self, cfg: TrainConfig, spec: EncoderSpec, rows: Dataset | BandImages) -> LabelFreeViews:
+        if isinstance(rows, BandImages):  # multi-band / 16-bit images: their own views
+            return BandKind(self.window).label_free_views(cfg, spec, rows)
         views = image_views(cfg.views, spec.mean, spec.std, spec.in_channels)
         return lambda x, generator: views(x, generator=generator)
 
