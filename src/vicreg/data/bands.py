@@ -30,6 +30,7 @@ map that :class:`vicreg.models.EncoderSpec` (``mean``/``std``) already describes
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -597,7 +598,7 @@ def band_format(source: str | os.PathLike[str]) -> BandFormat | None:
     if path.is_file() and path.suffix.lower() in (".npy", ".npz"):
         try:
             content = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError):
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError):
             return None  # the image path's reader says what is wrong
         if isinstance(content, np.ndarray):
             a = content
@@ -608,7 +609,10 @@ def band_format(source: str | os.PathLike[str]) -> BandFormat | None:
                 key = content.files[0]
             if key is None:
                 return None
-            a = content[key]
+            try:
+                a = content[key]
+            except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+                return None  # a damaged archive: the image path's reader says what is wrong
         return "arrays" if _array_is_bands(a.shape, a.dtype, lambda: (float(a.min()), float(a.max()))) else None
     if not path.is_dir():
         return None
