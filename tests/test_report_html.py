@@ -102,7 +102,7 @@ def _eval(run: Path) -> str:
     assert done.returncode == 0, done.stderr
     for line in ("features of vicreg:", "features vicreg train: ", "rows/s", "  kNN (k = 5)", "  linear probe: "):
         assert line in done.stdout, line
-    assert "  linear probe on 50% of the labels" in done.stdout
+    assert "label fractions 50%" in done.stdout
     return done.stdout
 
 

@@ -104,7 +104,7 @@ def test_header_progress_and_resume_line_through_the_cli(tmp_path: Path) -> None
     assert all("loss" in line and "img/s" in line and "ETA" in line for line in progress)
     assert "online kNN top1" in text and "k=20" in text  # the monitor's line names its protocol
 
-    second = run_cli(*args[:-4], "--epochs", "3")
+    second = run_cli(*args[:-4], "--epochs", "3", "--precision", "bf16")  # a longer run: announced, not refused
     assert second.returncode == 0, second.stderr
     assert f"resuming from {out / 'checkpoints' / 'last.pt'} at step 12 of 18 (epoch 2.00)" in second.stdout
     assert "starting a new run" not in second.stdout
